@@ -1,0 +1,318 @@
+//! The admin API, served only on the admin listener.
+//!
+//! `/healthz` and `/readyz` answer without credentials (for probes);
+//! everything else needs `Authorization: Bearer <admin token>`, compared in
+//! constant time.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::app::App;
+use crate::config::QueueMode;
+use crate::error::GatewayError;
+use crate::http::{self, Body};
+use crate::room::Room;
+
+/// Largest admin request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    match route(&app, req).await {
+        Ok(res) => res,
+        Err(e) => e.into_response(&app.metrics, false),
+    }
+}
+
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let Ok(Some(token)) = http::bearer(req.headers()) else {
+        return false;
+    };
+    let expected = app.config.admin_token.as_bytes();
+    token.len() == expected.len() && bool::from(token.as_bytes().ct_eq(expected))
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match path.as_str() {
+        "/healthz" => return Ok(http::response(StatusCode::OK, "text/plain", "ok\n")),
+        "/readyz" => {
+            let store_ok = app.store.healthy();
+            let draining = app.draining.load(Ordering::Relaxed);
+            let status = if store_ok && !draining {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return Ok(http::json(
+                status,
+                &json!({ "ready": status == StatusCode::OK, "store_healthy": store_ok, "draining": draining }),
+            ));
+        }
+        _ => {}
+    }
+    if !authorized(app, &req) {
+        return Err(GatewayError::AdminUnauthorized);
+    }
+    if path == "/metrics" {
+        for room in &app.rooms {
+            app.metrics.observe_room(&room.snapshot());
+        }
+        return Ok(http::response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            app.metrics.render(),
+        ));
+    }
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match (segments.as_slice(), &method) {
+        (["admin", "rooms"], &Method::GET) => {
+            let rooms: Vec<Value> = app.rooms.iter().map(|r| room_json(r)).collect();
+            Ok(http::json(StatusCode::OK, &json!({ "rooms": rooms })))
+        }
+        (["admin", "rooms"], _) => Err(GatewayError::MethodNotAllowed("GET")),
+        (["admin", "rooms", id], m) => {
+            let room = find(app, id)?;
+            match *m {
+                Method::GET => Ok(http::json(StatusCode::OK, &room_json(&room))),
+                Method::PATCH => {
+                    let body = read_json(req).await?;
+                    patch(&room, body).await?;
+                    Ok(http::json(StatusCode::OK, &room_json(&room)))
+                }
+                _ => Err(GatewayError::MethodNotAllowed("GET, PATCH")),
+            }
+        }
+        (["admin", "rooms", id, "reset"], m) => {
+            if *m != Method::POST {
+                return Err(GatewayError::MethodNotAllowed("POST"));
+            }
+            let room = find(app, id)?;
+            let epoch = room.reset().await?;
+            tracing::warn!(room = %room.id(), epoch, "room reset by admin: a new epoch starts");
+            Ok(http::json(StatusCode::OK, &room_json(&room)))
+        }
+        _ => Err(GatewayError::NotFound),
+    }
+}
+
+fn find(app: &App, id: &str) -> Result<Arc<Room>, GatewayError> {
+    app.room(id)
+        .cloned()
+        .ok_or_else(|| GatewayError::UnknownRoom(id.chars().take(64).collect()))
+}
+
+fn room_json(room: &Room) -> Value {
+    let s = room.snapshot();
+    let c = &room.config;
+    json!({
+        "id": c.id,
+        "title": c.title,
+        "host": c.host,
+        "path_prefix": c.path_prefix,
+        "upstream": format!("{}://{}", c.upstream.scheme, c.upstream.authority),
+        "state": if s.closed { "closed" } else if s.paused { "paused" } else { "open" },
+        "epoch": s.epoch,
+        "queue_length": s.queue_length,
+        "serving_counter": s.serving,
+        "issued": s.issued,
+        "admitted_total": s.admitted_total,
+        "active_sessions": s.active_sessions,
+        "called_unclaimed": s.called_unclaimed,
+        "admit_rate_per_min": s.admit_rate_per_min,
+        "observed_advance_per_min": s.observed_advance_per_min,
+        "max_active": s.max_active,
+        "paused": s.paused,
+        "closed": s.closed,
+        "queue": s.queue,
+        "session_secs": s.session_secs,
+        "session_max_secs": s.session_max_secs,
+        "claim_grace_secs": s.claim_grace_secs,
+        "upstream_healthy": s.upstream_healthy,
+    })
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Map<String, Value>, GatewayError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !is_json {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
+    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                GatewayError::BodyTooLarge(MAX_BODY_BYTES)
+            } else {
+                GatewayError::BodyRead(e.to_string())
+            }
+        })?
+        .to_bytes();
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(GatewayError::InvalidJson("expected a JSON object".into())),
+        Err(e) => Err(GatewayError::InvalidJson(e.to_string())),
+    }
+}
+
+/// Fields `PATCH /admin/rooms/{id}` accepts.
+const PATCHABLE: [&str; 5] = [
+    "admit_rate_per_min",
+    "max_active",
+    "paused",
+    "closed",
+    "session_secs",
+];
+
+#[derive(Debug, Default, PartialEq)]
+struct Patch {
+    admit_rate_per_min: Option<u64>,
+    /// `Some(None)` removes the cap.
+    max_active: Option<Option<u64>>,
+    paused: Option<bool>,
+    closed: Option<bool>,
+    session_secs: Option<u64>,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidValue {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn uint(v: &Value, field: &'static str, min: u64, max: u64) -> Result<u64, GatewayError> {
+    match v.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        Some(_) => Err(invalid(field, format!("must be between {min} and {max}"))),
+        None => Err(invalid(field, "must be a whole number")),
+    }
+}
+
+fn boolean(v: &Value, field: &'static str) -> Result<bool, GatewayError> {
+    v.as_bool()
+        .ok_or_else(|| invalid(field, "must be true or false"))
+}
+
+fn parse_patch(body: &Map<String, Value>, mode: QueueMode) -> Result<Patch, GatewayError> {
+    if let Some(unknown) = body.keys().find(|k| !PATCHABLE.contains(&k.as_str())) {
+        return Err(GatewayError::InvalidJson(format!(
+            "unknown field {unknown:?}; expected any of {}",
+            PATCHABLE.join(", ")
+        )));
+    }
+    if body.is_empty() {
+        return Err(GatewayError::InvalidJson(format!(
+            "no field to change; expected any of {}",
+            PATCHABLE.join(", ")
+        )));
+    }
+    let mut p = Patch::default();
+    for (k, v) in body {
+        match k.as_str() {
+            "admit_rate_per_min" => {
+                p.admit_rate_per_min = Some(uint(v, "admit_rate_per_min", 1, 6_000_000)?)
+            }
+            "max_active" if v.is_null() => {
+                if mode == QueueMode::OverCapacity {
+                    return Err(invalid("max_active", "an over_capacity room needs a cap"));
+                }
+                p.max_active = Some(None);
+            }
+            "max_active" => p.max_active = Some(Some(uint(v, "max_active", 1, u64::MAX >> 1)?)),
+            "paused" => p.paused = Some(boolean(v, "paused")?),
+            "closed" => p.closed = Some(boolean(v, "closed")?),
+            "session_secs" => p.session_secs = Some(uint(v, "session_secs", 10, 86_400)?),
+            _ => unreachable!("checked against PATCHABLE above"),
+        }
+    }
+    Ok(p)
+}
+
+async fn patch(room: &Room, body: Map<String, Value>) -> Result<(), GatewayError> {
+    let p = parse_patch(&body, room.config.queue)?;
+    let settings = room
+        .update_settings(|s| {
+            if let Some(v) = p.admit_rate_per_min {
+                s.admit_rate_per_min = v;
+            }
+            if let Some(v) = p.max_active {
+                s.max_active = v;
+            }
+            if let Some(v) = p.paused {
+                s.paused = v;
+            }
+            if let Some(v) = p.closed {
+                s.closed = v;
+            }
+            if let Some(v) = p.session_secs {
+                s.session_secs = v;
+            }
+        })
+        .await?;
+    tracing::info!(room = %room.id(), ?settings, "room settings changed by admin");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn patch_accepts_known_fields_and_null_cap() {
+        let p = parse_patch(
+            &body(json!({"admit_rate_per_min": 120, "max_active": null, "paused": true})),
+            QueueMode::Always,
+        )
+        .unwrap();
+        assert_eq!(p.admit_rate_per_min, Some(120));
+        assert_eq!(p.max_active, Some(None));
+        assert_eq!(p.paused, Some(true));
+    }
+
+    #[test]
+    fn patch_errors_name_the_field() {
+        let cases = [
+            (json!({"admit_rate_per_min": 0}), "admit_rate_per_min"),
+            (json!({"admit_rate_per_min": "fast"}), "admit_rate_per_min"),
+            (json!({"paused": "yes"}), "paused"),
+            (json!({"session_secs": 5}), "session_secs"),
+            (json!({"max_active": -1}), "max_active"),
+        ];
+        for (b, field) in cases {
+            match parse_patch(&body(b.clone()), QueueMode::Always) {
+                Err(GatewayError::InvalidValue { field: f, .. }) => assert_eq!(f, field, "{b}"),
+                other => panic!("{b}: {other:?}"),
+            }
+        }
+        assert!(
+            matches!(parse_patch(&body(json!({"rate": 1})), QueueMode::Always), Err(GatewayError::InvalidJson(m)) if m.contains("rate"))
+        );
+        assert!(matches!(
+            parse_patch(&body(json!({})), QueueMode::Always),
+            Err(GatewayError::InvalidJson(_))
+        ));
+        assert!(parse_patch(&body(json!({"max_active": null})), QueueMode::OverCapacity).is_err());
+    }
+}

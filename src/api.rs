@@ -1,0 +1,257 @@
+//! The fan's JSON endpoints under `/_waitroom/` on the public listener, used
+//! by the waiting page and by apps:
+//!
+//! - `GET  /_waitroom/status?room=ID[&next=/path]`: where my place stands;
+//! - `POST /_waitroom/join?room=ID[&next=/path]`: take (or get back) my place;
+//! - `POST /_waitroom/claim?room=ID`: exchange my called place for access.
+//!
+//! The queue token comes from `Authorization: Bearer` (apps) or the room's
+//! queue cookie (browsers), so a fan has one place whichever client asks.
+//! A token that is present but bad is a 401 naming the reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use crate::app::App;
+use crate::error::GatewayError;
+use crate::gate::{self, Ctx, Status};
+use crate::http::{self, Body};
+use crate::queue::Place;
+use crate::room::Room;
+use crate::token::{Claims, Expect, Kind};
+
+#[derive(Serialize)]
+struct Joined {
+    token: String,
+    #[serde(flatten)]
+    status: Status,
+}
+
+#[derive(Serialize)]
+struct Claimed {
+    room: String,
+    access_token: String,
+    /// Send it as `X-Waitroom-Token` (apps) or keep the cookie (browsers).
+    header: &'static str,
+    expires_in: u64,
+    session_max_secs: u64,
+    url: String,
+}
+
+struct Query {
+    room: Arc<Room>,
+    next: String,
+}
+
+fn parse_query(app: &App, req: &Request<Incoming>) -> Result<Query, GatewayError> {
+    let pairs = http::query_pairs(req.uri().query())?;
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let id = get("room").ok_or(GatewayError::MissingParam("room"))?;
+    let room = app
+        .room(id)
+        .cloned()
+        .ok_or_else(|| GatewayError::UnknownRoom(id.chars().take(64).collect()))?;
+    let next = match get("next") {
+        Some(n) => gate::validate_next(n, &room.config.path_prefix).map_err(|reason| {
+            GatewayError::InvalidParam {
+                name: "next",
+                reason,
+            }
+        })?,
+        None => room.config.path_prefix.clone(),
+    };
+    Ok(Query { room, next })
+}
+
+/// The queue token presented, if any, verified. `Ok(None)`: none presented.
+fn presented(
+    app: &App,
+    room: &Room,
+    req: &Request<Incoming>,
+    cookie_errors_are_fatal: bool,
+) -> Result<Option<Claims>, GatewayError> {
+    let headers = req.headers();
+    let expect = Expect {
+        kind: Kind::Queue,
+        room: room.id(),
+        epoch: room.epoch(),
+    };
+    let now = app.clock.wall_secs();
+    let reject = |e: crate::token::TokenError| {
+        app.metrics
+            .rejected_tokens
+            .with_label_values(&[room.id(), e.label()])
+            .inc();
+        GatewayError::InvalidToken(e)
+    };
+    if let Some(token) = http::bearer(headers)? {
+        return app
+            .keys
+            .verify(token, expect, now)
+            .map(Some)
+            .map_err(reject);
+    }
+    match http::cookie(headers, &gate::queue_cookie_name(room.id()))? {
+        Some(token) => match app.keys.verify(token, expect, now) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if cookie_errors_are_fatal => Err(reject(e)),
+            Err(e) => {
+                reject(e);
+                Ok(None)
+            }
+        },
+        None => Ok(None),
+    }
+}
+
+pub async fn handle(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, GatewayError> {
+    let (allow, handler) = match req.uri().path() {
+        "/_waitroom/status" => ("GET, HEAD", Endpoint::Status),
+        "/_waitroom/join" => ("POST", Endpoint::Join),
+        "/_waitroom/claim" => ("POST", Endpoint::Claim),
+        _ => return Err(GatewayError::NotFound),
+    };
+    let method_ok = match handler {
+        Endpoint::Status => req.method() == Method::GET || req.method() == Method::HEAD,
+        _ => req.method() == Method::POST,
+    };
+    if !method_ok {
+        return Err(GatewayError::MethodNotAllowed(allow));
+    }
+    let q = parse_query(app, &req)?;
+    let ctx = Ctx {
+        app,
+        room: &q.room,
+        secure: app.config.proxy.public_https || app.proxy.client_https(req.headers(), peer.ip()),
+        json: true,
+        next: q.next.clone(),
+    };
+    match handler {
+        Endpoint::Status => status(&ctx, &req),
+        Endpoint::Join => join(&ctx, &req).await,
+        Endpoint::Claim => claim(&ctx, &req).await,
+    }
+}
+
+enum Endpoint {
+    Status,
+    Join,
+    Claim,
+}
+
+fn status(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let claims = presented(ctx.app, ctx.room, req, true)?;
+    let place = claims.map(|c| ctx.room.touch(c.seq));
+    let snap = ctx.room.snapshot();
+    Ok(http::json(
+        StatusCode::OK,
+        &gate::status_of(ctx.room, place, &snap, &ctx.next),
+    ))
+}
+
+async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let room = ctx.room;
+    let existing = presented(ctx.app, room, req, false)?;
+    let (token, cookie, place) = match existing {
+        Some(c) => match room.touch(c.seq) {
+            Place::Expired | Place::Unknown | Place::Missed { .. } => new_place(ctx).await?,
+            place => {
+                let (token, cookie) = ctx.sign_queue_token(room.epoch(), c.seq, c.vid);
+                (token, cookie, place)
+            }
+        },
+        None => new_place(ctx).await?,
+    };
+    let snap = room.snapshot();
+    let status = gate::status_of(room, Some(place), &snap, &ctx.next);
+    let browser_form = !http::wants_json(req.headers())
+        && req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
+    let mut res = if browser_form {
+        // The "join again" button of the session-ended page: back to the route.
+        let mut res = http::html(StatusCode::SEE_OTHER, String::new());
+        if let Ok(loc) = HeaderValue::from_str(&ctx.next) {
+            res.headers_mut().insert(header::LOCATION, loc);
+        }
+        res
+    } else {
+        http::json(StatusCode::OK, &Joined { token, status })
+    };
+    http::add_cookie(&mut res, &cookie);
+    http::add_cookie(
+        &mut res,
+        &gate::clear_cookie(&gate::access_cookie_name(room.id()), ctx.secure),
+    );
+    Ok(res)
+}
+
+async fn new_place(ctx: &Ctx<'_>) -> Result<(String, String, Place), GatewayError> {
+    let (epoch, seq, _called) = ctx.room.arrive().await?;
+    ctx.app
+        .metrics
+        .arrivals
+        .with_label_values(&[ctx.room.id()])
+        .inc();
+    let (token, cookie) = ctx.sign_queue_token(epoch, seq, crate::token::new_visitor_id());
+    Ok((token, cookie, ctx.room.place(seq)))
+}
+
+async fn claim(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let room = ctx.room;
+    let claims = presented(ctx.app, room, req, true)?.ok_or(GatewayError::NoToken)?;
+    room.touch(claims.seq);
+    let grant = match room.claim(claims.seq, &claims.vid).await {
+        Ok(g) => g,
+        Err(crate::room::RoomError::Claim(e)) => {
+            ctx.app
+                .metrics
+                .refused_claims
+                .with_label_values(&[room.id(), claim_reason(e)])
+                .inc();
+            return Err(GatewayError::Claim(e));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ctx.app
+        .metrics
+        .admissions
+        .with_label_values(&[room.id()])
+        .inc();
+    let (token, cookie) = ctx.sign_access_token(claims.ep, &grant, &claims.vid);
+    let snap = room.snapshot();
+    let mut res = http::json(
+        StatusCode::OK,
+        &Claimed {
+            room: room.id().to_string(),
+            access_token: token,
+            header: "X-Waitroom-Token",
+            expires_in: grant.expires_wall.saturating_sub(ctx.app.clock.wall_secs()),
+            session_max_secs: snap.session_max_secs,
+            url: ctx.next.clone(),
+        },
+    );
+    http::add_cookie(&mut res, &cookie);
+    Ok(res)
+}
+
+fn claim_reason(e: crate::queue::ClaimError) -> &'static str {
+    use crate::queue::ClaimError::*;
+    match e {
+        NotYet => "not_yet",
+        AlreadyClaimed => "already_claimed",
+        Missed => "turn_passed",
+        Unknown => "unknown_place",
+    }
+}

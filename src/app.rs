@@ -1,0 +1,350 @@
+//! The assembled gateway: configuration, keys, rooms, proxy, metrics and
+//! store, and the public request flow:
+//!
+//! ```text
+//!   request ─→ /_waitroom/* ─→ api (status, join, claim)
+//!          └─→ route by host + longest path prefix
+//!                ├─ no room ─→ default upstream, or 404
+//!                ├─ exempt path ─→ proxy
+//!                └─ gate::decide ─→ proxy (+ cookies) | waiting page
+//! ```
+//!
+//! Every public request ends in [`App::handle_public`], which records the
+//! access log line and the error metric in one place.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response};
+
+use crate::config::{Config, StoreConfig, Upstream};
+use crate::error::GatewayError;
+use crate::gate::{Ctx, Decision};
+use crate::http::{self, Body};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::room::{Clock, Room, RoomError};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Store, StoreError};
+use crate::token::Keys;
+
+/// How often the drip runs.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Sessions are swept (and progress persisted) every this many ticks.
+pub const SWEEP_EVERY_TICKS: u64 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    #[error("room {room}: {source}")]
+    Room { room: String, source: RoomError },
+}
+
+pub struct App {
+    pub config: Config,
+    pub keys: Keys,
+    pub rooms: Vec<Arc<Room>>,
+    pub proxy: Proxy,
+    pub metrics: Metrics,
+    pub store: Arc<dyn Store>,
+    pub clock: Clock,
+    /// Set on shutdown: /readyz answers 503 so load balancers stop sending.
+    pub draining: AtomicBool,
+}
+
+/// Whether `path` lies inside the route `prefix` (on a segment boundary).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return path.starts_with('/');
+    }
+    let prefix = prefix.trim_end_matches('/');
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Embedded { path, .. } => Arc::new(EmbeddedStore::open(path)?),
+        };
+        let StoreConfig::Embedded { seq_block, .. } = config.store;
+        let clock = Clock::default();
+        let mut rooms = Vec::new();
+        for rc in &config.rooms {
+            let room = Room::open(
+                rc.clone(),
+                store.clone(),
+                clock,
+                seq_block,
+                config.proxy.upstream_hold,
+            )
+            .await
+            .map_err(|source| AppError::Room {
+                room: rc.id.clone(),
+                source,
+            })?;
+            rooms.push(room);
+        }
+        Ok(Arc::new(App {
+            keys: Keys::new(&config.signing_keys),
+            proxy: Proxy::new(&config.proxy),
+            metrics: Metrics::new(),
+            rooms,
+            store,
+            clock,
+            draining: AtomicBool::new(false),
+            config,
+        }))
+    }
+
+    pub fn room(&self, id: &str) -> Option<&Arc<Room>> {
+        self.rooms.iter().find(|r| r.id() == id)
+    }
+
+    /// The room protecting `host` + `path`: the longest matching prefix,
+    /// a room bound to the host winning over one for any host.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Room>> {
+        self.rooms
+            .iter()
+            .filter(|r| match (&r.config.host, host) {
+                (None, _) => true,
+                (Some(h), Some(req)) => h.eq_ignore_ascii_case(req),
+                (Some(_), None) => false,
+            })
+            .filter(|r| prefix_matches(&r.config.path_prefix, path))
+            .max_by_key(|r| (r.config.path_prefix.len(), r.config.host.is_some()))
+    }
+
+    /// Runs the drip for every room until `stop` turns true.
+    pub async fn run_ticker(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            n += 1;
+            let sweep = n.is_multiple_of(SWEEP_EVERY_TICKS);
+            for room in &self.rooms {
+                let report = room.tick(sweep);
+                let l = &[room.id()];
+                if report.skipped > 0 {
+                    self.metrics
+                        .skipped
+                        .with_label_values(l)
+                        .inc_by(report.skipped);
+                }
+                if report.noshows > 0 {
+                    self.metrics
+                        .noshows
+                        .with_label_values(l)
+                        .inc_by(report.noshows);
+                }
+                if sweep {
+                    self.metrics.observe_room(&room.snapshot());
+                }
+            }
+        }
+    }
+
+    /// Persists the latest progress of every room and closes the store.
+    pub async fn persist_and_close(&self) {
+        for room in &self.rooms {
+            if let Err(e) = room.flush().await {
+                tracing::error!(room = %room.id(), error = %e, "final progress write failed");
+            }
+        }
+        if let Err(e) = self.store.close().await {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+    }
+
+    /// Every public request goes through here.
+    pub async fn handle_public(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        // Path only: queries may carry tokens and are never logged.
+        let path = req.uri().path().to_string();
+        let as_html = !http::wants_json(req.headers()) && !path.starts_with("/_waitroom/");
+        let (room, outcome) = match self.dispatch(req, peer).await {
+            Ok((room, outcome, res)) => (room, Ok((outcome, res))),
+            Err((room, e)) => (room, Err(e)),
+        };
+        match outcome {
+            Ok((outcome, res)) => {
+                tracing::debug!(target: "access", %method, %path, status = res.status().as_u16(), room = room.as_deref().unwrap_or("-"), outcome, elapsed_us = started.elapsed().as_micros() as u64);
+                res
+            }
+            Err(e) => {
+                let res = e.into_response(&self.metrics, as_html);
+                tracing::debug!(target: "access", %method, %path, status = res.status().as_u16(), room = room.as_deref().unwrap_or("-"), outcome = "error", elapsed_us = started.elapsed().as_micros() as u64);
+                res
+            }
+        }
+    }
+
+    async fn dispatch(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<(Option<String>, &'static str, Response<Body>), (Option<String>, GatewayError)>
+    {
+        let path = req.uri().path();
+        if path.starts_with("/_waitroom/") {
+            return crate::api::handle(self, req, peer)
+                .await
+                .map(|res| (None, "api", res))
+                .map_err(|e| (None, e));
+        }
+        let host = host_of(&req);
+        let Some(room) = self.route(host.as_deref(), path).cloned() else {
+            return match &self.config.proxy.default_upstream {
+                Some(up) => self
+                    .forward(None, req, up, peer, Vec::new())
+                    .await
+                    .map(|res| (None, "passthrough", res))
+                    .map_err(|e| (None, e)),
+                None => Err((None, GatewayError::NoRoute)),
+            };
+        };
+        let room_id = Some(room.id().to_string());
+        if room
+            .config
+            .exempt_paths
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+        {
+            return self
+                .forward(Some(&room), req, &room.config.upstream, peer, Vec::new())
+                .await
+                .map(|res| (room_id.clone(), "exempt", res))
+                .map_err(|e| (room_id, e));
+        }
+        let ctx = Ctx {
+            app: self,
+            room: &room,
+            secure: self.config.proxy.public_https
+                || self.proxy.client_https(req.headers(), peer.ip()),
+            json: http::wants_json(req.headers()),
+            next: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+        };
+        match ctx.decide(req.headers()).await {
+            Ok(Decision::Proxy { set_cookies }) => self
+                .forward(Some(&room), req, &room.config.upstream, peer, set_cookies)
+                .await
+                .map(|res| (room_id.clone(), "admitted", res))
+                .map_err(|e| (room_id, e)),
+            Ok(Decision::Respond(res)) => Ok((room_id, "waiting", res)),
+            Err(e) => Err((room_id, e)),
+        }
+    }
+
+    async fn forward(
+        &self,
+        room: Option<&Arc<Room>>,
+        req: Request<Incoming>,
+        upstream: &Upstream,
+        peer: SocketAddr,
+        set_cookies: Vec<String>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let room_label = room.map(|r| r.id()).unwrap_or("-");
+        match self.proxy.forward(req, upstream, peer).await {
+            Ok(fwd) => {
+                let status = fwd.response.status();
+                self.metrics
+                    .upstream_seconds
+                    .with_label_values(&[room_label])
+                    .observe(fwd.elapsed.as_secs_f64());
+                let class = match status.as_u16() {
+                    100..=199 => "1xx",
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                };
+                self.metrics
+                    .upstream_responses
+                    .with_label_values(&[room_label, class])
+                    .inc();
+                if matches!(status.as_u16(), 502..=504)
+                    && let Some(r) = room
+                {
+                    r.note_upstream_failure();
+                }
+                let mut res = fwd.response;
+                for c in set_cookies {
+                    if let Ok(v) = HeaderValue::from_str(&c) {
+                        res.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                }
+                Ok(res)
+            }
+            Err(e) => {
+                let class = match e {
+                    crate::proxy::UpstreamError::Timeout => "timeout",
+                    _ => "error",
+                };
+                self.metrics
+                    .upstream_responses
+                    .with_label_values(&[room_label, class])
+                    .inc();
+                if let Some(r) = room {
+                    r.note_upstream_failure();
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))?;
+    // Drop a trailing :port; keep IPv6 literals ("[::1]:8080" → "[::1]").
+    let host = match raw.rsplit_once(':') {
+        Some((h, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            h.to_string()
+        }
+        _ => raw,
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/shop", "/shop"));
+        assert!(prefix_matches("/shop", "/shop/cart"));
+        assert!(prefix_matches("/shop/", "/shop/cart"));
+        assert!(!prefix_matches("/shop", "/shopping"));
+        assert!(!prefix_matches("/shop", "/"));
+    }
+}

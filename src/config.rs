@@ -1,0 +1,803 @@
+//! Configuration: raw TOML → validated [`Config`], parsed once at start-up.
+//!
+//! The raw structs mirror the file (`deny_unknown_fields`, so a typo is an
+//! error, never a silent default). [`Config::from_toml_str`] applies the
+//! `WAITROOM_*` environment overrides and validates everything at once,
+//! returning every problem with the field it concerns.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper::Uri;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Sequence numbers reserved per store write (see `store`).
+pub const DEFAULT_SEQ_BLOCK: u64 = 1024;
+pub const DEFAULT_QUEUE_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_SESSION_SECS: u64 = 600;
+pub const DEFAULT_CLAIM_GRACE_SECS: u64 = 180;
+pub const DEFAULT_ABANDON_AFTER_SECS: u64 = 120;
+pub const DEFAULT_REJOIN_SECS: u64 = 900;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
+pub const DEFAULT_UPSTREAM_HOLD_SECS: u64 = 5;
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Admin tokens shorter than this are refused when the admin listener is not loopback.
+pub const MIN_EXPOSED_ADMIN_TOKEN_BYTES: usize = 24;
+
+/// One validation problem: which field, and what would be right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid TOML: {0}")]
+    Syntax(String),
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+// ---------------------------------------------------------------- raw file
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: RawListen,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    signing: RawSigning,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    rooms: Vec<RawRoom>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    public: String,
+    admin: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    queue_token_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    kid: String,
+    secret: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<String>,
+    path: Option<String>,
+    seq_block: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    default_upstream: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    public_url: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    response_timeout_secs: Option<u64>,
+    upstream_hold_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    shutdown_grace_secs: Option<u64>,
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoom {
+    id: String,
+    title: Option<String>,
+    upstream: String,
+    host: Option<String>,
+    path_prefix: Option<String>,
+    #[serde(default)]
+    exempt_paths: Vec<String>,
+    admit_rate_per_min: u64,
+    session_secs: Option<u64>,
+    session_max_secs: Option<u64>,
+    max_active: Option<u64>,
+    queue: Option<String>,
+    claim_grace_secs: Option<u64>,
+    abandon_after_secs: Option<u64>,
+    rejoin_secs: Option<u64>,
+}
+
+// ---------------------------------------------------------- validated types
+
+/// The validated configuration. Everything downstream uses these types.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_public: SocketAddr,
+    pub listen_admin: SocketAddr,
+    pub admin_token: String,
+    pub signing_keys: Vec<SigningKey>,
+    pub queue_token_ttl: Duration,
+    pub store: StoreConfig,
+    pub proxy: ProxyConfig,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub rooms: Vec<RoomConfig>,
+}
+
+#[derive(Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Embedded { path: PathBuf, seq_block: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub default_upstream: Option<Upstream>,
+    pub trusted_proxies: Vec<IpNet>,
+    /// `https` when the public URL says so: cookies get `Secure`.
+    pub public_https: bool,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// How long the drip holds after the room's upstream failed.
+    pub upstream_hold: Duration,
+}
+
+/// An upstream origin: scheme + authority, no path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: hyper::http::uri::Scheme,
+    pub authority: hyper::http::uri::Authority,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    /// Every arrival takes a place and waits for the drip.
+    Always,
+    /// Arrivals go straight in while there is room under `max_active` and the rate.
+    OverCapacity,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    pub id: String,
+    pub title: String,
+    pub upstream: Upstream,
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub exempt_paths: Vec<String>,
+    pub admit_rate_per_min: u64,
+    pub session_secs: u64,
+    pub session_max_secs: u64,
+    pub max_active: Option<u64>,
+    pub queue: QueueMode,
+    pub claim_grace_secs: u64,
+    pub abandon_after_secs: u64,
+    pub rejoin_secs: u64,
+}
+
+/// Environment overrides, read in one place.
+#[derive(Debug, Default, Clone)]
+pub struct EnvOverrides {
+    pub admin_token: Option<String>,
+    pub signing_key: Option<String>,
+    pub signing_kid: Option<String>,
+}
+
+impl EnvOverrides {
+    pub fn from_process_env() -> Self {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        EnvOverrides {
+            admin_token: get("WAITROOM_ADMIN_TOKEN"),
+            signing_key: get("WAITROOM_SIGNING_KEY"),
+            signing_kid: get("WAITROOM_SIGNING_KID"),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path, env: &EnvOverrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml_str(&text, env)
+    }
+
+    pub fn from_toml_str(text: &str, env: &EnvOverrides) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        validate(raw, env)
+    }
+}
+
+fn validate(raw: RawConfig, env: &EnvOverrides) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut problem = |field: &str, reason: String| {
+        problems.push(ConfigProblem {
+            field: field.to_string(),
+            reason,
+        })
+    };
+
+    let listen_public = parse_addr(&raw.listen.public, "listen.public", &mut problem);
+    let listen_admin = parse_addr(&raw.listen.admin, "listen.admin", &mut problem);
+    if let (Some(p), Some(a)) = (listen_public, listen_admin)
+        && p == a
+        && p.port() != 0
+    {
+        problem(
+            "listen.admin",
+            "must differ from listen.public: the admin API never shares the public listener".into(),
+        );
+    }
+
+    let admin_token = env
+        .admin_token
+        .clone()
+        .or(raw.admin.token)
+        .unwrap_or_default();
+    if admin_token.trim().is_empty() {
+        problem(
+            "admin.token",
+            "is required (or set WAITROOM_ADMIN_TOKEN)".into(),
+        );
+    } else if let Some(a) = listen_admin
+        && !a.ip().is_loopback()
+        && admin_token.len() < MIN_EXPOSED_ADMIN_TOKEN_BYTES
+    {
+        problem(
+            "admin.token",
+            format!(
+                "must be at least {MIN_EXPOSED_ADMIN_TOKEN_BYTES} bytes when listen.admin is not a loopback address"
+            ),
+        );
+    }
+
+    let mut signing_keys = Vec::new();
+    if let Some(secret) = &env.signing_key {
+        signing_keys.push(SigningKey {
+            kid: env.signing_kid.clone().unwrap_or_else(|| "env".into()),
+            secret: secret.as_bytes().to_vec(),
+        });
+    }
+    for (i, k) in raw.signing.keys.iter().enumerate() {
+        signing_keys.push(SigningKey {
+            kid: k.kid.clone(),
+            secret: k.secret.as_bytes().to_vec(),
+        });
+        let field = format!("signing.keys[{i}]");
+        if k.kid.is_empty() || k.kid.len() > 64 {
+            problem(&format!("{field}.kid"), "must be 1 to 64 characters".into());
+        }
+    }
+    if signing_keys.is_empty() {
+        problem(
+            "signing.keys",
+            "at least one key is required (or set WAITROOM_SIGNING_KEY)".into(),
+        );
+    }
+    let mut kids = HashSet::new();
+    for (i, k) in signing_keys.iter().enumerate() {
+        if k.secret.len() < MIN_SECRET_BYTES {
+            problem(
+                &format!("signing.keys[{i}].secret"),
+                format!(
+                    "must be at least {MIN_SECRET_BYTES} bytes (kid {:?} has {})",
+                    k.kid,
+                    k.secret.len()
+                ),
+            );
+        }
+        if !kids.insert(k.kid.clone()) {
+            problem(
+                &format!("signing.keys[{i}].kid"),
+                format!("duplicate kid {:?}", k.kid),
+            );
+        }
+    }
+    let queue_token_ttl_secs = raw
+        .signing
+        .queue_token_ttl_secs
+        .unwrap_or(DEFAULT_QUEUE_TOKEN_TTL_SECS);
+    if queue_token_ttl_secs < 3600 {
+        problem(
+            "signing.queue_token_ttl_secs",
+            "must be at least 3600: a fan must never be dropped from the line for waiting long"
+                .into(),
+        );
+    }
+
+    let store = match raw.store.kind.as_deref().unwrap_or("embedded") {
+        "embedded" => {
+            let seq_block = raw.store.seq_block.unwrap_or(DEFAULT_SEQ_BLOCK);
+            if !(1..=1_000_000).contains(&seq_block) {
+                problem("store.seq_block", "must be between 1 and 1000000".into());
+            }
+            let path = raw
+                .store
+                .path
+                .clone()
+                .unwrap_or_else(|| "./waitroom-state".into());
+            if path.is_empty() {
+                problem("store.path", "must not be empty".into());
+            }
+            StoreConfig::Embedded {
+                path: PathBuf::from(path),
+                seq_block,
+            }
+        }
+        other => {
+            problem(
+                "store.kind",
+                format!("unknown store kind {other:?}; expected \"embedded\""),
+            );
+            StoreConfig::Embedded {
+                path: PathBuf::new(),
+                seq_block: DEFAULT_SEQ_BLOCK,
+            }
+        }
+    };
+
+    let default_upstream = raw
+        .proxy
+        .default_upstream
+        .as_deref()
+        .and_then(|u| parse_upstream(u, "proxy.default_upstream", &mut problem));
+    let mut trusted_proxies = Vec::new();
+    for (i, t) in raw.proxy.trusted_proxies.iter().enumerate() {
+        match parse_net(t) {
+            Some(net) => trusted_proxies.push(net),
+            None => problem(
+                &format!("proxy.trusted_proxies[{i}]"),
+                format!("{t:?} is not an IP address or CIDR network (e.g. \"10.0.0.0/8\")"),
+            ),
+        }
+    }
+    let public_https = match raw.proxy.public_url.as_deref() {
+        None => false,
+        Some(u) => match u.parse::<Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.authority().is_some() => true,
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => false,
+            _ => {
+                problem(
+                    "proxy.public_url",
+                    format!("{u:?} is not an absolute http:// or https:// URL"),
+                );
+                false
+            }
+        },
+    };
+    let connect_timeout_ms = raw
+        .proxy
+        .connect_timeout_ms
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
+    if !(1..=60_000).contains(&connect_timeout_ms) {
+        problem(
+            "proxy.connect_timeout_ms",
+            "must be between 1 and 60000".into(),
+        );
+    }
+    let response_timeout_secs = raw
+        .proxy
+        .response_timeout_secs
+        .unwrap_or(DEFAULT_RESPONSE_TIMEOUT_SECS);
+    if !(1..=3600).contains(&response_timeout_secs) {
+        problem(
+            "proxy.response_timeout_secs",
+            "must be between 1 and 3600".into(),
+        );
+    }
+    let upstream_hold_secs = raw
+        .proxy
+        .upstream_hold_secs
+        .unwrap_or(DEFAULT_UPSTREAM_HOLD_SECS);
+    if upstream_hold_secs > 600 {
+        problem("proxy.upstream_hold_secs", "must be at most 600".into());
+    }
+
+    let shutdown_grace_secs = raw
+        .server
+        .shutdown_grace_secs
+        .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
+    if shutdown_grace_secs > 3600 {
+        problem("server.shutdown_grace_secs", "must be at most 3600".into());
+    }
+    let log_format = match raw.server.log_format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            problem(
+                "server.log_format",
+                format!("unknown format {other:?}; expected \"text\" or \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+
+    if raw.rooms.is_empty() {
+        problem("rooms", "at least one [[rooms]] entry is required".into());
+    }
+    let mut rooms = Vec::new();
+    let mut ids = HashSet::new();
+    let mut routes = HashSet::new();
+    for (i, r) in raw.rooms.iter().enumerate() {
+        let f = |name: &str| format!("rooms[{i}].{name}");
+        let id_ok = !r.id.is_empty()
+            && r.id.len() <= 48
+            && r.id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            problem(
+                &f("id"),
+                format!(
+                    "{:?} must be 1-48 characters of a-z, A-Z, 0-9, '-' or '_' (it is used in cookie names)",
+                    r.id
+                ),
+            );
+        }
+        if !ids.insert(r.id.clone()) {
+            problem(&f("id"), format!("duplicate room id {:?}", r.id));
+        }
+        let upstream = parse_upstream(&r.upstream, &f("upstream"), &mut problem);
+        let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+        if !path_prefix.starts_with('/') || path_prefix.starts_with("/_waitroom") {
+            problem(
+                &f("path_prefix"),
+                format!("{path_prefix:?} must start with '/' and not with /_waitroom"),
+            );
+        }
+        let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+        if let Some(h) = &host
+            && (h.is_empty() || h.parse::<hyper::http::uri::Authority>().is_err())
+        {
+            problem(&f("host"), format!("{h:?} is not a valid host name"));
+        }
+        if !routes.insert((host.clone(), path_prefix.clone())) {
+            problem(
+                &f("path_prefix"),
+                format!("another room already protects {path_prefix:?} on this host"),
+            );
+        }
+        for (j, e) in r.exempt_paths.iter().enumerate() {
+            if !e.starts_with('/') {
+                problem(
+                    &format!("rooms[{i}].exempt_paths[{j}]"),
+                    format!("{e:?} must start with '/'"),
+                );
+            }
+        }
+        if !(1..=6_000_000).contains(&r.admit_rate_per_min) {
+            problem(
+                &f("admit_rate_per_min"),
+                "must be between 1 and 6000000 (pause the room to stop admissions)".into(),
+            );
+        }
+        let session_secs = r.session_secs.unwrap_or(DEFAULT_SESSION_SECS);
+        if !(10..=86_400).contains(&session_secs) {
+            problem(&f("session_secs"), "must be between 10 and 86400".into());
+        }
+        let session_max_secs = r.session_max_secs.unwrap_or(session_secs * 3);
+        if session_max_secs < session_secs || session_max_secs > 7 * 86_400 {
+            problem(
+                &f("session_max_secs"),
+                "must be at least session_secs and at most 604800".into(),
+            );
+        }
+        if r.max_active == Some(0) {
+            problem(
+                &f("max_active"),
+                "must be at least 1 (or left out for no cap)".into(),
+            );
+        }
+        let queue = match r.queue.as_deref().unwrap_or("always") {
+            "always" => QueueMode::Always,
+            "over_capacity" => {
+                if r.max_active.is_none() {
+                    problem(
+                        &f("queue"),
+                        "\"over_capacity\" needs max_active: without a cap there is no capacity to be over".into(),
+                    );
+                }
+                QueueMode::OverCapacity
+            }
+            other => {
+                problem(
+                    &f("queue"),
+                    format!("unknown mode {other:?}; expected \"always\" or \"over_capacity\""),
+                );
+                QueueMode::Always
+            }
+        };
+        let claim_grace_secs = r.claim_grace_secs.unwrap_or(DEFAULT_CLAIM_GRACE_SECS);
+        if !(5..=3600).contains(&claim_grace_secs) {
+            problem(&f("claim_grace_secs"), "must be between 5 and 3600".into());
+        }
+        let abandon_after_secs = r.abandon_after_secs.unwrap_or(DEFAULT_ABANDON_AFTER_SECS);
+        if !(10..=86_400).contains(&abandon_after_secs) {
+            problem(
+                &f("abandon_after_secs"),
+                "must be between 10 and 86400".into(),
+            );
+        }
+        let rejoin_secs = r.rejoin_secs.unwrap_or(DEFAULT_REJOIN_SECS);
+        if rejoin_secs > 86_400 {
+            problem(&f("rejoin_secs"), "must be at most 86400".into());
+        }
+        if let Some(upstream) = upstream {
+            rooms.push(RoomConfig {
+                id: r.id.clone(),
+                title: r.title.clone().unwrap_or_else(|| r.id.clone()),
+                upstream,
+                host,
+                path_prefix,
+                exempt_paths: r.exempt_paths.clone(),
+                admit_rate_per_min: r.admit_rate_per_min,
+                session_secs,
+                session_max_secs,
+                max_active: r.max_active,
+                queue,
+                claim_grace_secs,
+                abandon_after_secs,
+                rejoin_secs,
+            });
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    Ok(Config {
+        listen_public: listen_public.expect("validated above"),
+        listen_admin: listen_admin.expect("validated above"),
+        admin_token,
+        signing_keys,
+        queue_token_ttl: Duration::from_secs(queue_token_ttl_secs),
+        store,
+        proxy: ProxyConfig {
+            default_upstream,
+            trusted_proxies,
+            public_https,
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            response_timeout: Duration::from_secs(response_timeout_secs),
+            upstream_hold: Duration::from_secs(upstream_hold_secs),
+        },
+        shutdown_grace: Duration::from_secs(shutdown_grace_secs),
+        log_format,
+        rooms,
+    })
+}
+
+fn parse_addr(s: &str, field: &str, problem: &mut impl FnMut(&str, String)) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problem(
+                field,
+                format!("{s:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_upstream(
+    s: &str,
+    field: &str,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<Upstream> {
+    let uri: Uri = match s.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            problem(field, format!("{s:?} is not a URL: {e}"));
+            return None;
+        }
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        problem(
+            field,
+            format!("{s:?} must be an absolute URL like \"http://127.0.0.1:9090\""),
+        );
+        return None;
+    };
+    if scheme != hyper::http::uri::Scheme::HTTP {
+        problem(
+            field,
+            format!("{s:?}: only http:// upstreams are supported in this version"),
+        );
+        return None;
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        problem(
+            field,
+            format!("{s:?} must not have a path or query: requests keep their own path"),
+        );
+        return None;
+    }
+    Some(Upstream { scheme, authority })
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [listen]
+        public = "127.0.0.1:0"
+        admin = "127.0.0.1:0"
+        [admin]
+        token = "change-me"
+        [signing]
+        keys = [{ kid = "k1", secret = "0123456789abcdef0123456789abcdef" }]
+        [[rooms]]
+        id = "demo"
+        upstream = "http://127.0.0.1:9090"
+        admit_rate_per_min = 600
+    "#;
+
+    fn problems(text: &str) -> Vec<ConfigProblem> {
+        match Config::from_toml_str(text, &EnvOverrides::default()) {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::from_toml_str(GOOD, &EnvOverrides::default()).unwrap();
+        let r = &c.rooms[0];
+        assert_eq!(r.path_prefix, "/");
+        assert_eq!(r.session_secs, DEFAULT_SESSION_SECS);
+        assert_eq!(r.session_max_secs, DEFAULT_SESSION_SECS * 3);
+        assert_eq!(r.queue, QueueMode::Always);
+        assert_eq!(r.claim_grace_secs, DEFAULT_CLAIM_GRACE_SECS);
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_it() {
+        let text = GOOD.replace(
+            "admit_rate_per_min = 600",
+            "admit_rate_per_min = 600\nadmit_rate = 5",
+        );
+        let err = Config::from_toml_str(&text, &EnvOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("admit_rate"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let text = GOOD
+            .replace("public = \"127.0.0.1:0\"", "public = \"nope\"")
+            .replace("0123456789abcdef0123456789abcdef", "short")
+            .replace(
+                "admit_rate_per_min = 600",
+                "admit_rate_per_min = 0\nqueue = \"over_capacity\"",
+            );
+        let fields: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+        assert!(fields.contains(&"listen.public".to_string()), "{fields:?}");
+        assert!(
+            fields.contains(&"signing.keys[0].secret".to_string()),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"rooms[0].admit_rate_per_min".to_string()),
+            "{fields:?}"
+        );
+        assert!(fields.contains(&"rooms[0].queue".to_string()), "{fields:?}");
+    }
+
+    #[test]
+    fn env_overrides_supply_secrets() {
+        let text = GOOD.replace("token = \"change-me\"", "").replace(
+            "keys = [{ kid = \"k1\", secret = \"0123456789abcdef0123456789abcdef\" }]",
+            "",
+        );
+        let env = EnvOverrides {
+            admin_token: Some("from-env".into()),
+            signing_key: Some("x".repeat(40)),
+            signing_kid: None,
+        };
+        let c = Config::from_toml_str(&text, &env).unwrap();
+        assert_eq!(c.admin_token, "from-env");
+        assert_eq!(c.signing_keys[0].kid, "env");
+        assert!(matches!(
+            Config::from_toml_str(&text, &EnvOverrides::default()),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn upstream_must_be_an_origin() {
+        let text = GOOD.replace("http://127.0.0.1:9090", "http://127.0.0.1:9090/checkout");
+        assert_eq!(problems(&text)[0].field, "rooms[0].upstream");
+        let text = GOOD.replace("http://127.0.0.1:9090", "127.0.0.1:9090");
+        assert_eq!(problems(&text)[0].field, "rooms[0].upstream");
+    }
+
+    #[test]
+    fn bad_room_id_and_duplicate_routes_are_refused() {
+        let text = format!(
+            "{GOOD}\n[[rooms]]\nid = \"bad id;\"\nupstream = \"http://127.0.0.1:1\"\nadmit_rate_per_min = 1\n"
+        );
+        let p = problems(&text);
+        assert!(p.iter().any(|p| p.field == "rooms[1].id"), "{p:?}");
+        assert!(p.iter().any(|p| p.field == "rooms[1].path_prefix"), "{p:?}");
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        assert!(matches!(
+            Config::from_toml_str("[listen\n", &EnvOverrides::default()),
+            Err(ConfigError::Syntax(_))
+        ));
+    }
+}

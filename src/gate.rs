@@ -1,0 +1,423 @@
+//! The per-request decision on a protected route: let through, or wait.
+//!
+//! ```text
+//!   access token (cookie wr_a_<room> or X-Waitroom-Token)
+//!     valid, session live ─────────────────────────────→ proxy
+//!     ours but ended ──────────────────────────────────→ "session ended" page
+//!   queue token (cookie wr_q_<room>)
+//!     waiting / rejoining ─────────────────────────────→ waiting page or status JSON
+//!     turn has come ── claim (durable) → access token ─→ proxy
+//!     place already claimed ───────────────────────────→ 403 "place already used"
+//!     turn long gone / unknown ─┐
+//!   no token, or a bad one ─────┴── new place ─────────→ waiting page (or straight in,
+//!                                                         `over_capacity` with room to spare)
+//! ```
+//!
+//! A bad token on a protected route is never an error page: the visitor is
+//! treated as a new arrival and the reason is counted in
+//! `waitroom_rejected_tokens_total`.
+
+use std::sync::Arc;
+
+use hyper::header::HeaderMap;
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::app::App;
+use crate::error::GatewayError;
+use crate::http::{self, Body};
+use crate::page;
+use crate::queue::Place;
+use crate::room::{Grant, Room, SessionCheck, Snapshot};
+use crate::token::{Claims, Expect, Kind, TokenError};
+
+/// Header apps use to present their access token on protected routes.
+pub const ACCESS_HEADER: &str = "x-waitroom-token";
+
+pub fn queue_cookie_name(room: &str) -> String {
+    format!("wr_q_{room}")
+}
+pub fn access_cookie_name(room: &str) -> String {
+    format!("wr_a_{room}")
+}
+
+/// What to do with a request to a protected route.
+pub enum Decision {
+    /// Forward upstream, adding these `Set-Cookie` values to the response.
+    Proxy {
+        set_cookies: Vec<String>,
+    },
+    Respond(Response<Body>),
+}
+
+/// The status document: the same for the page, `/_waitroom/status`, join and apps.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Status {
+    pub room: String,
+    /// `waiting` | `admitted` | `paused` | `closed`, or `claimed` (place
+    /// already exchanged), `expired` (place gone), `none` (no place).
+    pub state: &'static str,
+    pub position: Option<u64>,
+    pub people_ahead: Option<u64>,
+    pub eta_seconds: Option<u64>,
+    pub queue_length: u64,
+    pub admit_rate_per_min: u64,
+    pub serving: u64,
+    /// Seconds left to claim once admitted.
+    pub claim_within_secs: Option<u64>,
+    /// Where to go once admitted (same host, inside the room's route).
+    pub url: Option<String>,
+    pub message: Option<String>,
+}
+
+pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str) -> Status {
+    let mut s = Status {
+        room: snap.room.clone(),
+        state: "none",
+        position: None,
+        people_ahead: None,
+        eta_seconds: None,
+        queue_length: snap.queue_length,
+        admit_rate_per_min: snap.admit_rate_per_min,
+        serving: snap.serving,
+        claim_within_secs: None,
+        url: None,
+        message: None,
+    };
+    match place {
+        Some(Place::Waiting { position }) | Some(Place::Rejoining { position }) => {
+            s.state = "waiting";
+            s.position = Some(position);
+            s.people_ahead = Some(position - 1);
+            s.eta_seconds = room.eta_secs(position);
+        }
+        Some(Place::Called { claim_by }) => {
+            s.state = "admitted";
+            s.position = Some(0);
+            s.people_ahead = Some(0);
+            s.eta_seconds = Some(0);
+            s.claim_within_secs = Some(claim_by.saturating_sub(room.clock.mono_ms()) / 1000);
+            s.url = Some(next.to_string());
+        }
+        Some(Place::Claimed) => s.state = "claimed",
+        Some(Place::Missed { .. }) | Some(Place::Expired) | Some(Place::Unknown) => {
+            s.state = "expired"
+        }
+        None => {}
+    }
+    if s.state == "waiting" || s.state == "none" {
+        if snap.closed {
+            s.state = "closed";
+            s.message = Some("This sale is closed.".into());
+        } else if snap.paused && s.state == "waiting" {
+            s.state = "paused";
+        }
+    }
+    s
+}
+
+pub fn cookie(name: &str, value: &str, max_age_secs: u64, secure: bool) -> String {
+    format!(
+        "{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+pub fn clear_cookie(name: &str, secure: bool) -> String {
+    cookie(name, "", 0, secure)
+}
+
+/// Per-request facts the decision needs.
+pub struct Ctx<'a> {
+    pub app: &'a App,
+    pub room: &'a Arc<Room>,
+    pub secure: bool,
+    pub json: bool,
+    /// The URL (path and query) the fan asked for.
+    pub next: String,
+}
+
+impl Ctx<'_> {
+    fn reject(&self, reason: &str) {
+        self.app
+            .metrics
+            .rejected_tokens
+            .with_label_values(&[self.room.id(), reason])
+            .inc();
+    }
+
+    pub fn sign_queue_token(&self, epoch: u64, seq: u64, vid: String) -> (String, String) {
+        let now = self.app.clock.wall_secs();
+        let ttl = self.app.config.queue_token_ttl.as_secs();
+        let token = self.app.keys.sign(&Claims {
+            typ: Kind::Queue,
+            room: self.room.id().to_string(),
+            ep: epoch,
+            seq,
+            vid,
+            iat: now,
+            exp: now + ttl,
+            sat: None,
+        });
+        let c = cookie(&queue_cookie_name(self.room.id()), &token, ttl, self.secure);
+        (token, c)
+    }
+
+    /// Signs the access token for a grant; returns (token, Set-Cookie).
+    pub fn sign_access_token(&self, epoch: u64, grant: &Grant, vid: &str) -> (String, String) {
+        let snap = self.room.snapshot();
+        let token = self.app.keys.sign(&Claims {
+            typ: Kind::Access,
+            room: self.room.id().to_string(),
+            ep: epoch,
+            seq: grant.seq,
+            vid: vid.to_string(),
+            iat: self.app.clock.wall_secs(),
+            exp: grant.expires_wall,
+            sat: Some(grant.session_started_wall),
+        });
+        // The cookie outlives the token so an ended session is recognised
+        // (and shown as ended) instead of silently looking like a stranger.
+        let c = cookie(
+            &access_cookie_name(self.room.id()),
+            &token,
+            snap.session_max_secs + 3600,
+            self.secure,
+        );
+        (token, c)
+    }
+
+    fn waiting(&self, place: Place, set_cookies: Vec<String>) -> Response<Body> {
+        let snap = self.room.snapshot();
+        let status = status_of(self.room, Some(place), &snap, &self.next);
+        let mut res = if self.json {
+            http::json(StatusCode::OK, &status)
+        } else if status.state == "closed" {
+            http::html(StatusCode::OK, page::closed_page(&self.room.config.title))
+        } else {
+            http::html(
+                StatusCode::OK,
+                page::waiting_page(&page::WaitingView {
+                    room_id: self.room.id(),
+                    title: &self.room.config.title,
+                    state: status.state,
+                    position: status.position,
+                    eta_seconds: status.eta_seconds,
+                    next: &self.next,
+                }),
+            )
+        };
+        for c in set_cookies {
+            http::add_cookie(&mut res, &c);
+        }
+        res
+    }
+
+    fn session_ended(&self) -> Response<Body> {
+        if self.json {
+            let snap = self.room.snapshot();
+            let mut s = status_of(self.room, None, &snap, &self.next);
+            s.state = "ended";
+            s.message = Some("Your session has ended.".into());
+            return http::json(StatusCode::OK, &s);
+        }
+        http::html(
+            StatusCode::OK,
+            page::session_ended_page(&self.room.config.title, self.room.id(), &self.next),
+        )
+    }
+
+    fn place_used(&self) -> Response<Body> {
+        self.app
+            .metrics
+            .refused_claims
+            .with_label_values(&[self.room.id(), "already_claimed"])
+            .inc();
+        if self.json {
+            return GatewayError::Claim(crate::queue::ClaimError::AlreadyClaimed)
+                .into_response(&self.app.metrics, false);
+        }
+        http::html(
+            StatusCode::FORBIDDEN,
+            page::place_used_page(&self.room.config.title),
+        )
+    }
+
+    async fn claim_and_proxy(
+        &self,
+        epoch: u64,
+        seq: u64,
+        vid: &str,
+        mut set_cookies: Vec<String>,
+    ) -> Result<Decision, GatewayError> {
+        match self.room.claim(seq, vid).await {
+            Ok(grant) => {
+                self.app
+                    .metrics
+                    .admissions
+                    .with_label_values(&[self.room.id()])
+                    .inc();
+                let (_, c) = self.sign_access_token(epoch, &grant, vid);
+                set_cookies.push(c);
+                Ok(Decision::Proxy { set_cookies })
+            }
+            Err(crate::room::RoomError::Claim(crate::queue::ClaimError::AlreadyClaimed)) => {
+                Ok(Decision::Respond(self.place_used()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Decides what happens to a request on the room's protected route.
+    pub async fn decide(&self, headers: &HeaderMap) -> Result<Decision, GatewayError> {
+        let now = self.app.clock.wall_secs();
+        let room_id = self.room.id();
+        let epoch = self.room.epoch();
+
+        // A Cookie header that is not text counts as no gateway cookies.
+        let cookie_of = |name: &str| match http::cookie(headers, name) {
+            Ok(v) => v,
+            Err(_) => {
+                self.reject("malformed_cookie_header");
+                None
+            }
+        };
+
+        let access = headers
+            .get(ACCESS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| cookie_of(&access_cookie_name(room_id)));
+        if let Some(token) = access {
+            let expect = Expect {
+                kind: Kind::Access,
+                room: room_id,
+                epoch,
+            };
+            match self.app.keys.verify(token, expect, now) {
+                Ok(c) => match self
+                    .room
+                    .check_session(c.seq, &c.vid, c.sat.unwrap_or(c.iat))
+                {
+                    SessionCheck::Live { ends_in_secs } => {
+                        let mut set_cookies = Vec::new();
+                        let session_secs = self.room.snapshot().session_secs;
+                        // Slide: re-issue once less than half the idle window is left on the token.
+                        if c.exp < now + session_secs / 2 && now + ends_in_secs > c.exp {
+                            let grant = Grant {
+                                seq: c.seq,
+                                session_started_wall: c.sat.unwrap_or(c.iat),
+                                expires_wall: now + ends_in_secs,
+                            };
+                            set_cookies.push(self.sign_access_token(epoch, &grant, &c.vid).1);
+                        }
+                        return Ok(Decision::Proxy { set_cookies });
+                    }
+                    SessionCheck::Ended => return Ok(Decision::Respond(self.session_ended())),
+                    SessionCheck::Foreign => self.reject("foreign_session"),
+                },
+                Err(TokenError::Expired) => return Ok(Decision::Respond(self.session_ended())),
+                Err(e) => self.reject(e.label()),
+            }
+        }
+
+        if let Some(token) = cookie_of(&queue_cookie_name(room_id)) {
+            let expect = Expect {
+                kind: Kind::Queue,
+                room: room_id,
+                epoch,
+            };
+            match self.app.keys.verify(token, expect, now) {
+                Ok(c) => match self.room.touch(c.seq) {
+                    place @ (Place::Waiting { .. } | Place::Rejoining { .. }) => {
+                        let ttl = self.app.config.queue_token_ttl.as_secs();
+                        let mut cookies = Vec::new();
+                        if c.iat + ttl / 2 < now {
+                            cookies.push(self.sign_queue_token(epoch, c.seq, c.vid).1);
+                        }
+                        return Ok(Decision::Respond(self.waiting(place, cookies)));
+                    }
+                    Place::Called { .. } => {
+                        return self.claim_and_proxy(epoch, c.seq, &c.vid, Vec::new()).await;
+                    }
+                    Place::Claimed => return Ok(Decision::Respond(self.place_used())),
+                    Place::Missed { .. } | Place::Expired | Place::Unknown => {
+                        self.reject("place_expired")
+                    }
+                },
+                Err(e) => self.reject(e.label()),
+            }
+        }
+
+        if self.room.snapshot().closed {
+            return Ok(Decision::Respond(self.waiting(Place::Unknown, Vec::new())));
+        }
+        let (epoch, seq, called) = self.room.arrive().await?;
+        self.app
+            .metrics
+            .arrivals
+            .with_label_values(&[room_id])
+            .inc();
+        let vid = crate::token::new_visitor_id();
+        let (_, queue_cookie) = self.sign_queue_token(epoch, seq, vid.clone());
+        if called {
+            return self
+                .claim_and_proxy(epoch, seq, &vid, vec![queue_cookie])
+                .await;
+        }
+        let place = self.room.place(seq);
+        Ok(Decision::Respond(self.waiting(place, vec![queue_cookie])))
+    }
+}
+
+/// Validates a `next` URL: a path on this host inside the room's route, so
+/// the forward after admission can never leave the site (no open redirect).
+pub fn validate_next(next: &str, path_prefix: &str) -> Result<String, String> {
+    if next.len() > 2048 {
+        return Err("longer than 2048 bytes".into());
+    }
+    if !next.starts_with('/') || next.starts_with("//") || next.contains('\\') {
+        return Err("must be a path on this site starting with a single '/'".into());
+    }
+    if next.chars().any(|c| c.is_control()) {
+        return Err("must not contain control characters".into());
+    }
+    let path = next.split(['?', '#']).next().unwrap_or("");
+    if !crate::app::prefix_matches(path_prefix, path) {
+        return Err(format!("must stay inside the room's route {path_prefix:?}"));
+    }
+    Ok(next.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_must_stay_on_site_and_in_the_room() {
+        assert_eq!(
+            validate_next("/shop/cart?x=1", "/shop"),
+            Ok("/shop/cart?x=1".into())
+        );
+        for bad in [
+            "https://evil.test/",
+            "//evil.test/x",
+            "/\\evil",
+            "/other",
+            "shop",
+            "/shop/\u{7}",
+        ] {
+            assert!(validate_next(bad, "/shop").is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_next("/anything", "/").is_ok());
+    }
+
+    #[test]
+    fn cookies_are_http_only_lax_and_secure_when_asked() {
+        let c = cookie("wr_q_demo", "t", 60, true);
+        assert_eq!(
+            c,
+            "wr_q_demo=t; Path=/; Max-Age=60; HttpOnly; SameSite=Lax; Secure"
+        );
+        assert!(!cookie("a", "b", 1, false).contains("Secure"));
+    }
+}

@@ -1,0 +1,29 @@
+//! waitroom: a virtual waiting-room gateway.
+//!
+//! A reverse proxy in front of a checkout. Each arriving fan gets a signed
+//! queue token fixing their place in line; a drip admits fans at the rate
+//! the promoter sets; everyone else sees their live position.
+//!
+//! Modules, in the order a request meets them: [`server`] (listeners) →
+//! [`app`] (routing) → [`gate`] (the decision) → [`proxy`] (upstream) or
+//! [`page`] / [`api`] (the fan's side). The line itself is [`queue`] (pure),
+//! paced by [`drip`] (pure), run by [`room`], made durable by [`store`].
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod drip;
+pub mod error;
+pub mod gate;
+pub mod http;
+pub mod metrics;
+pub mod page;
+pub mod proxy;
+pub mod queue;
+pub mod room;
+pub mod server;
+pub mod store;
+pub mod token;

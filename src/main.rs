@@ -1,0 +1,115 @@
+//! The `waitroom` command: run the gateway, check a config, or run the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use waitroom::config::{Config, ConfigError, EnvOverrides, LogFormat};
+
+/// Exit status for an invalid configuration (EX_CONFIG-like, as sysexits' EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "waitroom", version, about = "A virtual waiting-room gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; prints every problem and exits non-zero if any.
+    CheckConfig { file: PathBuf },
+    /// Run a self-contained demo: a toy checkout behind the gateway, with simulated fans.
+    Demo {
+        /// Public port (the admin API listens on the next one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Simulated fans who join before you.
+        #[arg(long, default_value_t = 40)]
+        fans: u64,
+        /// Admission rate per minute.
+        #[arg(long, default_value_t = 60)]
+        rate: u64,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path, &EnvOverrides::from_process_env()).map_err(|e| {
+        eprintln!("waitroom: {}: {e}", path.display());
+        match e {
+            ConfigError::Read { .. } => ExitCode::from(66),
+            _ => ExitCode::from(EXIT_CONFIG),
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("waitroom: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::CheckConfig { file } => match load(&file) {
+            Ok(c) => {
+                println!("{}: ok ({} room(s))", file.display(), c.rooms.len());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_tracing(config.log_format);
+            match runtime.block_on(waitroom::server::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "gateway failed");
+                    eprintln!("waitroom: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { port, fans, rate } => {
+            init_tracing(LogFormat::Text);
+            let opts = waitroom::demo::DemoOptions {
+                port,
+                fans,
+                rate_per_min: rate.max(1),
+            };
+            match runtime.block_on(waitroom::demo::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("waitroom demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

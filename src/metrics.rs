@@ -1,0 +1,176 @@
+//! Prometheus metrics, registered once and served on the admin listener.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::room::Snapshot;
+
+pub struct Metrics {
+    registry: Registry,
+    pub queue_length: IntGaugeVec,
+    pub serving: IntGaugeVec,
+    pub active_sessions: IntGaugeVec,
+    pub called_unclaimed: IntGaugeVec,
+    pub admit_rate: IntGaugeVec,
+    pub paused: IntGaugeVec,
+    pub arrivals: IntCounterVec,
+    pub admissions: IntCounterVec,
+    pub skipped: IntCounterVec,
+    pub noshows: IntCounterVec,
+    pub rejected_tokens: IntCounterVec,
+    pub refused_claims: IntCounterVec,
+    pub upstream_seconds: HistogramVec,
+    pub upstream_responses: IntCounterVec,
+    pub errors: IntCounterVec,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "waitroom_upstream_seconds",
+                "Time from sending a request upstream to its response headers.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["room"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(upstream_seconds.clone()))
+            .expect("metric names are unique");
+        Metrics {
+            queue_length: gauge(
+                &r,
+                "waitroom_queue_length",
+                "Places waiting (main line and rejoin lane).",
+                &["room"],
+            ),
+            serving: gauge(
+                &r,
+                "waitroom_serving_counter",
+                "Every place at or below this has had its turn.",
+                &["room"],
+            ),
+            active_sessions: gauge(
+                &r,
+                "waitroom_active_sessions",
+                "Admitted sessions in use.",
+                &["room"],
+            ),
+            called_unclaimed: gauge(
+                &r,
+                "waitroom_called_unclaimed",
+                "Places called and still inside their claim window.",
+                &["room"],
+            ),
+            admit_rate: gauge(
+                &r,
+                "waitroom_admit_rate_per_min",
+                "Configured admission rate.",
+                &["room"],
+            ),
+            paused: gauge(
+                &r,
+                "waitroom_paused",
+                "1 while the room is paused.",
+                &["room"],
+            ),
+            arrivals: counter(&r, "waitroom_arrivals_total", "Places issued.", &["room"]),
+            admissions: counter(
+                &r,
+                "waitroom_admissions_total",
+                "Places exchanged for access (real entries).",
+                &["room"],
+            ),
+            skipped: counter(
+                &r,
+                "waitroom_skipped_total",
+                "Places skipped because nobody was there when their turn came.",
+                &["room"],
+            ),
+            noshows: counter(
+                &r,
+                "waitroom_noshows_total",
+                "Places called but not claimed within the claim window.",
+                &["room"],
+            ),
+            rejected_tokens: counter(
+                &r,
+                "waitroom_rejected_tokens_total",
+                "Tokens refused, by reason.",
+                &["room", "reason"],
+            ),
+            refused_claims: counter(
+                &r,
+                "waitroom_refused_claims_total",
+                "Claims refused, by reason.",
+                &["room", "reason"],
+            ),
+            upstream_seconds,
+            upstream_responses: counter(
+                &r,
+                "waitroom_upstream_responses_total",
+                "Upstream outcomes by status class (2xx..5xx, error, timeout).",
+                &["room", "class"],
+            ),
+            errors: counter(
+                &r,
+                "waitroom_errors_total",
+                "Error responses by origin (client, upstream, store, internal).",
+                &["origin"],
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn observe_room(&self, s: &Snapshot) {
+        let l = &[s.room.as_str()];
+        self.queue_length
+            .with_label_values(l)
+            .set(s.queue_length as i64);
+        self.serving.with_label_values(l).set(s.serving as i64);
+        self.active_sessions
+            .with_label_values(l)
+            .set(s.active_sessions as i64);
+        self.called_unclaimed
+            .with_label_values(l)
+            .set(s.called_unclaimed as i64);
+        self.admit_rate
+            .with_label_values(l)
+            .set(s.admit_rate_per_min as i64);
+        self.paused.with_label_values(l).set(i64::from(s.paused));
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,317 @@
+//! The upstream side: a pooled HTTP client and the header rewriting a
+//! reverse proxy owes both ends.
+//!
+//! Requests keep their method, path, query and body (streamed, never
+//! buffered). Hop-by-hop headers are dropped both ways; the gateway's own
+//! cookies (`wr_q_*`, `wr_a_*`) and `X-Waitroom-*` headers never reach the
+//! upstream. `X-Forwarded-For/-Proto/-Host` are set from the connection
+//! unless the peer is a configured trusted proxy, whose values are kept
+//! (and, for `-For`, appended to).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
+
+use crate::config::{ProxyConfig, Upstream};
+use crate::http::Body;
+
+/// Cookie name prefixes the gateway owns.
+pub const COOKIE_PREFIXES: [&str; 2] = ["wr_q_", "wr_a_"];
+/// Header prefix the gateway owns: clients' copies are stripped.
+pub const RESERVED_HEADER_PREFIX: &str = "x-waitroom-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    #[error("the upstream exchange failed: {0}")]
+    Exchange(String),
+}
+
+pub struct Proxy {
+    client: Client<HttpConnector, Incoming>,
+    trusted: Vec<IpNet>,
+    response_timeout: Duration,
+}
+
+/// What the upstream exchange yielded, for metrics and the drip's health signal.
+pub struct Forwarded {
+    pub response: Response<Body>,
+    pub elapsed: Duration,
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+impl Proxy {
+    pub fn new(config: &ProxyConfig) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Proxy {
+            client,
+            trusted: config.trusted_proxies.clone(),
+            response_timeout: config.response_timeout,
+        }
+    }
+
+    /// Whether forwarded headers from this peer are believed.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(&peer))
+    }
+
+    /// The scheme the client used, as far as we can trust it.
+    pub fn client_https(&self, headers: &HeaderMap, peer: IpAddr) -> bool {
+        self.is_trusted(peer)
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+    }
+
+    /// Sends `req` to `upstream` and streams the answer back.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        upstream: &Upstream,
+        peer: SocketAddr,
+    ) -> Result<Forwarded, UpstreamError> {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let uri = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| UpstreamError::Exchange(format!("cannot build upstream URI: {e}")))?;
+        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        let trusted = self.is_trusted(peer.ip());
+        rewrite_request_headers(req.headers_mut(), peer.ip(), trusted, original_host);
+
+        let started = Instant::now();
+        let response = match tokio::time::timeout(self.response_timeout, self.client.request(req))
+            .await
+        {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Err(e)) => return Err(UpstreamError::Exchange(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let elapsed = started.elapsed();
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Forwarded {
+            response: Response::from_parts(parts, body.boxed()),
+            elapsed,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+    h.remove(header::TRANSFER_ENCODING);
+}
+
+/// Applies the request-side rewriting (see the module docs).
+pub fn rewrite_request_headers(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    original_host: Option<HeaderValue>,
+) {
+    strip_hop_by_hop(h);
+    let reserved: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(RESERVED_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for k in reserved {
+        h.remove(k);
+    }
+    strip_gateway_cookies(h);
+
+    let prior_for = if trusted {
+        h.get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        String::new()
+    };
+    let xff = if prior_for.trim().is_empty() {
+        peer.to_string()
+    } else {
+        format!("{prior_for}, {peer}")
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    if !trusted || !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !trusted || !h.contains_key("x-forwarded-host") {
+        match &original_host {
+            Some(host) => {
+                h.insert("x-forwarded-host", host.clone());
+            }
+            None => {
+                h.remove("x-forwarded-host");
+            }
+        }
+    }
+    if let Some(host) = original_host {
+        h.insert(header::HOST, host);
+    }
+}
+
+/// Removes the gateway's cookies, keeping the upstream's own.
+fn strip_gateway_cookies(h: &mut HeaderMap) {
+    if !h.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| !COOKIE_PREFIXES.iter().any(|p| pair.starts_with(p)))
+        .map(str::to_string)
+        .collect();
+    h.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn untrusted_forwarded_for_is_replaced_not_appended() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        rewrite_request_headers(
+            &mut h,
+            "10.1.2.3".parse().unwrap(),
+            false,
+            Some(HeaderValue::from_static("shop.test")),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.test");
+    }
+
+    #[test]
+    fn trusted_forwarded_for_is_appended() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        rewrite_request_headers(&mut h, "10.0.0.1".parse().unwrap(), true, None);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn gateway_cookies_hop_by_hop_and_reserved_headers_are_stripped() {
+        let mut h = headers(&[
+            ("cookie", "wr_q_demo=abc; session=keep"),
+            ("cookie", "wr_a_demo=def"),
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-waitroom-token", "t"),
+            ("accept", "*/*"),
+        ]);
+        rewrite_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, None);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "session=keep");
+        for gone in ["connection", "x-secret", "keep-alive", "x-waitroom-token"] {
+            assert!(!h.contains_key(gone), "{gone} should be stripped");
+        }
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn only_gateway_cookies_means_no_cookie_header() {
+        let mut h = headers(&[("cookie", "wr_q_demo=abc")]);
+        rewrite_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, None);
+        assert!(!h.contains_key("cookie"));
+    }
+}

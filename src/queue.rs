@@ -1,0 +1,684 @@
+//! The line itself: sequence numbers, the serving counter, who was called,
+//! who claimed, who left. Pure: no I/O, no clocks — every method that cares
+//! about time takes `now` (monotonic milliseconds) as an argument.
+//!
+//! ```text
+//!   seq:   1 2 3 4 5 6 7 8 9 10 11 ...        next_seq
+//!          └── ≤ serving: turn has come ──┘└── waiting: position = seq − serving
+//! ```
+//!
+//! A place whose turn has come is *called* (it may claim within the claim
+//! window), *claimed* (exchanged once for an access session), *skipped* (no
+//! sign of life for `abandon_after` when its turn came) or a *no-show* (called
+//! but never claimed). Skipped places and no-shows may *rejoin* within
+//! `rejoin` of missing their turn: they go to a short lane served before the
+//! main line, so they get the next free slot rather than the back.
+//!
+//! Admission pacing (how fast `serving` moves) is the `drip` module's job.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{QueueMode, RoomConfig};
+
+/// Monotonic milliseconds.
+pub type Millis = u64;
+
+/// Settings that the admin API may change at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub admit_rate_per_min: u64,
+    pub max_active: Option<u64>,
+    pub paused: bool,
+    pub closed: bool,
+    pub session_secs: u64,
+    pub session_max_secs: u64,
+    pub queue: QueueMode,
+    pub claim_grace_secs: u64,
+    pub abandon_after_secs: u64,
+    pub rejoin_secs: u64,
+}
+
+impl Settings {
+    pub fn from_config(room: &RoomConfig) -> Settings {
+        Settings {
+            admit_rate_per_min: room.admit_rate_per_min,
+            max_active: room.max_active,
+            paused: false,
+            closed: false,
+            session_secs: room.session_secs,
+            session_max_secs: room.session_max_secs,
+            queue: room.queue,
+            claim_grace_secs: room.claim_grace_secs,
+            abandon_after_secs: room.abandon_after_secs,
+            rejoin_secs: room.rejoin_secs,
+        }
+    }
+}
+
+/// Where a place in line stands now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// In the main line; `position` 1 is next.
+    Waiting { position: u64 },
+    /// Back after missing their turn, in the rejoin lane.
+    Rejoining { position: u64 },
+    /// Their turn has come: they may claim until `claim_by`.
+    Called { claim_by: Millis },
+    /// Already exchanged for an access session.
+    Claimed,
+    /// Missed their turn; a sign of life before `rejoin_by` puts them in the rejoin lane.
+    Missed { rejoin_by: Millis },
+    /// Missed their turn too long ago (or before a restart): the place is gone.
+    Expired,
+    /// Not a sequence number this room has issued in this epoch.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    #[error("this place's turn has not come yet")]
+    NotYet,
+    #[error("this place in line has already been exchanged for access")]
+    AlreadyClaimed,
+    #[error("this place's turn has passed")]
+    Missed,
+    #[error("this place in line does not exist")]
+    Unknown,
+}
+
+/// What survives a restart (see `store`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durable {
+    pub epoch: u64,
+    /// Every seq below this may have been issued; new ones start here after a restart.
+    pub reserved_upto: u64,
+    /// Highest seq known to have been issued (written lazily).
+    pub issued_upto: u64,
+    pub serving: u64,
+    /// Every unclaimed seq ≤ this is skipped or a no-show.
+    pub noshow_floor: u64,
+    pub claimed: SeqBits,
+    pub settings: Option<Settings>,
+}
+
+/// A growable bitset over sequence numbers (claim-once memory: one bit per place issued).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SeqBits {
+    words: Vec<u64>,
+}
+
+impl SeqBits {
+    pub fn get(&self, seq: u64) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        self.words.get(w).is_some_and(|word| word & (1 << b) != 0)
+    }
+    /// Sets the bit; returns whether it was clear.
+    pub fn set(&mut self, seq: u64) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if self.words.len() <= w {
+            self.words.resize(w + 1, 0);
+        }
+        let was_clear = self.words[w] & (1 << b) == 0;
+        self.words[w] |= 1 << b;
+        was_clear
+    }
+    pub fn clear(&mut self, seq: u64) {
+        if let Some(word) = self.words.get_mut((seq / 64) as usize) {
+            *word &= !(1 << (seq % 64));
+        }
+    }
+    pub fn count(&self) -> u64 {
+        self.words.iter().map(|w| w.count_ones() as u64).sum()
+    }
+}
+
+/// Observed serving-counter progress, for ETAs that follow what really happens.
+const ADVANCE_WINDOW_MS: Millis = 60_000;
+const ADVANCE_MIN_SPAN_MS: Millis = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct Queue {
+    pub settings: Settings,
+    epoch: u64,
+    next_seq: u64,
+    reserved_upto: u64,
+    serving: u64,
+    /// Last sign of life (seconds, on the monotonic clock) of each waiting
+    /// place, indexed by `seq - serving - 1`. 0 means never seen.
+    last_seen: VecDeque<u32>,
+    claimed: SeqBits,
+    /// Called, unclaimed places: seq → when called.
+    pending: HashMap<u64, Millis>,
+    pending_order: VecDeque<(u64, Millis)>,
+    /// Places that missed their turn: seq → when.
+    missed: HashMap<u64, Millis>,
+    missed_order: VecDeque<(u64, Millis)>,
+    rejoin_lane: VecDeque<u64>,
+    /// Every unclaimed seq ≤ this and not pending/missed is expired.
+    noshow_floor: u64,
+    /// Sessions counted by the runtime (access tokens in use).
+    active_sessions: u64,
+    admitted_total: u64,
+    /// Places called or skipped so far (main line and rejoin lane).
+    advanced_total: u64,
+    advance_samples: VecDeque<(Millis, u64)>,
+}
+
+fn secs(now: Millis) -> u32 {
+    // Monotonic seconds since process start; 0 is reserved for "never seen".
+    u32::try_from(now / 1000 + 1).unwrap_or(u32::MAX)
+}
+
+impl Queue {
+    /// A new, empty room in a fresh epoch. Nothing is reserved yet.
+    pub fn new(epoch: u64, settings: Settings) -> Queue {
+        Queue {
+            settings,
+            epoch,
+            next_seq: 1,
+            reserved_upto: 1,
+            serving: 0,
+            last_seen: VecDeque::new(),
+            claimed: SeqBits::default(),
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            missed: HashMap::new(),
+            missed_order: VecDeque::new(),
+            rejoin_lane: VecDeque::new(),
+            noshow_floor: 0,
+            active_sessions: 0,
+            admitted_total: 0,
+            advanced_total: 0,
+            advance_samples: VecDeque::new(),
+        }
+    }
+
+    /// Rebuilds a room after a restart. Places issued before the crash keep
+    /// their numbers; numbers reserved but maybe never issued are skipped for
+    /// new arrivals (a gap, never a reuse). Places called but unclaimed at the
+    /// crash get a fresh claim window. Places known to be issued count as seen
+    /// now; the ones in the unknown tail count as never seen until their fan
+    /// shows a sign of life.
+    pub fn restore(d: &Durable, settings: Settings, now: Millis) -> Queue {
+        let mut q = Queue::new(d.epoch, settings);
+        q.next_seq = d.reserved_upto.max(1);
+        q.reserved_upto = q.next_seq;
+        q.serving = d.serving.min(q.next_seq - 1);
+        q.noshow_floor = d.noshow_floor.min(q.serving);
+        q.claimed = d.claimed.clone();
+        q.admitted_total = q.claimed.count();
+        for seq in (q.noshow_floor + 1)..=q.serving {
+            if !q.claimed.get(seq) {
+                q.pending.insert(seq, now);
+                q.pending_order.push_back((seq, now));
+            }
+        }
+        for seq in (q.serving + 1)..q.next_seq {
+            q.last_seen
+                .push_back(if seq <= d.issued_upto { secs(now) } else { 0 });
+        }
+        q
+    }
+
+    pub fn durable(&self) -> Durable {
+        Durable {
+            epoch: self.epoch,
+            reserved_upto: self.reserved_upto,
+            issued_upto: self.next_seq - 1,
+            serving: self.serving,
+            noshow_floor: self.durable_floor(),
+            claimed: self.claimed.clone(),
+            settings: Some(self.settings.clone()),
+        }
+    }
+
+    /// The floor to persist: below the oldest pending place.
+    pub fn durable_floor(&self) -> u64 {
+        let oldest_pending = self.pending.keys().min().copied();
+        match oldest_pending {
+            Some(p) => p - 1,
+            None => self.serving,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    pub fn serving(&self) -> u64 {
+        self.serving
+    }
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+    pub fn reserved_upto(&self) -> u64 {
+        self.reserved_upto
+    }
+    /// Places issued and still waiting in the main line, plus the rejoin lane.
+    pub fn queue_length(&self) -> u64 {
+        self.next_seq - 1 - self.serving + self.rejoin_lane.len() as u64
+    }
+    pub fn pending_count(&self) -> u64 {
+        self.pending.len() as u64
+    }
+    pub fn active_sessions(&self) -> u64 {
+        self.active_sessions
+    }
+    pub fn admitted_total(&self) -> u64 {
+        self.admitted_total
+    }
+    pub fn rejoin_len(&self) -> u64 {
+        self.rejoin_lane.len() as u64
+    }
+
+    /// Sessions in use plus places called and still holding a slot.
+    pub fn occupied(&self) -> u64 {
+        self.active_sessions + self.pending.len() as u64
+    }
+
+    /// Room left under `max_active` (`u64::MAX` when uncapped).
+    pub fn free_slots(&self) -> u64 {
+        match self.settings.max_active {
+            Some(cap) => cap.saturating_sub(self.occupied()),
+            None => u64::MAX,
+        }
+    }
+
+    /// The runtime reports how many sessions are live after expiring old ones.
+    pub fn set_active_sessions(&mut self, n: u64) {
+        self.active_sessions = n;
+    }
+
+    /// Numbers that may be handed out without another store write.
+    pub fn reserved_left(&self) -> u64 {
+        self.reserved_upto - self.next_seq
+    }
+
+    /// Records that the store durably reserved every seq below `upto`.
+    pub fn extend_reservation(&mut self, upto: u64) {
+        self.reserved_upto = self.reserved_upto.max(upto);
+    }
+
+    /// Hands out the next place, if one is reserved.
+    pub fn try_issue(&mut self, now: Millis) -> Option<u64> {
+        if self.next_seq >= self.reserved_upto {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.last_seen.push_back(secs(now));
+        Some(seq)
+    }
+
+    /// Nobody is waiting: the next issued place would be next in line.
+    pub fn nobody_waiting(&self) -> bool {
+        self.serving + 1 == self.next_seq && self.rejoin_lane.is_empty()
+    }
+
+    /// Where `seq` stands now.
+    pub fn place(&self, seq: u64, now: Millis) -> Place {
+        if seq == 0 || seq >= self.next_seq {
+            return Place::Unknown;
+        }
+        if seq > self.serving {
+            return Place::Waiting {
+                position: seq - self.serving,
+            };
+        }
+        if self.claimed.get(seq) {
+            return Place::Claimed;
+        }
+        if let Some(&at) = self.pending.get(&seq) {
+            return Place::Called {
+                claim_by: at + self.settings.claim_grace_secs * 1000,
+            };
+        }
+        if let Some(i) = self.rejoin_lane.iter().position(|&s| s == seq) {
+            return Place::Rejoining {
+                position: i as u64 + 1,
+            };
+        }
+        if let Some(&at) = self.missed.get(&seq) {
+            let rejoin_by = at + self.settings.rejoin_secs * 1000;
+            if now < rejoin_by {
+                return Place::Missed { rejoin_by };
+            }
+        }
+        Place::Expired
+    }
+
+    /// A sign of life from the fan holding `seq` (page, status, SSE). A
+    /// missed place that comes back in time joins the rejoin lane.
+    pub fn touch(&mut self, seq: u64, now: Millis) -> Place {
+        if seq > self.serving && seq < self.next_seq {
+            let i = (seq - self.serving - 1) as usize;
+            if let Some(slot) = self.last_seen.get_mut(i) {
+                *slot = secs(now);
+            }
+        }
+        let place = self.place(seq, now);
+        if let Place::Missed { .. } = place {
+            self.missed.remove(&seq);
+            self.rejoin_lane.push_back(seq);
+            return Place::Rejoining {
+                position: self.rejoin_lane.len() as u64,
+            };
+        }
+        place
+    }
+
+    /// Whether the head of the main line has shown no sign of life for `abandon_after`.
+    pub fn head_abandoned(&self, now: Millis) -> bool {
+        match self.last_seen.front() {
+            Some(&seen) => {
+                seen == 0
+                    || u64::from(secs(now).saturating_sub(seen)) >= self.settings.abandon_after_secs
+            }
+            None => false,
+        }
+    }
+
+    /// The head of the main line's turn comes: it is called.
+    pub fn call_head(&mut self, now: Millis) -> Option<u64> {
+        if self.serving + 1 >= self.next_seq {
+            return None;
+        }
+        self.serving += 1;
+        self.last_seen.pop_front();
+        self.mark_called(self.serving, now);
+        Some(self.serving)
+    }
+
+    /// The head of the main line left before its turn: skipped, free of charge.
+    pub fn skip_head(&mut self, now: Millis) -> Option<u64> {
+        if self.serving + 1 >= self.next_seq {
+            return None;
+        }
+        self.serving += 1;
+        self.advanced_total += 1;
+        self.last_seen.pop_front();
+        self.mark_missed(self.serving, now);
+        Some(self.serving)
+    }
+
+    /// The first fan in the rejoin lane gets the next free slot.
+    pub fn call_rejoiner(&mut self, now: Millis) -> Option<u64> {
+        let seq = self.rejoin_lane.pop_front()?;
+        self.mark_called(seq, now);
+        Some(seq)
+    }
+
+    fn mark_called(&mut self, seq: u64, now: Millis) {
+        self.advanced_total += 1;
+        self.pending.insert(seq, now);
+        self.pending_order.push_back((seq, now));
+    }
+
+    fn mark_missed(&mut self, seq: u64, now: Millis) {
+        if self.settings.rejoin_secs > 0 {
+            self.missed.insert(seq, now);
+            self.missed_order.push_back((seq, now));
+        }
+    }
+
+    /// Called places whose claim window has closed become no-shows; their
+    /// slot is freed. Returns how many. Also forgets missed places past
+    /// their rejoin window.
+    pub fn expire_pending(&mut self, now: Millis) -> u64 {
+        let grace = self.settings.claim_grace_secs * 1000;
+        let mut noshows = 0;
+        while let Some(&(seq, at)) = self.pending_order.front() {
+            if at + grace > now {
+                break;
+            }
+            self.pending_order.pop_front();
+            if self.pending.get(&seq) == Some(&at) {
+                self.pending.remove(&seq);
+                self.mark_missed(seq, now);
+                noshows += 1;
+            }
+        }
+        let rejoin = self.settings.rejoin_secs * 1000;
+        while let Some(&(seq, at)) = self.missed_order.front() {
+            if at + rejoin > now {
+                break;
+            }
+            self.missed_order.pop_front();
+            if self.missed.get(&seq) == Some(&at) {
+                self.missed.remove(&seq);
+            }
+        }
+        noshows
+    }
+
+    /// Exchanges a called place for access, once. The runtime must persist
+    /// the claim before handing out the access token, and call
+    /// [`Queue::unclaim`] if it cannot.
+    pub fn claim(&mut self, seq: u64, now: Millis) -> Result<(), ClaimError> {
+        match self.place(seq, now) {
+            Place::Called { .. } => {
+                self.claimed.set(seq);
+                self.pending.remove(&seq);
+                self.active_sessions += 1;
+                self.admitted_total += 1;
+                Ok(())
+            }
+            Place::Claimed => Err(ClaimError::AlreadyClaimed),
+            Place::Waiting { .. } | Place::Rejoining { .. } => Err(ClaimError::NotYet),
+            Place::Missed { .. } | Place::Expired => Err(ClaimError::Missed),
+            Place::Unknown => Err(ClaimError::Unknown),
+        }
+    }
+
+    /// Undoes a claim that could not be persisted: the place is called again.
+    pub fn unclaim(&mut self, seq: u64, now: Millis) {
+        self.claimed.clear(seq);
+        self.active_sessions = self.active_sessions.saturating_sub(1);
+        self.admitted_total = self.admitted_total.saturating_sub(1);
+        self.pending.insert(seq, now);
+        self.pending_order.push_back((seq, now));
+    }
+
+    pub fn is_claimed(&self, seq: u64) -> bool {
+        self.claimed.get(seq)
+    }
+
+    /// Records serving-counter progress once a second for the observed rate.
+    pub fn sample_progress(&mut self, now: Millis) {
+        if self
+            .advance_samples
+            .back()
+            .is_some_and(|&(t, _)| now < t + 1000)
+        {
+            return;
+        }
+        self.advance_samples.push_back((now, self.advanced_total));
+        while self
+            .advance_samples
+            .front()
+            .is_some_and(|&(t, _)| t + ADVANCE_WINDOW_MS < now)
+        {
+            self.advance_samples.pop_front();
+        }
+    }
+
+    /// Places per minute the line has actually moved recently (skips count:
+    /// they shorten everyone's wait), or `None` before there is enough history.
+    pub fn observed_advance_per_min(&self) -> Option<f64> {
+        let (&(t0, s0), &(t1, s1)) = (self.advance_samples.front()?, self.advance_samples.back()?);
+        if t1 < t0 + ADVANCE_MIN_SPAN_MS {
+            return None;
+        }
+        let per_min = (s1 - s0) as f64 * 60_000.0 / (t1 - t0) as f64;
+        Some(per_min)
+    }
+
+    /// Seconds until a place at `position` is called, at the better of the
+    /// configured and the observed pace. `None` while paused or closed.
+    pub fn eta_secs(&self, position: u64) -> Option<u64> {
+        if self.settings.paused || self.settings.closed {
+            return None;
+        }
+        let configured = self.settings.admit_rate_per_min as f64;
+        let pace = match self.observed_advance_per_min() {
+            Some(observed) if observed > configured => observed,
+            _ => configured,
+        };
+        Some((position as f64 * 60.0 / pace).ceil() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn settings() -> Settings {
+        Settings {
+            admit_rate_per_min: 600,
+            max_active: None,
+            paused: false,
+            closed: false,
+            session_secs: 600,
+            session_max_secs: 1800,
+            queue: QueueMode::Always,
+            claim_grace_secs: 60,
+            abandon_after_secs: 30,
+            rejoin_secs: 300,
+        }
+    }
+
+    fn queue_with(n: u64) -> Queue {
+        let mut q = Queue::new(1, settings());
+        q.extend_reservation(n + 1);
+        for _ in 0..n {
+            q.try_issue(0).unwrap();
+        }
+        q
+    }
+
+    #[test]
+    fn issues_increasing_numbers_only_within_reservation() {
+        let mut q = Queue::new(1, settings());
+        assert_eq!(q.try_issue(0), None);
+        q.extend_reservation(3);
+        assert_eq!(q.try_issue(0), Some(1));
+        assert_eq!(q.try_issue(0), Some(2));
+        assert_eq!(q.try_issue(0), None);
+    }
+
+    #[test]
+    fn position_is_sequence_minus_serving() {
+        let mut q = queue_with(5);
+        assert_eq!(q.place(3, 0), Place::Waiting { position: 3 });
+        q.call_head(0);
+        assert_eq!(q.place(3, 0), Place::Waiting { position: 2 });
+        assert_eq!(q.queue_length(), 4);
+        assert!(matches!(q.place(1, 0), Place::Called { .. }));
+        assert_eq!(q.place(6, 0), Place::Unknown);
+        assert_eq!(q.place(0, 0), Place::Unknown);
+    }
+
+    #[test]
+    fn a_place_is_claimed_once() {
+        let mut q = queue_with(2);
+        assert_eq!(q.claim(1, 0), Err(ClaimError::NotYet));
+        q.call_head(0);
+        assert_eq!(q.claim(1, 0), Ok(()));
+        assert_eq!(q.claim(1, 0), Err(ClaimError::AlreadyClaimed));
+        assert_eq!(q.place(1, 0), Place::Claimed);
+        assert_eq!(q.active_sessions(), 1);
+    }
+
+    #[test]
+    fn unclaimed_place_becomes_a_no_show_and_may_rejoin_for_the_next_slot() {
+        let mut q = queue_with(3);
+        q.call_head(0);
+        assert_eq!(q.occupied(), 1);
+        assert_eq!(q.expire_pending(59_999), 0);
+        assert_eq!(q.expire_pending(60_000), 1);
+        assert_eq!(q.occupied(), 0);
+        assert!(matches!(q.place(1, 60_000), Place::Missed { .. }));
+        // Returns within rejoin_secs: goes ahead of the main line.
+        assert_eq!(q.touch(1, 100_000), Place::Rejoining { position: 1 });
+        assert_eq!(q.call_rejoiner(100_000), Some(1));
+        assert!(matches!(q.place(1, 100_000), Place::Called { .. }));
+    }
+
+    #[test]
+    fn missed_place_expires_after_rejoin_window() {
+        let mut q = queue_with(1);
+        q.skip_head(0);
+        assert!(matches!(q.place(1, 299_999), Place::Missed { .. }));
+        assert_eq!(q.place(1, 300_000), Place::Expired);
+        q.expire_pending(300_000);
+        assert_eq!(q.touch(1, 300_001), Place::Expired);
+    }
+
+    #[test]
+    fn head_is_abandoned_without_sign_of_life() {
+        let mut q = queue_with(2);
+        assert!(!q.head_abandoned(29_000));
+        assert!(q.head_abandoned(31_000));
+        q.touch(1, 31_000);
+        assert!(!q.head_abandoned(31_000));
+    }
+
+    #[test]
+    fn restore_leaves_a_gap_and_keeps_claims() {
+        let mut q = queue_with(10);
+        q.extend_reservation(100);
+        q.call_head(0);
+        q.call_head(0);
+        q.claim(1, 0).unwrap();
+        let mut d = q.durable();
+        d.issued_upto = 10;
+        let r = Queue::restore(&d, settings(), 5_000);
+        assert_eq!(
+            r.next_seq(),
+            100,
+            "numbers reserved before the crash are never reused"
+        );
+        assert_eq!(r.place(1, 5_000), Place::Claimed);
+        assert!(matches!(r.place(2, 5_000), Place::Called { claim_by } if claim_by == 65_000));
+        assert_eq!(r.place(3, 5_000), Place::Waiting { position: 1 });
+        assert!(
+            !r.head_abandoned(5_000),
+            "issued places count as seen at restart"
+        );
+        // The unknown tail counts as never seen.
+        let mut r2 = r.clone();
+        for _ in 0..8 {
+            r2.call_head(5_000);
+        }
+        assert!(r2.head_abandoned(5_000));
+    }
+
+    #[test]
+    fn bitset_sets_and_clears() {
+        let mut b = SeqBits::default();
+        assert!(b.set(1000));
+        assert!(!b.set(1000));
+        assert!(b.get(1000) && !b.get(999));
+        b.clear(1000);
+        assert!(!b.get(1000));
+        assert_eq!(b.count(), 0);
+    }
+
+    #[test]
+    fn eta_follows_the_faster_of_configured_and_observed_pace() {
+        let mut q = queue_with(1000);
+        assert_eq!(q.eta_secs(100), Some(10));
+        for t in 0..=20 {
+            // Line moves 20 places a second (skips included).
+            for _ in 0..20 {
+                q.skip_head(t * 1000);
+            }
+            q.sample_progress(t * 1000);
+        }
+        assert_eq!(q.eta_secs(100), Some(5));
+        q.settings.paused = true;
+        assert_eq!(q.eta_secs(100), None);
+    }
+}

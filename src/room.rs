@@ -1,0 +1,584 @@
+//! A room at run time: the pure queue and drip under one short lock, the
+//! live sessions, the store, and a `watch` snapshot that readers (status,
+//! metrics, later SSE) take without touching the lock.
+//!
+//! Locking: the queue lock is held only for in-memory work (microseconds);
+//! every store write happens outside it. Sessions live in a `DashMap` so the
+//! admitted hot path (verify token → look up session) takes no room-wide lock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{QueueMode, RoomConfig};
+use crate::drip::{Drip, TickReport};
+use crate::queue::{ClaimError, Millis, Place, Queue, Settings};
+use crate::store::{Record, Store, StoreError};
+
+/// Time for the whole process: monotonic for the queue, wall for tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Clock {
+    pub fn mono_ms(&self) -> Millis {
+        self.start.elapsed().as_millis() as Millis
+    }
+    pub fn wall_secs(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// How long an arrival may wait for a sequence-number reservation.
+pub const RESERVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store did not answer in time")]
+    StoreTimeout,
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    #[error("the room is closed")]
+    Closed,
+}
+
+/// What readers see of a room, published after every change.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Snapshot {
+    pub room: String,
+    pub epoch: u64,
+    pub serving: u64,
+    pub issued: u64,
+    pub queue_length: u64,
+    pub admit_rate_per_min: u64,
+    pub max_active: Option<u64>,
+    pub active_sessions: u64,
+    pub called_unclaimed: u64,
+    pub admitted_total: u64,
+    pub paused: bool,
+    pub closed: bool,
+    pub queue: QueueMode,
+    pub session_secs: u64,
+    pub session_max_secs: u64,
+    pub claim_grace_secs: u64,
+    pub upstream_healthy: bool,
+    /// Places per minute the line actually moved lately, if known.
+    pub observed_advance_per_min: Option<f64>,
+}
+
+/// A live admitted session (keyed by its place's sequence number).
+#[derive(Debug)]
+pub struct Session {
+    pub vid: String,
+    pub started_ms: Millis,
+    pub last_active_ms: AtomicU64,
+}
+
+/// The outcome of checking an access token against the live sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCheck {
+    /// Go through; the session (sliding on activity) now ends in `ends_in_secs`.
+    Live { ends_in_secs: u64 },
+    /// The session ran out (idle or `session_max_secs`).
+    Ended,
+    /// The token's visitor does not hold this session.
+    Foreign,
+}
+
+/// A granted access session.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant {
+    pub seq: u64,
+    pub session_started_wall: u64,
+    pub expires_wall: u64,
+}
+
+struct State {
+    queue: Queue,
+    drip: Drip,
+    last_progress: (u64, u64, u64),
+}
+
+pub struct Room {
+    pub config: RoomConfig,
+    pub clock: Clock,
+    state: std::sync::Mutex<State>,
+    sessions: DashMap<u64, Session>,
+    store: Arc<dyn Store>,
+    snapshot: watch::Sender<Snapshot>,
+    reserving: tokio::sync::Mutex<()>,
+    seq_block: u64,
+    upstream_hold_ms: Millis,
+    /// Monotonic ms + 1 of the last upstream failure; 0 = none.
+    upstream_failed_at: AtomicU64,
+}
+
+impl Room {
+    /// Opens a room from what the store kept, or starts its first epoch.
+    pub async fn open(
+        config: RoomConfig,
+        store: Arc<dyn Store>,
+        clock: Clock,
+        seq_block: u64,
+        upstream_hold: Duration,
+    ) -> Result<Arc<Room>, RoomError> {
+        let now = clock.mono_ms();
+        let configured = Settings::from_config(&config);
+        let queue = match store.load(&config.id).await? {
+            Some(d) if d.epoch != 0 => {
+                let mut settings = d.settings.clone().unwrap_or_else(|| configured.clone());
+                // Fields the admin API cannot change always follow the file.
+                settings.queue = configured.queue;
+                settings.claim_grace_secs = configured.claim_grace_secs;
+                settings.abandon_after_secs = configured.abandon_after_secs;
+                settings.rejoin_secs = configured.rejoin_secs;
+                settings.session_max_secs = configured.session_max_secs.max(settings.session_secs);
+                if d.settings.as_ref().is_some_and(|s| *s != configured) {
+                    tracing::info!(room = %config.id, ?settings, "admin changes from before the restart stay in effect");
+                }
+                Queue::restore(&d, settings, now)
+            }
+            _ => {
+                let epoch = new_epoch();
+                store
+                    .write(Record::Epoch {
+                        room: config.id.clone(),
+                        epoch,
+                    })
+                    .await?;
+                Queue::new(epoch, configured)
+            }
+        };
+        let last_progress = (queue.serving(), queue.durable_floor(), queue.next_seq() - 1);
+        let (snapshot, _) = watch::channel(snapshot_of(&config.id, &queue, true));
+        let room = Arc::new(Room {
+            config,
+            clock,
+            state: std::sync::Mutex::new(State {
+                queue,
+                drip: Drip::new(now),
+                last_progress,
+            }),
+            sessions: DashMap::new(),
+            store,
+            snapshot,
+            reserving: tokio::sync::Mutex::new(()),
+            seq_block,
+            upstream_hold_ms: upstream_hold.as_millis() as Millis,
+            upstream_failed_at: AtomicU64::new(0),
+        });
+        room.reserve_more().await?;
+        Ok(room)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in pure code; the
+        // state is still consistent enough to keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.subscribe()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.snapshot.borrow().epoch
+    }
+
+    pub fn upstream_healthy(&self, now: Millis) -> bool {
+        let failed = self.upstream_failed_at.load(Ordering::Relaxed);
+        failed == 0 || now + 1 >= failed + self.upstream_hold_ms
+    }
+
+    /// The proxy reports a failed upstream exchange: the drip holds for a while.
+    pub fn note_upstream_failure(&self) {
+        self.upstream_failed_at
+            .store(self.clock.mono_ms() + 1, Ordering::Relaxed);
+    }
+
+    fn publish(&self, q: &Queue, now: Millis) {
+        let snap = snapshot_of(&self.config.id, q, self.upstream_healthy(now));
+        self.snapshot.send_if_modified(|s| {
+            if *s != snap {
+                *s = snap;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Gives an arrival the next place. In `over_capacity` rooms with room
+    /// to spare the place is called at once (`called == true`).
+    pub async fn arrive(self: &Arc<Self>) -> Result<(u64, u64, bool), RoomError> {
+        for _ in 0..3 {
+            let now = self.clock.mono_ms();
+            let healthy = self.upstream_healthy(now);
+            let issued = {
+                let mut st = self.lock();
+                let st = &mut *st;
+                if st.queue.settings.closed {
+                    return Err(RoomError::Closed);
+                }
+                let epoch = st.queue.epoch();
+                let outcome = if let Some(seq) = st.drip.admit_arrival(&mut st.queue, now, healthy)
+                {
+                    Some((epoch, seq, true))
+                } else {
+                    st.queue.try_issue(now).map(|seq| (epoch, seq, false))
+                };
+                if outcome.is_some() {
+                    self.publish(&st.queue, now);
+                }
+                outcome.map(|o| (o, st.queue.reserved_left() < self.seq_block / 4 + 1))
+            };
+            match issued {
+                Some((outcome, low)) => {
+                    if low {
+                        let room = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = room.reserve_more().await {
+                                tracing::warn!(room = %room.config.id, error = %e, "sequence prefetch failed");
+                            }
+                        });
+                    }
+                    return Ok(outcome);
+                }
+                None => {
+                    tokio::time::timeout(RESERVE_TIMEOUT, self.reserve_more())
+                        .await
+                        .map_err(|_| RoomError::StoreTimeout)??;
+                }
+            }
+        }
+        Err(RoomError::StoreTimeout)
+    }
+
+    /// Durably reserves the next block of sequence numbers when the current
+    /// one is running low. Serialised so concurrent arrivals reserve once.
+    pub async fn reserve_more(&self) -> Result<(), RoomError> {
+        let _only_one = self.reserving.lock().await;
+        let (epoch, upto) = {
+            let st = self.lock();
+            if st.queue.reserved_left() > self.seq_block / 4 {
+                return Ok(());
+            }
+            (st.queue.epoch(), st.queue.reserved_upto() + self.seq_block)
+        };
+        self.store
+            .write(Record::Reserve {
+                room: self.config.id.clone(),
+                epoch,
+                upto,
+            })
+            .await?;
+        let mut st = self.lock();
+        if st.queue.epoch() == epoch {
+            st.queue.extend_reservation(upto);
+        }
+        Ok(())
+    }
+
+    /// A sign of life from `seq`'s fan; returns where the place stands.
+    pub fn touch(&self, seq: u64) -> Place {
+        let now = self.clock.mono_ms();
+        let mut st = self.lock();
+        let place = st.queue.touch(seq, now);
+        if matches!(place, Place::Rejoining { .. }) {
+            self.publish(&st.queue, now);
+        }
+        place
+    }
+
+    /// Where `seq` stands, without counting it as a sign of life.
+    pub fn place(&self, seq: u64) -> Place {
+        let now = self.clock.mono_ms();
+        self.lock().queue.place(seq, now)
+    }
+
+    pub fn eta_secs(&self, position: u64) -> Option<u64> {
+        self.lock().queue.eta_secs(position)
+    }
+
+    /// Exchanges a called place for an access session, once. The claim is
+    /// durable before this returns `Ok`; if the store fails, the place is
+    /// left called so the fan can try again.
+    pub async fn claim(&self, seq: u64, vid: &str) -> Result<Grant, RoomError> {
+        let now = self.clock.mono_ms();
+        let (epoch, session_secs, session_max_secs) = {
+            let mut st = self.lock();
+            st.queue.claim(seq, now)?;
+            self.publish(&st.queue, now);
+            (
+                st.queue.epoch(),
+                st.queue.settings.session_secs,
+                st.queue.settings.session_max_secs,
+            )
+        };
+        let written = self
+            .store
+            .write(Record::Claim {
+                room: self.config.id.clone(),
+                epoch,
+                seq,
+            })
+            .await;
+        if let Err(e) = written {
+            let mut st = self.lock();
+            if st.queue.epoch() == epoch {
+                st.queue.unclaim(seq, self.clock.mono_ms());
+            }
+            return Err(e.into());
+        }
+        self.sessions.insert(
+            seq,
+            Session {
+                vid: vid.to_string(),
+                started_ms: now,
+                last_active_ms: AtomicU64::new(now),
+            },
+        );
+        let wall = self.clock.wall_secs();
+        Ok(Grant {
+            seq,
+            session_started_wall: wall,
+            expires_wall: wall + session_secs.min(session_max_secs),
+        })
+    }
+
+    /// Checks a verified access token against the live sessions and slides
+    /// the session on activity. After a restart the session map is empty:
+    /// a valid token for a claimed place re-registers its session.
+    pub fn check_session(&self, seq: u64, vid: &str, session_started_wall: u64) -> SessionCheck {
+        let now = self.clock.mono_ms();
+        let (session_secs, session_max_secs) = {
+            let snap = self.snapshot.borrow();
+            (snap.session_secs, snap.session_max_secs)
+        };
+        if let Some(s) = self.sessions.get(&seq) {
+            if s.vid != vid {
+                return SessionCheck::Foreign;
+            }
+            let end = session_end(&s, session_secs, session_max_secs);
+            if now >= end {
+                return SessionCheck::Ended;
+            }
+            s.last_active_ms.store(now, Ordering::Relaxed);
+            let new_end = session_end(&s, session_secs, session_max_secs);
+            return SessionCheck::Live {
+                ends_in_secs: (new_end - now) / 1000,
+            };
+        }
+        // Not in memory: a restart, or a session already swept as ended.
+        let age_secs = self.clock.wall_secs().saturating_sub(session_started_wall);
+        if age_secs >= session_max_secs || !self.lock().queue.is_claimed(seq) {
+            return SessionCheck::Ended;
+        }
+        let started_ms = now.saturating_sub(age_secs * 1000);
+        self.sessions.insert(
+            seq,
+            Session {
+                vid: vid.to_string(),
+                started_ms,
+                last_active_ms: AtomicU64::new(now),
+            },
+        );
+        let end = (now + session_secs * 1000).min(started_ms + session_max_secs * 1000);
+        SessionCheck::Live {
+            ends_in_secs: (end - now) / 1000,
+        }
+    }
+
+    /// One drip step: expire sessions, advance the line, publish, persist
+    /// progress when it moved. Called about ten times a second.
+    pub fn tick(self: &Arc<Self>, sweep_sessions: bool) -> TickReport {
+        let now = self.clock.mono_ms();
+        if sweep_sessions {
+            let (session_secs, session_max_secs) = {
+                let snap = self.snapshot.borrow();
+                (snap.session_secs, snap.session_max_secs)
+            };
+            self.sessions
+                .retain(|_, s| now < session_end(s, session_secs, session_max_secs));
+        }
+        let healthy = self.upstream_healthy(now);
+        let (report, progress) = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            if sweep_sessions {
+                st.queue.set_active_sessions(self.sessions.len() as u64);
+            }
+            let report = st.drip.tick(&mut st.queue, now, healthy);
+            let progress = (
+                st.queue.serving(),
+                st.queue.durable_floor(),
+                st.queue.next_seq() - 1,
+            );
+            let changed = progress != st.last_progress;
+            if changed && sweep_sessions {
+                st.last_progress = progress;
+            }
+            self.publish(&st.queue, now);
+            (
+                report,
+                (changed && sweep_sessions).then_some((st.queue.epoch(), progress)),
+            )
+        };
+        if let Some((epoch, (serving, floor, issued))) = progress {
+            let room = self.clone();
+            tokio::spawn(async move {
+                let record = Record::Progress {
+                    room: room.config.id.clone(),
+                    epoch,
+                    serving,
+                    floor,
+                    issued,
+                };
+                if let Err(e) = room.store.write(record).await {
+                    tracing::warn!(room = %room.config.id, error = %e, "progress write failed");
+                }
+            });
+        }
+        report
+    }
+
+    /// Applies an admin change; durable before it returns.
+    pub async fn update_settings(
+        &self,
+        change: impl FnOnce(&mut Settings),
+    ) -> Result<Settings, RoomError> {
+        let (epoch, settings) = {
+            let mut st = self.lock();
+            let mut s = st.queue.settings.clone();
+            change(&mut s);
+            s.session_max_secs = s.session_max_secs.max(s.session_secs);
+            st.queue.settings = s.clone();
+            self.publish(&st.queue, self.clock.mono_ms());
+            (st.queue.epoch(), s)
+        };
+        self.store
+            .write(Record::Settings {
+                room: self.config.id.clone(),
+                epoch,
+                settings: settings.clone(),
+            })
+            .await?;
+        Ok(settings)
+    }
+
+    /// Starts the room over in a new epoch: every earlier token is void.
+    pub async fn reset(&self) -> Result<u64, RoomError> {
+        let epoch = new_epoch();
+        self.store
+            .write(Record::Epoch {
+                room: self.config.id.clone(),
+                epoch,
+            })
+            .await?;
+        let settings = {
+            let now = self.clock.mono_ms();
+            let mut st = self.lock();
+            let settings = st.queue.settings.clone();
+            st.queue = Queue::new(epoch, settings.clone());
+            st.drip = Drip::new(now);
+            st.last_progress = (0, 0, 0);
+            self.sessions.clear();
+            self.publish(&st.queue, now);
+            settings
+        };
+        self.store
+            .write(Record::Settings {
+                room: self.config.id.clone(),
+                epoch,
+                settings,
+            })
+            .await?;
+        self.reserve_more().await?;
+        Ok(epoch)
+    }
+
+    /// Writes the latest progress (graceful shutdown).
+    pub async fn flush(&self) -> Result<(), RoomError> {
+        let (epoch, serving, floor, issued) = {
+            let st = self.lock();
+            (
+                st.queue.epoch(),
+                st.queue.serving(),
+                st.queue.durable_floor(),
+                st.queue.next_seq() - 1,
+            )
+        };
+        self.store
+            .write(Record::Progress {
+                room: self.config.id.clone(),
+                epoch,
+                serving,
+                floor,
+                issued,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn session_end(s: &Session, session_secs: u64, session_max_secs: u64) -> Millis {
+    let idle_end = s.last_active_ms.load(Ordering::Relaxed) + session_secs * 1000;
+    idle_end.min(s.started_ms + session_max_secs * 1000)
+}
+
+fn new_epoch() -> u64 {
+    // Random, not a counter: lost state must never restart at an epoch that
+    // old tokens still carry.
+    rand::random::<u64>() >> 11 | 1
+}
+
+fn snapshot_of(id: &str, q: &Queue, upstream_healthy: bool) -> Snapshot {
+    Snapshot {
+        room: id.to_string(),
+        epoch: q.epoch(),
+        serving: q.serving(),
+        issued: q.next_seq() - 1,
+        queue_length: q.queue_length(),
+        admit_rate_per_min: q.settings.admit_rate_per_min,
+        max_active: q.settings.max_active,
+        active_sessions: q.active_sessions(),
+        called_unclaimed: q.pending_count(),
+        admitted_total: q.admitted_total(),
+        paused: q.settings.paused,
+        closed: q.settings.closed,
+        queue: q.settings.queue,
+        session_secs: q.settings.session_secs,
+        session_max_secs: q.settings.session_max_secs,
+        claim_grace_secs: q.settings.claim_grace_secs,
+        upstream_healthy,
+        observed_advance_per_min: q
+            .observed_advance_per_min()
+            .map(|r| (r * 10.0).round() / 10.0),
+    }
+}

@@ -1,0 +1,125 @@
+//! Where the queue's durable facts live: the store trait and its backends.
+//!
+//! The queue logic (`queue`, `drip`) is pure; a room's runtime (`room`)
+//! reports to the store only what must survive a crash:
+//!
+//! - **reservations** of sequence-number blocks, written *before* any number
+//!   in the block is handed out (a crash leaves a gap, never a reuse);
+//! - **claims**, written before the access token is issued (a crash never
+//!   admits a place twice);
+//! - **progress** (serving counter, no-show floor, issued high-water mark),
+//!   written about once a second (a crash replays at most that second);
+//! - **settings** changed through the admin API, and **epochs**.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::queue::{Durable, Settings};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("store state is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// One durable fact about a room.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Record {
+    /// The room starts over in a new epoch (first start, or admin reset).
+    Epoch {
+        room: String,
+        epoch: u64,
+    },
+    Reserve {
+        room: String,
+        epoch: u64,
+        upto: u64,
+    },
+    Claim {
+        room: String,
+        epoch: u64,
+        seq: u64,
+    },
+    Progress {
+        room: String,
+        epoch: u64,
+        serving: u64,
+        floor: u64,
+        issued: u64,
+    },
+    Settings {
+        room: String,
+        epoch: u64,
+        settings: Settings,
+    },
+}
+
+impl Record {
+    pub fn room(&self) -> &str {
+        match self {
+            Record::Epoch { room, .. }
+            | Record::Reserve { room, .. }
+            | Record::Claim { room, .. }
+            | Record::Progress { room, .. }
+            | Record::Settings { room, .. } => room,
+        }
+    }
+
+    /// Applies the record to a room's durable view. Records of another epoch
+    /// than the room's current one are ignored.
+    pub fn apply(&self, d: &mut Durable) {
+        match self {
+            Record::Epoch { epoch, .. } => {
+                *d = Durable {
+                    epoch: *epoch,
+                    reserved_upto: 1,
+                    ..Durable::default()
+                };
+            }
+            Record::Reserve { epoch, upto, .. } if *epoch == d.epoch => {
+                d.reserved_upto = d.reserved_upto.max(*upto);
+            }
+            Record::Claim { epoch, seq, .. } if *epoch == d.epoch => {
+                d.claimed.set(*seq);
+            }
+            Record::Progress {
+                epoch,
+                serving,
+                floor,
+                issued,
+                ..
+            } if *epoch == d.epoch => {
+                d.serving = d.serving.max(*serving);
+                d.noshow_floor = d.noshow_floor.max(*floor);
+                d.issued_upto = d.issued_upto.max(*issued);
+            }
+            Record::Settings {
+                epoch, settings, ..
+            } if *epoch == d.epoch => {
+                d.settings = Some(settings.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The durable side of the queue. Writes resolve once the fact is durable.
+pub trait Store: Send + Sync + 'static {
+    /// What survived for `room`, or `None` for a room never seen.
+    fn load(&self, room: &str) -> BoxFuture<'_, Result<Option<Durable>, StoreError>>;
+    /// Makes `record` durable.
+    fn write(&self, record: Record) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Flushes and stops accepting writes (graceful shutdown).
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Whether the store is answering (for /readyz).
+    fn healthy(&self) -> bool;
+}

@@ -1,0 +1,367 @@
+//! Signed tokens: the queue token (a fan's place in line) and the access
+//! token (an admitted session).
+//!
+//! Both are HS256 JWTs with a `kid` header. The algorithm is pinned here and
+//! never read from the token: a token whose header names anything but HS256
+//! is refused before any key is touched. The first configured key signs; all
+//! verify, so keys can be rotated by prepending a new one.
+//!
+//! Tokens hold no personal data: room, room epoch, sequence number, times and
+//! a random visitor id.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::SigningKey;
+
+/// Clock skew tolerated on `iat`/`exp`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+/// Longest token accepted at all, before any decoding.
+pub const MAX_TOKEN_LEN: usize = 2048;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A place in line.
+    #[serde(rename = "q")]
+    Queue,
+    /// An admitted session.
+    #[serde(rename = "a")]
+    Access,
+}
+
+/// The claims of both token kinds. `sat` (session start) is set on access
+/// tokens only: a sliding session never outlives `sat + session_max_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub typ: Kind,
+    pub room: String,
+    /// The room's epoch: a reset room or lost state starts a new one.
+    pub ep: u64,
+    pub seq: u64,
+    /// Random visitor id (128 bits, hex).
+    pub vid: String,
+    pub iat: u64,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sat: Option<u64>,
+}
+
+/// Why a token was refused. `label()` is the metric label and the `reason`
+/// in 401 bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token is too long")]
+    TooLong,
+    #[error("the token's algorithm is not the one this gateway uses")]
+    WrongAlgorithm,
+    #[error("the token was signed with an unknown key")]
+    UnknownKey,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token belongs to another room")]
+    WrongRoom,
+    #[error("the token is of the wrong kind for this use")]
+    WrongKind,
+    #[error("the token is from an earlier epoch of this room")]
+    StaleEpoch,
+}
+
+impl TokenError {
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::TooLong => "too_long",
+            TokenError::WrongAlgorithm => "wrong_algorithm",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::IssuedInFuture => "issued_in_future",
+            TokenError::WrongRoom => "wrong_room",
+            TokenError::WrongKind => "wrong_kind",
+            TokenError::StaleEpoch => "stale_epoch",
+        }
+    }
+
+    pub const ALL: [TokenError; 10] = [
+        TokenError::Malformed,
+        TokenError::TooLong,
+        TokenError::WrongAlgorithm,
+        TokenError::UnknownKey,
+        TokenError::BadSignature,
+        TokenError::Expired,
+        TokenError::IssuedInFuture,
+        TokenError::WrongRoom,
+        TokenError::WrongKind,
+        TokenError::StaleEpoch,
+    ];
+}
+
+struct VerifyKey {
+    kid: String,
+    key: DecodingKey,
+}
+
+/// Signs and verifies tokens with the configured keys.
+pub struct Keys {
+    header: Header,
+    signing: EncodingKey,
+    verifying: Vec<VerifyKey>,
+    validation: Validation,
+}
+
+/// What the caller expects a token to be.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    pub kind: Kind,
+    pub room: &'a str,
+    pub epoch: u64,
+}
+
+impl Keys {
+    /// `keys` is non-empty after config validation.
+    pub fn new(keys: &[SigningKey]) -> Keys {
+        let first = keys
+            .first()
+            .expect("config validation requires a signing key");
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(first.kid.clone());
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Times are checked in `verify` with our own leeway and error kinds.
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
+        Keys {
+            header,
+            signing: EncodingKey::from_secret(&first.secret),
+            verifying: keys
+                .iter()
+                .map(|k| VerifyKey {
+                    kid: k.kid.clone(),
+                    key: DecodingKey::from_secret(&k.secret),
+                })
+                .collect(),
+            validation,
+        }
+    }
+
+    pub fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&self.header, claims, &self.signing)
+            .expect("HS256 encoding of plain claims cannot fail")
+    }
+
+    /// Verifies signature, algorithm, kind, room, epoch and times.
+    pub fn verify(
+        &self,
+        token: &str,
+        expect: Expect<'_>,
+        now_secs: u64,
+    ) -> Result<Claims, TokenError> {
+        let claims = self.verify_signature(token)?;
+        if claims.typ != expect.kind {
+            return Err(TokenError::WrongKind);
+        }
+        if claims.room != expect.room {
+            return Err(TokenError::WrongRoom);
+        }
+        if claims.ep != expect.epoch {
+            return Err(TokenError::StaleEpoch);
+        }
+        if claims.iat > now_secs + LEEWAY_SECS {
+            return Err(TokenError::IssuedInFuture);
+        }
+        if claims.exp + LEEWAY_SECS < now_secs {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// Checks only that the token is ours and intact; no time or room checks.
+    /// Used to tell an ended session (valid but expired) from a forgery.
+    pub fn verify_signature(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLong);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::HS256 {
+            return Err(TokenError::WrongAlgorithm);
+        }
+        let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+        let key = self
+            .verifying
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(TokenError::UnknownKey)?;
+        match jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => Err(match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
+                _ => TokenError::Malformed,
+            }),
+        }
+    }
+}
+
+/// A fresh random visitor id.
+pub fn new_visitor_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new(&[
+            SigningKey {
+                kid: "k2".into(),
+                secret: b"second-secret-second-secret-second!".to_vec(),
+            },
+            SigningKey {
+                kid: "k1".into(),
+                secret: b"first-secret-first-secret-first-secret".to_vec(),
+            },
+        ])
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            typ: Kind::Queue,
+            room: "demo".into(),
+            ep: 7,
+            seq: 42,
+            vid: new_visitor_id(),
+            iat: 1_000,
+            exp: 2_000,
+            sat: None,
+        }
+    }
+
+    const EXPECT: Expect<'static> = Expect {
+        kind: Kind::Queue,
+        room: "demo",
+        epoch: 7,
+    };
+
+    #[test]
+    fn signed_token_verifies_and_round_trips() {
+        let k = keys();
+        let c = claims();
+        assert_eq!(k.verify(&k.sign(&c), EXPECT, 1_500), Ok(c));
+    }
+
+    #[test]
+    fn token_signed_by_an_older_key_still_verifies() {
+        let old = Keys::new(&[SigningKey {
+            kid: "k1".into(),
+            secret: b"first-secret-first-secret-first-secret".to_vec(),
+        }]);
+        let t = old.sign(&claims());
+        assert!(keys().verify(&t, EXPECT, 1_500).is_ok());
+    }
+
+    #[test]
+    fn tampered_payload_fails_signature() {
+        let k = keys();
+        let t = k.sign(&claims());
+        let parts: Vec<&str> = t.split('.').collect();
+        let mut forged = claims();
+        forged.seq = 1;
+        let payload = k.sign(&forged);
+        let forged_payload = payload.split('.').nth(1).unwrap();
+        let tampered = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert_eq!(
+            k.verify(&tampered, EXPECT, 1_500),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn alg_none_and_alg_swap_are_refused() {
+        let k = keys();
+        let t = k.sign(&claims());
+        let payload = t.split('.').nth(1).unwrap();
+        use base64_url as b64;
+        for alg in ["none", "HS512", "RS256"] {
+            let header = b64(&format!(r#"{{"alg":"{alg}","kid":"k2","typ":"JWT"}}"#));
+            let forged = format!("{header}.{payload}.");
+            let err = k.verify(&forged, EXPECT, 1_500).unwrap_err();
+            assert!(
+                matches!(err, TokenError::WrongAlgorithm | TokenError::Malformed),
+                "{alg}: {err:?}"
+            );
+        }
+    }
+
+    fn base64_url(s: &str) -> String {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = (chunk[0] as u32) << 16
+                | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+                | *chunk.get(2).unwrap_or(&0) as u32;
+            for i in 0..=chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn wrong_room_kind_epoch_and_times_are_refused() {
+        let k = keys();
+        let t = k.sign(&claims());
+        let e = |room, kind, epoch, now| k.verify(&t, Expect { kind, room, epoch }, now);
+        assert_eq!(
+            e("other", Kind::Queue, 7, 1_500),
+            Err(TokenError::WrongRoom)
+        );
+        assert_eq!(
+            e("demo", Kind::Access, 7, 1_500),
+            Err(TokenError::WrongKind)
+        );
+        assert_eq!(
+            e("demo", Kind::Queue, 8, 1_500),
+            Err(TokenError::StaleEpoch)
+        );
+        assert_eq!(
+            e("demo", Kind::Queue, 7, 2_000 + LEEWAY_SECS + 1),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            e("demo", Kind::Queue, 7, 1_000 - LEEWAY_SECS - 1),
+            Err(TokenError::IssuedInFuture)
+        );
+        assert!(e("demo", Kind::Queue, 7, 2_000 + LEEWAY_SECS).is_ok());
+    }
+
+    #[test]
+    fn garbage_is_malformed_never_a_panic() {
+        let k = keys();
+        for junk in ["", ".", "..", "a.b.c", "eyJ.eyJ.x", "💥.💥.💥", "a.b"] {
+            assert!(k.verify(junk, EXPECT, 1_500).is_err(), "{junk}");
+        }
+        assert_eq!(
+            k.verify(&"a".repeat(5000), EXPECT, 0),
+            Err(TokenError::TooLong)
+        );
+    }
+
+    #[test]
+    fn unknown_kid_is_refused() {
+        let other = Keys::new(&[SigningKey {
+            kid: "zz".into(),
+            secret: b"another-secret-another-secret-another".to_vec(),
+        }]);
+        assert_eq!(
+            keys().verify(&other.sign(&claims()), EXPECT, 1_500),
+            Err(TokenError::UnknownKey)
+        );
+    }
+}
