@@ -135,7 +135,7 @@ fn room_json(room: &Room) -> Value {
         "session_secs": s.session_secs,
         "session_max_secs": s.session_max_secs,
         "claim_grace_secs": s.claim_grace_secs,
-        "upstream_healthy": s.upstream_healthy,
+        "upstream_healthy": room.upstream_healthy(room.clock.mono_ms()),
     })
 }
 

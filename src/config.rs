@@ -49,7 +49,7 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("invalid TOML: {0}")]
+    #[error("cannot parse: {0}")]
     Syntax(String),
     #[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ConfigProblem>),

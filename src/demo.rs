@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -131,8 +131,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let state_dir = std::env::temp_dir().join(format!("waitroom-demo-{}", std::process::id()));
     let admin_token = format!("{:032x}", rand::random::<u128>());
     let secret = format!(
-        "{:064x}",
-        rand::random::<u128>() as u128 * 3 + rand::random::<u64>() as u128
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
     );
     let config = demo_config(&opts, checkout, &state_dir, &admin_token, &secret)?;
     let running = server::start(config).await?;
@@ -264,5 +265,4 @@ async fn fan(client: Client<HttpConnector, Full<Bytes>>, gw: SocketAddr) {
     if let Ok(req) = req {
         let _ = client.request(req).await;
     }
-    let _ = Empty::<Bytes>::new();
 }

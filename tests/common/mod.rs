@@ -1,0 +1,325 @@
+//! Test helpers: a real upstream, a real gateway on port 0, browser-like
+//! fans with cookie jars, and `eventually` instead of sleeps.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use reqwest::cookie::{CookieStore, Jar};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use waitroom::config::{Config, EnvOverrides};
+use waitroom::server::{self, Running};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// A real HTTP upstream that answers every request with a JSON echo of
+/// what it received (method, path, headers, body size). `/slow` waits a
+/// second first.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+}
+
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> TestUpstream {
+        let listener = TcpListener::bind(addr).await.expect("bind test upstream");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let (stop, mut stop_rx) = watch::channel(false);
+        let count = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                    _ = stop_rx.changed() => return,
+                };
+                let count = count.clone();
+                let mut stop_conn = stop_rx.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let count = count.clone();
+                        async move { Ok::<_, Infallible>(echo(req, &count).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop_conn.changed() => {}
+                    }
+                });
+            }
+        });
+        TestUpstream {
+            addr,
+            requests,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops listening and drops open connections: the upstream is down.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn echo(req: Request<Incoming>, count: &AtomicU64) -> Response<Full<Bytes>> {
+    count.fetch_add(1, Ordering::SeqCst);
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        headers.insert(
+            k.to_string(),
+            Value::String(v.to_str().unwrap_or("<bin>").to_string()),
+        );
+    }
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let out = json!({
+        "upstream": true,
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    let mut res = Response::new(Full::new(Bytes::from(out.to_string())));
+    res.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    res.headers_mut()
+        .insert("set-cookie", "upstream_session=u1; Path=/".parse().unwrap());
+    res
+}
+
+/// A room's TOML with sensible test defaults; `extra` lines override.
+pub fn room_toml(id: &str, upstream: &str, extra: &str) -> String {
+    let mut lines = vec![
+        "[[rooms]]".to_string(),
+        format!("id = \"{id}\""),
+        format!("upstream = \"{upstream}\""),
+    ];
+    let has = |k: &str| extra.lines().any(|l| l.trim_start().starts_with(k));
+    if !has("admit_rate_per_min") {
+        lines.push("admit_rate_per_min = 600".into());
+    }
+    lines.push(extra.to_string());
+    lines.join("\n") + "\n"
+}
+
+pub fn config_toml(state_dir: &std::path::Path, rooms: &str, extra_top: &str) -> String {
+    format!(
+        r#"
+[listen]
+public = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[admin]
+token = "{ADMIN_TOKEN}"
+[signing]
+keys = [{{ kid = "t1", secret = "{SECRET}" }}]
+[store]
+kind = "embedded"
+path = {path}
+seq_block = 16
+[server]
+shutdown_grace_secs = 5
+{extra_top}
+{rooms}
+"#,
+        path = serde_json::to_string(&state_dir.display().to_string()).unwrap(),
+    )
+}
+
+/// A gateway running in this process on ephemeral ports.
+pub struct Gateway {
+    pub running: Option<Running>,
+    pub public: String,
+    pub admin: String,
+    pub state_dir: Arc<tempfile::TempDir>,
+}
+
+impl Gateway {
+    pub async fn start(rooms: &str) -> Gateway {
+        Self::start_with(rooms, "").await
+    }
+
+    pub async fn start_with(rooms: &str, extra_top: &str) -> Gateway {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_in(dir, rooms, extra_top).await
+    }
+
+    pub async fn start_in(dir: Arc<tempfile::TempDir>, rooms: &str, extra_top: &str) -> Gateway {
+        let text = config_toml(dir.path(), rooms, extra_top);
+        let config =
+            Config::from_toml_str(&text, &EnvOverrides::default()).expect("test config is valid");
+        let running = server::start(config).await.expect("gateway starts");
+        Gateway {
+            public: format!("http://{}", running.public_addr),
+            admin: format!("http://{}", running.admin_addr),
+            running: Some(running),
+            state_dir: dir,
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn admin_client(&self) -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let res = self
+            .admin_client()
+            .get(format!("{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            res.status().is_success(),
+            "admin GET {path}: {}",
+            res.status()
+        );
+        res.json().await.unwrap()
+    }
+
+    pub async fn patch_room(&self, id: &str, body: Value) -> Value {
+        let res = self
+            .admin_client()
+            .patch(format!("{}/admin/rooms/{id}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "PATCH {id}: {}", res.status());
+        res.json().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_client()
+            .get(format!("{}/metrics", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// A browser-like fan: its own cookie jar, no shared connection pool.
+pub struct Fan {
+    pub client: reqwest::Client,
+    pub jar: Arc<Jar>,
+    pub base: String,
+}
+
+impl Fan {
+    pub fn new(base: &str) -> Fan {
+        let jar = Arc::new(Jar::default());
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Fan {
+            client,
+            jar,
+            base: base.to_string(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn status(&self, room: &str) -> Value {
+        let res = self
+            .get_json(&format!("/_waitroom/status?room={room}"))
+            .await;
+        assert_eq!(res.status(), 200, "status for {room}");
+        res.json().await.unwrap()
+    }
+
+    /// A cookie's value from the jar.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        let url: reqwest::Url = self.base.parse().unwrap();
+        let header = self.jar.cookies(&url)?;
+        header
+            .to_str()
+            .ok()?
+            .split(';')
+            .filter_map(|p| p.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

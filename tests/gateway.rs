@@ -1,0 +1,505 @@
+//! The gateway end to end over real sockets: a real upstream, real HTTP
+//! clients with cookie jars, the admin API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn first_visit_gets_a_place_a_waiting_page_and_a_safe_cookie() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 1")).await;
+    let fan = Fan::new(&gw.public);
+    let res = fan.get("/tickets").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.starts_with("wr_q_demo="), "{set_cookie}");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"));
+    assert!(!set_cookie.contains("Secure"), "plain http: no Secure");
+    let body = res.text().await.unwrap();
+    assert!(body.contains("Your place in line"), "{body}");
+    assert!(body.contains("aria-live"));
+    assert_eq!(
+        up.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+
+    // A refresh keeps the same place.
+    let first = fan.status("demo").await;
+    fan.get("/tickets").await;
+    let again = fan.status("demo").await;
+    assert_eq!(first["position"], again["position"]);
+    assert_eq!(again["state"], "waiting");
+}
+
+#[tokio::test]
+async fn json_clients_get_the_status_document_on_the_protected_route() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 1")).await;
+    let fan = Fan::new(&gw.public);
+    let v: Value = fan.get_json("/").await.json().await.unwrap();
+    for key in [
+        "room",
+        "state",
+        "position",
+        "eta_seconds",
+        "queue_length",
+        "admit_rate_per_min",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["room"], "demo");
+    assert_eq!(v["state"], "waiting");
+}
+
+#[tokio::test]
+async fn fans_are_admitted_in_fifo_order_and_reach_the_upstream() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 600")).await;
+    gw.patch_room("demo", json!({"paused": true})).await;
+    let mut fans = Vec::new();
+    for _ in 0..20 {
+        let f = Fan::new(&gw.public);
+        assert_eq!(f.get("/").await.status(), 200);
+        fans.push(f);
+    }
+    let positions: Vec<u64> = {
+        let mut p = Vec::new();
+        for f in &fans {
+            p.push(f.status("demo").await["position"].as_u64().unwrap());
+        }
+        p
+    };
+    assert_eq!(
+        positions,
+        (1..=20).collect::<Vec<_>>(),
+        "places follow arrival order"
+    );
+    gw.patch_room("demo", json!({"paused": false})).await;
+
+    // Whenever fan i has been admitted, every fan before i has been too.
+    let mut admitted = vec![false; fans.len()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !admitted.iter().all(|a| *a) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all admitted: {admitted:?}"
+        );
+        for (i, f) in fans.iter().enumerate() {
+            if f.status("demo").await["state"] == "admitted" {
+                admitted[i] = true;
+            }
+        }
+        let first_waiting = admitted.iter().position(|a| !a).unwrap_or(admitted.len());
+        assert!(
+            admitted[first_waiting..].iter().all(|a| !a),
+            "admission out of order: {admitted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Their next request goes through to the upstream.
+    let res = fans[0].get("/checkout").await;
+    assert_eq!(res.status(), 200);
+    let echo: Value = res.json().await.unwrap();
+    assert_eq!(echo["upstream"], true);
+    assert_eq!(echo["path"], "/checkout");
+}
+
+#[tokio::test]
+async fn entries_never_exceed_rate_times_time_plus_one_second_of_burst() {
+    let up = TestUpstream::start().await;
+    // 120/min = 2 a second; burst 2.
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 120")).await;
+    let started = std::time::Instant::now();
+    let mut fans = Vec::new();
+    for _ in 0..30 {
+        let f = Fan::new(&gw.public);
+        f.get("/").await;
+        fans.push(f);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let room = gw.admin_get("/admin/rooms/demo").await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let called = room["serving_counter"].as_f64().unwrap();
+    assert!(
+        called <= 2.0 * elapsed + 2.0 + 1.0,
+        "{called} called in {elapsed:.2}s"
+    );
+    assert!(called >= 1.0, "the drip moves");
+}
+
+#[tokio::test]
+async fn pause_freezes_the_line_and_resume_moves_it_again() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 6000")).await;
+    let paused = gw.patch_room("demo", json!({"paused": true})).await;
+    assert_eq!(paused["state"], "paused");
+    let fans: Vec<Fan> = (0..5).map(|_| Fan::new(&gw.public)).collect();
+    for f in &fans {
+        f.get("/").await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        gw.admin_get("/admin/rooms/demo").await["serving_counter"],
+        0
+    );
+    assert_eq!(fans[0].status("demo").await["state"], "paused");
+    gw.patch_room("demo", json!({"paused": false})).await;
+    eventually(10, "line moves after resume", || async {
+        (fans[4].status("demo").await["state"] == "admitted").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn max_active_caps_concurrent_sessions() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "demo",
+        &up.url(),
+        "admit_rate_per_min = 6000\nmax_active = 3",
+    ))
+    .await;
+    let fans: Vec<Fan> = (0..8).map(|_| Fan::new(&gw.public)).collect();
+    for f in &fans {
+        f.get("/").await;
+    }
+    // Admitted fans claim by visiting; the rest keep polling.
+    eventually(10, "three fans inside", || async {
+        for f in &fans {
+            let s = f.status("demo").await;
+            if s["state"] == "admitted" {
+                let res = f.get("/").await;
+                assert_eq!(res.status(), 200);
+            }
+        }
+        let inside = gw.admin_get("/admin/rooms/demo").await["active_sessions"]
+            .as_u64()
+            .unwrap();
+        (inside == 3).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let room = gw.admin_get("/admin/rooms/demo").await;
+    assert_eq!(room["active_sessions"], 3);
+    assert_eq!(room["called_unclaimed"], 0);
+    assert_eq!(
+        room["serving_counter"], 3,
+        "nobody else is called while the room is full"
+    );
+    // Raising the cap lets the next fan in.
+    gw.patch_room("demo", json!({"max_active": 4})).await;
+    eventually(5, "a fourth fan called", || async {
+        (gw.admin_get("/admin/rooms/demo").await["serving_counter"] == 4).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn copied_queue_token_is_refused_after_claim() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 6000")).await;
+    let fan = Fan::new(&gw.public);
+    fan.get("/").await;
+    let token = fan.cookie("wr_q_demo").unwrap();
+    eventually(5, "fan admitted", || async {
+        (fan.status("demo").await["state"] == "admitted").then_some(())
+    })
+    .await;
+    let res = fan.get("/buy").await;
+    assert_eq!(res.status(), 200, "claimed and proxied");
+    assert!(fan.cookie("wr_a_demo").is_some(), "access cookie set");
+
+    // A second browser with a copy of the queue cookie only.
+    let copy = reqwest::Client::builder().no_proxy().build().unwrap();
+    let res = copy
+        .get(format!("{}/buy", gw.public))
+        .header("cookie", format!("wr_q_demo={token}"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(res.text().await.unwrap().contains("already been used"));
+
+    // And through the app endpoint.
+    let res = copy
+        .post(format!("{}/_waitroom/claim?room=demo", gw.public))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "place_already_used"
+    );
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn app_flow_join_status_claim_then_access_header() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 6000")).await;
+    let app = reqwest::Client::builder().no_proxy().build().unwrap();
+    let joined: Value = app
+        .post(format!("{}/_waitroom/join?room=demo", gw.public))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = joined["token"].as_str().unwrap().to_string();
+    assert_eq!(joined["position"], 1);
+
+    // Joining again with the token gives the same place back.
+    let again: Value = app
+        .post(format!("{}/_waitroom/join?room=demo", gw.public))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        again["position"] == 1 || again["state"] == "admitted",
+        "{again}"
+    );
+
+    eventually(5, "admitted", || async {
+        let s: Value = app
+            .get(format!("{}/_waitroom/status?room=demo", gw.public))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (s["state"] == "admitted").then_some(())
+    })
+    .await;
+    let claimed: Value = app
+        .post(format!("{}/_waitroom/claim?room=demo", gw.public))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = claimed["access_token"].as_str().unwrap();
+    assert!(claimed["expires_in"].as_u64().unwrap() > 0);
+    let echo: Value = app
+        .get(format!("{}/api/cart", gw.public))
+        .header("x-waitroom-token", access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["upstream"], true);
+    assert!(
+        echo["headers"].get("x-waitroom-token").is_none(),
+        "gateway token never reaches the upstream"
+    );
+}
+
+#[tokio::test]
+async fn the_same_place_from_browser_cookie_and_app_bearer() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 1")).await;
+    let browser = Fan::new(&gw.public);
+    browser.get("/").await;
+    browser.get("/").await;
+    let other = Fan::new(&gw.public);
+    other.get("/").await;
+    let token = other.cookie("wr_q_demo").unwrap();
+    let app = reqwest::Client::builder().no_proxy().build().unwrap();
+    let s: Value = app
+        .get(format!("{}/_waitroom/status?room=demo", gw.public))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["position"], other.status("demo").await["position"]);
+    assert_eq!(s["position"], 2);
+}
+
+#[tokio::test]
+async fn proxied_requests_carry_forwarded_headers_and_lose_gateway_cookies() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "demo",
+        &up.url(),
+        "admit_rate_per_min = 6000\nqueue = \"over_capacity\"\nmax_active = 100",
+    ))
+    .await;
+    let fan = Fan::new(&gw.public);
+    // over_capacity with room to spare: straight through on the first request.
+    let res = fan.get("/first").await;
+    assert_eq!(res.status(), 200);
+    let cookies: Vec<String> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        cookies.iter().any(|c| c.starts_with("upstream_session=")),
+        "upstream cookies pass: {cookies:?}"
+    );
+    assert!(
+        cookies.iter().any(|c| c.starts_with("wr_a_demo=")),
+        "{cookies:?}"
+    );
+
+    let body = vec![7u8; 1 << 20];
+    // An explicit Cookie header replaces the jar's, so send ours along by hand.
+    let jar_cookies = format!(
+        "theirs=1; wr_a_demo={}; wr_q_demo={}; upstream_session=u1",
+        fan.cookie("wr_a_demo").unwrap(),
+        fan.cookie("wr_q_demo").unwrap()
+    );
+    let res = fan
+        .client
+        .post(format!("{}/pay", gw.public))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-waitroom-seq", "1")
+        .header("cookie", jar_cookies)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let echo: Value = res.json().await.unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body_len"], 1 << 20, "body streamed through whole");
+    let h = &echo["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "untrusted XFF replaced");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(
+        h["x-forwarded-host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(h.get("x-waitroom-seq").is_none());
+    let cookie = h["cookie"].as_str().unwrap_or("");
+    assert!(
+        !cookie.contains("wr_q_") && !cookie.contains("wr_a_"),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains("theirs=1") && cookie.contains("upstream_session=u1"),
+        "{cookie}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_clear_502_and_waiting_fans_keep_their_places() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 6000")).await;
+    let inside = Fan::new(&gw.public);
+    inside.get("/").await;
+    eventually(5, "admitted", || async {
+        (inside.status("demo").await["state"] == "admitted").then_some(())
+    })
+    .await;
+    assert_eq!(inside.get("/").await.status(), 200);
+    gw.patch_room("demo", json!({"paused": true})).await;
+    let waiting = Fan::new(&gw.public);
+    waiting.get("/").await;
+    let before = waiting.status("demo").await["position"].clone();
+
+    up.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let res = inside.get_json("/").await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "upstream_unavailable"
+    );
+    let res = inside.get("/").await;
+    assert_eq!(res.status(), 502);
+    assert!(res.text().await.unwrap().contains("keep your place"));
+    assert_eq!(waiting.status("demo").await["position"], before);
+    assert_eq!(
+        gw.admin_get("/admin/rooms/demo").await["upstream_healthy"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn exempt_paths_and_unprotected_routes() {
+    let up = TestUpstream::start().await;
+    let other = TestUpstream::start().await;
+    let rooms = room_toml(
+        "shop",
+        &up.url(),
+        "path_prefix = \"/shop\"\nexempt_paths = [\"/shop/static/\"]\nadmit_rate_per_min = 1",
+    );
+    let gw = Gateway::start_with(
+        &rooms,
+        &format!("[proxy]\ndefault_upstream = \"{}\"", other.url()),
+    )
+    .await;
+    let fan = Fan::new(&gw.public);
+    let echo: Value = fan.get("/shop/static/app.css").await.json().await.unwrap();
+    assert_eq!(echo["path"], "/shop/static/app.css");
+    let echo: Value = fan.get("/about").await.json().await.unwrap();
+    assert_eq!(echo["path"], "/about", "default upstream");
+    assert_eq!(other.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        fan.get("/shopping").await.status(),
+        200,
+        "not the /shop route"
+    );
+    assert!(
+        fan.get("/shop/x")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("Your place in line")
+    );
+
+    let gw2 = Gateway::start(&room_toml("shop", &up.url(), "path_prefix = \"/shop\"")).await;
+    let res = Fan::new(&gw2.public).get_json("/about").await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "no_route");
+}
+
+#[tokio::test]
+async fn two_rooms_have_separate_lines_and_cookies() {
+    let up = TestUpstream::start().await;
+    let rooms = room_toml(
+        "a",
+        &up.url(),
+        "path_prefix = \"/a\"\nadmit_rate_per_min = 1",
+    ) + &room_toml(
+        "b",
+        &up.url(),
+        "path_prefix = \"/b\"\nadmit_rate_per_min = 1",
+    );
+    let gw = Gateway::start(&rooms).await;
+    let fan = Fan::new(&gw.public);
+    fan.get("/a/").await;
+    Fan::new(&gw.public).get("/b/").await;
+    fan.get("/b/").await;
+    assert!(fan.cookie("wr_q_a").is_some() && fan.cookie("wr_q_b").is_some());
+    assert_eq!(fan.status("a").await["position"], 1);
+    assert_eq!(fan.status("b").await["position"], 2);
+}
