@@ -163,7 +163,10 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
     let existing = presented(ctx.app, room, req, false)?;
     let (token, cookie, place) = match existing {
         Some(c) => match room.touch(c.seq) {
-            Place::Expired | Place::Unknown | Place::Missed { .. } => new_place(ctx).await?,
+            // A used or lost place: joining again means a new place (as any arrival).
+            Place::Claimed | Place::Expired | Place::Unknown | Place::Missed { .. } => {
+                new_place(ctx).await?
+            }
             place => {
                 let (token, cookie) = ctx.sign_queue_token(room.epoch(), c.seq, c.vid);
                 (token, cookie, place)

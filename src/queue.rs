@@ -130,6 +130,16 @@ impl SeqBits {
             *word &= !(1 << (seq % 64));
         }
     }
+    /// The highest set bit, if any.
+    pub fn highest(&self) -> Option<u64> {
+        let (i, w) = self
+            .words
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, w)| **w != 0)?;
+        Some(i as u64 * 64 + 63 - u64::from(w.leading_zeros()))
+    }
     pub fn count(&self) -> u64 {
         self.words.iter().map(|w| w.count_ones() as u64).sum()
     }
@@ -206,7 +216,10 @@ impl Queue {
         let mut q = Queue::new(d.epoch, settings);
         q.next_seq = d.reserved_upto.max(1);
         q.reserved_upto = q.next_seq;
-        q.serving = d.serving.min(q.next_seq - 1);
+        // Every claimed place had its turn, even if the last progress
+        // record before a crash did not say so yet.
+        let claimed_max = d.claimed.highest().unwrap_or(0);
+        q.serving = d.serving.max(claimed_max).min(q.next_seq - 1);
         q.noshow_floor = d.noshow_floor.min(q.serving);
         q.claimed = d.claimed.clone();
         q.admitted_total = q.claimed.count();
@@ -664,6 +677,10 @@ mod tests {
         b.clear(1000);
         assert!(!b.get(1000));
         assert_eq!(b.count(), 0);
+        assert_eq!(b.highest(), None);
+        b.set(3);
+        b.set(130);
+        assert_eq!(b.highest(), Some(130));
     }
 
     #[test]

@@ -523,7 +523,8 @@ impl Room {
         Ok(epoch)
     }
 
-    /// Writes the latest progress (graceful shutdown).
+    /// Writes the latest progress and gives back the unused reservation.
+    /// Only for graceful shutdown, once no request can issue a number.
     pub async fn flush(&self) -> Result<(), RoomError> {
         let (epoch, serving, floor, issued) = {
             let st = self.lock();
@@ -541,6 +542,13 @@ impl Room {
                 serving,
                 floor,
                 issued,
+            })
+            .await?;
+        self.store
+            .write(Record::Release {
+                room: self.config.id.clone(),
+                epoch,
+                upto: issued + 1,
             })
             .await?;
         Ok(())

@@ -24,9 +24,10 @@ fn b64url(bytes: &[u8]) -> String {
 fn bad_tokens(real: &str) -> Vec<(&'static str, String)> {
     let parts: Vec<&str> = real.split('.').collect();
     let payload = parts[1];
-    let mut tampered_sig = parts[2].to_string();
-    let last = tampered_sig.pop().unwrap();
-    tampered_sig.push(if last == 'A' { 'B' } else { 'A' });
+    // Flip a character in the middle: the last one also carries padding bits.
+    let mut sig: Vec<char> = parts[2].chars().collect();
+    sig[5] = if sig[5] == 'A' { 'B' } else { 'A' };
+    let tampered_sig: String = sig.into_iter().collect();
     vec![
         ("malformed", "not-a-token".to_string()),
         ("malformed", "a.b.c".to_string()),

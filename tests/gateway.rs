@@ -503,3 +503,63 @@ async fn two_rooms_have_separate_lines_and_cookies() {
     assert_eq!(fan.status("a").await["position"], 1);
     assert_eq!(fan.status("b").await["position"], 2);
 }
+
+#[tokio::test]
+async fn an_ended_session_shows_the_ended_page_never_a_new_place_at_the_back() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "demo",
+        &up.url(),
+        "admit_rate_per_min = 6000\nsession_secs = 10\nsession_max_secs = 10",
+    ))
+    .await;
+    let fan = Fan::new(&gw.public);
+    fan.get("/").await;
+    eventually(5, "admitted", || async {
+        (fan.status("demo").await["state"] == "admitted").then_some(())
+    })
+    .await;
+    assert_eq!(fan.get("/cart").await.status(), 200);
+    // Sliding activity cannot stretch past session_max_secs.
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    assert_eq!(fan.get("/cart").await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    let res = fan.get("/cart").await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers().get("set-cookie").is_none(),
+        "no new place handed out"
+    );
+    let body = res.text().await.unwrap();
+    assert!(body.contains("Your session has ended"), "{body}");
+    let v: Value = fan.get_json("/cart").await.json().await.unwrap();
+    assert_eq!(v["state"], "ended");
+
+    // The page's button takes a new place on purpose and returns to the route.
+    let res = fan
+        .client
+        .post(format!("{}/_waitroom/join?room=demo&next=/cart", gw.public))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/cart");
+    let cookies: Vec<&str> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("wr_a_demo=;") && c.contains("Max-Age=0")),
+        "{cookies:?}"
+    );
+    assert!(fan.cookie("wr_a_demo").is_none());
+    eventually(5, "readmitted", || async {
+        (fan.status("demo").await["state"] == "admitted").then_some(())
+    })
+    .await;
+}

@@ -44,6 +44,13 @@ pub enum Record {
         epoch: u64,
         upto: u64,
     },
+    /// Clean shutdown: nothing at or above `upto` was handed out, so the
+    /// unused rest of the reservation is given back (no gap on restart).
+    Release {
+        room: String,
+        epoch: u64,
+        upto: u64,
+    },
     Claim {
         room: String,
         epoch: u64,
@@ -68,6 +75,7 @@ impl Record {
         match self {
             Record::Epoch { room, .. }
             | Record::Reserve { room, .. }
+            | Record::Release { room, .. }
             | Record::Claim { room, .. }
             | Record::Progress { room, .. }
             | Record::Settings { room, .. } => room,
@@ -87,6 +95,9 @@ impl Record {
             }
             Record::Reserve { epoch, upto, .. } if *epoch == d.epoch => {
                 d.reserved_upto = d.reserved_upto.max(*upto);
+            }
+            Record::Release { epoch, upto, .. } if *epoch == d.epoch => {
+                d.reserved_upto = (*upto).max(d.issued_upto + 1);
             }
             Record::Claim { epoch, seq, .. } if *epoch == d.epoch => {
                 d.claimed.set(*seq);

@@ -1,0 +1,241 @@
+//! Durability with the real binary: `kill -9` and restart lose no issued
+//! place, never reissue a sequence number, never admit a claimed place
+//! twice; SIGTERM drains and persists.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+struct Proc {
+    child: Child,
+    public: String,
+    admin: String,
+}
+
+impl Proc {
+    fn start(config: &std::path::Path) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_waitroom"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start waitroom");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        // "waitroom listening public=ADDR admin=ADDR"
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                .to_string()
+        };
+        Proc {
+            public: format!("http://{}", field("public=")),
+            admin: format!("http://{}", field("admin=")),
+            child,
+        }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn sigterm(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut req = c
+            .request(method, format!("{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        res.json().await.unwrap()
+    }
+}
+
+fn write_config(dir: &std::path::Path, upstream: &str) -> std::path::PathBuf {
+    let text = config_toml(
+        &dir.join("state"),
+        &room_toml("demo", upstream, "admit_rate_per_min = 6000"),
+        "",
+    );
+    let path = dir.join("waitroom.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn status_with(base: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{base}/_waitroom/status?room=demo"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kill_9_and_restart_keeps_places_claims_and_never_reuses_numbers() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url());
+    let gw = Proc::start(&config);
+
+    // Fan A gets in and claims.
+    let a = Fan::new(&gw.public);
+    a.get("/").await;
+    eventually(5, "A admitted", || async {
+        (a.status("demo").await["state"] == "admitted").then_some(())
+    })
+    .await;
+    assert_eq!(a.get("/buy").await.status(), 200);
+    let a_queue_token = a.cookie("wr_q_demo").unwrap();
+
+    // The room pauses; B, C, D wait.
+    gw.admin(
+        reqwest::Method::PATCH,
+        "/admin/rooms/demo",
+        Some(json!({"paused": true})),
+    )
+    .await;
+    let mut waiting: Vec<Fan> = (0..3).map(|_| Fan::new(&gw.public)).collect();
+    for f in &waiting {
+        f.get("/").await;
+    }
+    let before: Vec<Value> = {
+        let mut v = Vec::new();
+        for f in &waiting {
+            v.push(f.status("demo").await["position"].clone());
+        }
+        v
+    };
+    assert_eq!(before, vec![json!(1), json!(2), json!(3)]);
+    let issued_before = gw
+        .admin(reqwest::Method::GET, "/admin/rooms/demo", None)
+        .await["issued"]
+        .as_u64()
+        .unwrap();
+
+    gw.kill_9();
+    let gw = Proc::start(&config);
+    for (f, pos) in waiting.iter_mut().zip(&before) {
+        f.base = gw.public.clone();
+        let s = f.status("demo").await;
+        assert_eq!(&s["position"], pos, "place kept across kill -9");
+        assert_eq!(s["state"], "paused", "the pause survived too");
+    }
+    // A's session still works; A's place cannot be claimed again.
+    let mut a = a;
+    a.base = gw.public.clone();
+    assert_eq!(
+        a.get("/buy").await.status(),
+        200,
+        "access token still valid after restart"
+    );
+    let res = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/_waitroom/claim?room=demo", gw.public))
+        .bearer_auth(&a_queue_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "a claimed place is never admitted twice");
+
+    // A newcomer gets a number above every number issued before the crash.
+    let e = Fan::new(&gw.public);
+    e.get("/").await;
+    let room = gw
+        .admin(reqwest::Method::GET, "/admin/rooms/demo", None)
+        .await;
+    assert!(room["issued"].as_u64().unwrap() > issued_before, "{room}");
+    let e_token = e.cookie("wr_q_demo").unwrap();
+    let e_pos = status_with(&gw.public, &e_token)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["position"]
+        .as_u64()
+        .unwrap();
+    assert!(e_pos > 3, "behind everyone who was waiting: {e_pos}");
+    gw.kill_9();
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_persists_progress() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &up.url());
+    let gw = Proc::start(&config);
+    let fans: Vec<Fan> = (0..3).map(|_| Fan::new(&gw.public)).collect();
+    for f in &fans {
+        f.get("/").await;
+    }
+    eventually(5, "all admitted", || async {
+        for f in &fans {
+            if f.status("demo").await["state"] != "admitted" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert_eq!(fans[0].get("/").await.status(), 200);
+    let serving = gw
+        .admin(reqwest::Method::GET, "/admin/rooms/demo", None)
+        .await["serving_counter"]
+        .clone();
+
+    // A slow request is in flight when SIGTERM arrives: it still completes.
+    let slow = {
+        let client = fans[0].client.clone();
+        let url = format!("{}/slow", gw.public);
+        tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || gw.sigterm())
+        .await
+        .unwrap();
+    assert!(status.success(), "clean exit: {status:?}");
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "in-flight request finished during drain"
+    );
+
+    let gw = Proc::start(&config);
+    let room = gw
+        .admin(reqwest::Method::GET, "/admin/rooms/demo", None)
+        .await;
+    assert_eq!(
+        room["serving_counter"], serving,
+        "progress persisted on shutdown"
+    );
+    for f in &fans[1..] {
+        let token = f.cookie("wr_q_demo").unwrap();
+        let s: Value = status_with(&gw.public, &token).await.json().await.unwrap();
+        assert_eq!(s["state"], "admitted", "called places keep their turn: {s}");
+    }
+    gw.kill_9();
+}
