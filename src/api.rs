@@ -114,6 +114,9 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, GatewayError> {
+    if req.uri().path() == "/_waitroom/events" {
+        return crate::sse::handle(app, req).await;
+    }
     let (allow, handler) = match req.uri().path() {
         "/_waitroom/status" => ("GET, HEAD", Endpoint::Status),
         "/_waitroom/join" => ("POST", Endpoint::Join),

@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -55,6 +55,10 @@ pub struct App {
     pub clock: Clock,
     /// Set on shutdown: /readyz answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
+    /// Turns true on shutdown: event streams send a jittered `retry:` and close.
+    pub drain: tokio::sync::watch::Sender<bool>,
+    /// Event streams open on this node (capped by `sse.max_connections`).
+    pub sse_open: AtomicUsize,
 }
 
 /// Whether `path` lies inside the route `prefix` (on a segment boundary).
@@ -100,6 +104,8 @@ impl App {
             store,
             clock,
             draining: AtomicBool::new(false),
+            drain: tokio::sync::watch::channel(false).0,
+            sse_open: AtomicUsize::new(0),
             config,
         }))
     }
@@ -152,6 +158,11 @@ impl App {
                 if sweep {
                     self.metrics.observe_room(&room.snapshot());
                 }
+            }
+            if sweep {
+                self.metrics
+                    .sse_connections
+                    .set(self.sse_open.load(Ordering::Relaxed) as i64);
             }
         }
     }

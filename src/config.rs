@@ -25,6 +25,9 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
 pub const DEFAULT_UPSTREAM_HOLD_SECS: u64 = 5;
+pub const DEFAULT_SSE_MAX_CONNECTIONS: usize = 50_000;
+pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
+pub const DEFAULT_SSE_RETRY_MS: u64 = 3_000;
 pub const MIN_SECRET_BYTES: usize = 32;
 /// Admin tokens shorter than this are refused when the admin listener is not loopback.
 pub const MIN_EXPOSED_ADMIN_TOKEN_BYTES: usize = 24;
@@ -72,7 +75,17 @@ struct RawConfig {
     #[serde(default)]
     server: RawServer,
     #[serde(default)]
+    sse: RawSse,
+    #[serde(default)]
     rooms: Vec<RawRoom>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSse {
+    max_connections: Option<usize>,
+    heartbeat_secs: Option<u64>,
+    retry_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +161,7 @@ struct RawRoom {
     claim_grace_secs: Option<u64>,
     abandon_after_secs: Option<u64>,
     rejoin_secs: Option<u64>,
+    page_template: Option<String>,
 }
 
 // ---------------------------------------------------------- validated types
@@ -164,7 +178,19 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    pub sse: SseConfig,
     pub rooms: Vec<RoomConfig>,
+}
+
+/// Server-Sent Events limits and timing.
+#[derive(Debug, Clone)]
+pub struct SseConfig {
+    /// Concurrent event streams per node; beyond it: 503 with Retry-After.
+    pub max_connections: usize,
+    /// Comment lines this often keep intermediaries from cutting idle streams.
+    pub heartbeat: Duration,
+    /// The `retry:` reconnect hint sent to clients.
+    pub retry_ms: u64,
 }
 
 #[derive(Clone)]
@@ -237,6 +263,8 @@ pub struct RoomConfig {
     pub claim_grace_secs: u64,
     pub abandon_after_secs: u64,
     pub rejoin_secs: u64,
+    /// A platform's waiting page (file contents), placeholders as in `page::DEFAULT_TEMPLATE`.
+    pub page_template: Option<String>,
 }
 
 /// Environment overrides, read in one place.
@@ -264,17 +292,33 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml_str(&text, env)
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        Config::from_toml_str_at(&text, env, base)
     }
 
+    /// Parses and validates; relative paths are taken from the working directory.
     pub fn from_toml_str(text: &str, env: &EnvOverrides) -> Result<Config, ConfigError> {
+        Config::from_toml_str_at(text, env, std::path::Path::new("."))
+    }
+
+    /// Parses and validates; relative `page_template` paths are taken from `base`
+    /// (the config file's directory).
+    pub fn from_toml_str_at(
+        text: &str,
+        env: &EnvOverrides,
+        base: &std::path::Path,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        validate(raw, env)
+        validate(raw, env, base)
     }
 }
 
-fn validate(raw: RawConfig, env: &EnvOverrides) -> Result<Config, ConfigError> {
+fn validate(
+    raw: RawConfig,
+    env: &EnvOverrides,
+    base: &std::path::Path,
+) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let mut problem = |field: &str, reason: String| {
         problems.push(ConfigProblem {
@@ -478,6 +522,25 @@ fn validate(raw: RawConfig, env: &EnvOverrides) -> Result<Config, ConfigError> {
         }
     };
 
+    let sse_max_connections = raw
+        .sse
+        .max_connections
+        .unwrap_or(DEFAULT_SSE_MAX_CONNECTIONS);
+    if !(1..=10_000_000).contains(&sse_max_connections) {
+        problem(
+            "sse.max_connections",
+            "must be between 1 and 10000000".into(),
+        );
+    }
+    let sse_heartbeat_secs = raw.sse.heartbeat_secs.unwrap_or(DEFAULT_SSE_HEARTBEAT_SECS);
+    if !(1..=300).contains(&sse_heartbeat_secs) {
+        problem("sse.heartbeat_secs", "must be between 1 and 300".into());
+    }
+    let sse_retry_ms = raw.sse.retry_ms.unwrap_or(DEFAULT_SSE_RETRY_MS);
+    if !(100..=600_000).contains(&sse_retry_ms) {
+        problem("sse.retry_ms", "must be between 100 and 600000".into());
+    }
+
     if raw.rooms.is_empty() {
         problem("rooms", "at least one [[rooms]] entry is required".into());
     }
@@ -588,6 +651,25 @@ fn validate(raw: RawConfig, env: &EnvOverrides) -> Result<Config, ConfigError> {
         if rejoin_secs > 86_400 {
             problem(&f("rejoin_secs"), "must be at most 86400".into());
         }
+        let page_template = match &r.page_template {
+            None => None,
+            Some(path) => match std::fs::read_to_string(base.join(path)) {
+                Ok(text) if text.contains("{{script}}") => Some(text),
+                Ok(_) => {
+                    problem(
+                        &f("page_template"),
+                        format!(
+                            "{path:?} has no {{{{script}}}} placeholder: the page could not update or forward the fan"
+                        ),
+                    );
+                    None
+                }
+                Err(e) => {
+                    problem(&f("page_template"), format!("cannot read {path:?}: {e}"));
+                    None
+                }
+            },
+        };
         if let Some(upstream) = upstream {
             rooms.push(RoomConfig {
                 id: r.id.clone(),
@@ -604,6 +686,7 @@ fn validate(raw: RawConfig, env: &EnvOverrides) -> Result<Config, ConfigError> {
                 claim_grace_secs,
                 abandon_after_secs,
                 rejoin_secs,
+                page_template,
             });
         }
     }
@@ -628,6 +711,11 @@ fn validate(raw: RawConfig, env: &EnvOverrides) -> Result<Config, ConfigError> {
         },
         shutdown_grace: Duration::from_secs(shutdown_grace_secs),
         log_format,
+        sse: SseConfig {
+            max_connections: sse_max_connections,
+            heartbeat: Duration::from_secs(sse_heartbeat_secs),
+            retry_ms: sse_retry_ms,
+        },
         rooms,
     })
 }

@@ -41,6 +41,8 @@ pub enum GatewayError {
     MissingParam(&'static str),
     #[error("the query parameter {name:?} is invalid: {reason}")]
     InvalidParam { name: &'static str, reason: String },
+    #[error("the {name} header is invalid: {reason}")]
+    InvalidHeader { name: &'static str, reason: String },
     #[error("no room with id {0:?}")]
     UnknownRoom(String),
     #[error("no such endpoint")]
@@ -75,6 +77,10 @@ pub enum GatewayError {
     InvalidValue { field: &'static str, reason: String },
     #[error("cannot read the request body: {0}")]
     BodyRead(String),
+    #[error("this node is shutting down; reconnect shortly")]
+    Draining,
+    #[error("too many live event streams on this node; retry shortly")]
+    TooManyStreams,
 }
 
 impl From<RoomError> for GatewayError {
@@ -98,6 +104,7 @@ impl GatewayError {
             Parse(ParseError::NotBearer) => (StatusCode::UNAUTHORIZED, "invalid_authorization"),
             MissingParam(_) => (StatusCode::BAD_REQUEST, "missing_parameter"),
             InvalidParam { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            InvalidHeader { .. } => (StatusCode::BAD_REQUEST, "invalid_header"),
             UnknownRoom(_) => (StatusCode::NOT_FOUND, "unknown_room"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             NoRoute => (StatusCode::NOT_FOUND, "no_route"),
@@ -118,6 +125,8 @@ impl GatewayError {
             InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             InvalidValue { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
             BodyRead(_) => (StatusCode::BAD_REQUEST, "body_read_failed"),
+            Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
         }
     }
 
@@ -162,7 +171,11 @@ impl GatewayError {
             GatewayError::AdminUnauthorized => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            GatewayError::Store(_) | GatewayError::StoreTimeout | GatewayError::RoomClosed => {
+            GatewayError::Store(_)
+            | GatewayError::StoreTimeout
+            | GatewayError::RoomClosed
+            | GatewayError::Draining
+            | GatewayError::TooManyStreams => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}

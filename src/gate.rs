@@ -59,7 +59,13 @@ pub struct Status {
     pub state: &'static str,
     pub position: Option<u64>,
     pub people_ahead: Option<u64>,
+    /// The typical wait (the low end of `eta_range_seconds`).
     pub eta_seconds: Option<u64>,
+    /// Typical and slow case, from the pace the line really moved lately.
+    pub eta_range_seconds: Option<[u64; 2]>,
+    /// Why waits are longer than they were, if the room knows:
+    /// `paused`, `rate_lowered`, `checkout_unavailable` or `checkout_full`.
+    pub eta_reason: Option<&'static str>,
     pub queue_length: u64,
     pub admit_rate_per_min: u64,
     pub serving: u64,
@@ -77,6 +83,8 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         position: None,
         people_ahead: None,
         eta_seconds: None,
+        eta_range_seconds: None,
+        eta_reason: None,
         queue_length: snap.queue_length,
         admit_rate_per_min: snap.admit_rate_per_min,
         serving: snap.serving,
@@ -89,7 +97,25 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
             s.state = "waiting";
             s.position = Some(position);
             s.people_ahead = Some(position - 1);
-            s.eta_seconds = room.eta_secs(position);
+            if let Some(paces) = snap.paces {
+                let (lo, hi) = crate::queue::eta_range(position, paces);
+                s.eta_seconds = Some(lo);
+                s.eta_range_seconds = Some([lo, hi]);
+            }
+            s.eta_reason = if snap.paused {
+                Some("paused")
+            } else if snap.rate_lowered_recently {
+                Some("rate_lowered")
+            } else if !snap.upstream_healthy {
+                Some("checkout_unavailable")
+            } else if snap
+                .max_active
+                .is_some_and(|cap| snap.active_sessions + snap.called_unclaimed >= cap)
+            {
+                Some("checkout_full")
+            } else {
+                None
+            };
         }
         Some(Place::Called { claim_by }) => {
             s.state = "admitted";
@@ -202,8 +228,9 @@ impl Ctx<'_> {
                     title: &self.room.config.title,
                     state: status.state,
                     position: status.position,
-                    eta_seconds: status.eta_seconds,
+                    eta_range: status.eta_range_seconds,
                     next: &self.next,
+                    template: self.room.config.page_template.as_deref(),
                 }),
             )
         };

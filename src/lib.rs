@@ -25,5 +25,6 @@ pub mod proxy;
 pub mod queue;
 pub mod room;
 pub mod server;
+pub mod sse;
 pub mod store;
 pub mod token;

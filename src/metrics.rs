@@ -23,6 +23,7 @@ pub struct Metrics {
     pub upstream_seconds: HistogramVec,
     pub upstream_responses: IntCounterVec,
     pub errors: IntCounterVec,
+    pub sse_connections: prometheus::IntGauge,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -144,6 +145,16 @@ impl Metrics {
                 "Error responses by origin (client, upstream, store, internal).",
                 &["origin"],
             ),
+            sse_connections: {
+                let g = prometheus::IntGauge::new(
+                    "waitroom_sse_connections",
+                    "Open event streams on this node.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric names are unique");
+                g
+            },
             registry: r,
         }
     }

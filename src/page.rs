@@ -39,77 +39,131 @@ pub struct WaitingView<'a> {
     pub title: &'a str,
     pub state: &'a str,
     pub position: Option<u64>,
-    pub eta_seconds: Option<u64>,
+    pub eta_range: Option<[u64; 2]>,
     /// The same-origin URL to go to once admitted.
     pub next: &'a str,
+    /// A platform's own page (see [`DEFAULT_TEMPLATE`] for the placeholders).
+    pub template: Option<&'a str>,
 }
+
+/// The built-in waiting page, written with the same placeholders a
+/// platform's `page_template` may use:
+///
+/// - `{{title}}`: the room title (escaped);
+/// - `{{position}}`, `{{eta}}`, `{{note}}`: first values as text (escaped);
+/// - `{{head}}`: the no-JavaScript meta refresh and the default style;
+/// - `{{script}}`: the live-update script (required). It fills elements
+///   with the ids `wr-position`, `wr-ahead`, `wr-eta`, `wr-note` and
+///   `wr-bar` where the page has them.
+pub const DEFAULT_TEMPLATE: &str = r#"<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{{title}}</title>{{head}}</head><body><main>
+<h1>{{title}}</h1>
+<p class="muted">You are in line. Keep this page open: it updates by itself and takes you in when it is your turn.</p>
+<div aria-live="polite" aria-atomic="true">
+<p>Your place in line</p>
+<p class="big" id="wr-position">{{position}}</p>
+<p id="wr-ahead" class="muted"></p>
+<p id="wr-eta">{{eta}}</p>
+</div>
+<div class="bar" role="progressbar" aria-label="Progress in line" aria-valuemin="0" aria-valuemax="100"><div id="wr-bar"></div></div>
+<p class="note" id="wr-note" role="status">{{note}}</p>
+</main>{{script}}</body></html>"#;
+
+/// The live-update script: Server-Sent Events, with polling where
+/// EventSource is missing; forwards with `location.replace` when admitted.
+const SCRIPT: &str = r#"<script>
+(function(){
+var ev=__EVENTS__, st=__STATUS__, first=null, best=null, done=false, es=null;
+function $(id){return document.getElementById(id);}
+function set(id,t){var e=$(id);if(e)e.textContent=t;}
+function note(t){var n=$("wr-note");if(n){n.textContent=t||"";n.hidden=!t;}}
+function mins(s){if(s<60)return "under a minute";var m=Math.round(s/60);return m<60?(m+" min"):(Math.floor(m/60)+" h "+(m%60)+" min");}
+function eta(r){if(!r)return "Estimated wait: on hold";if(r[1]<60)return "Estimated wait: under a minute";if(r[0]===r[1]||mins(r[0])===mins(r[1]))return "Estimated wait: about "+mins(r[0]);return "Estimated wait: "+mins(r[0])+" to "+mins(r[1]);}
+var why={paused:"Entry is paused for a moment. You keep your place.",rate_lowered:"The organiser slowed entry down, so the wait got longer. You keep your place.",checkout_unavailable:"The checkout is having trouble; entry resumes when it recovers. You keep your place.",checkout_full:"The checkout is full; the next fans go in as others finish."};
+function show(d){
+  if(done)return false;
+  if(d.state==="admitted"&&d.url){done=true;note("It is your turn. Taking you in…");location.replace(d.url);return false;}
+  if(d.state==="expired"||d.state==="claimed"||d.state==="none"){done=true;location.reload();return false;}
+  if(d.state==="closed"){note(d.message||"This sale is closed.");set("wr-eta","");return true;}
+  if(d.position!=null){
+    if(best===null||d.position<best)best=d.position;
+    set("wr-position",best);
+    set("wr-ahead",best>1?(best-1)+" ahead of you":"You are next");
+    if(first===null)first=best;
+    var pct=first>1?Math.round(100*(first-best)/(first-1)):100;
+    var b=$("wr-bar");if(b){b.style.width=pct+"%";b.parentNode.setAttribute("aria-valuenow",pct);}
+  }
+  set("wr-eta",eta(d.state==="paused"?null:d.eta_range_seconds));
+  note(why[d.eta_reason]||"");
+  return true;
+}
+function poll(delay){
+  if(done)return;
+  fetch(st,{credentials:"same-origin",headers:{"Accept":"application/json"},cache:"no-store"})
+  .then(function(r){if(r.status===401){done=true;location.reload();return null;}return r.json();})
+  .then(function(d){if(d&&show(d))setTimeout(function(){poll(3000);},delay+Math.random()*1000);})
+  .catch(function(){note("Reconnecting… you keep your place.");setTimeout(function(){poll(Math.min(delay*2,30000));},delay);});
+}
+function connect(){
+  if(!window.EventSource){poll(3000);return;}
+  es=new EventSource(ev);
+  ["position","paused","closed","admitted","claimed","expired"].forEach(function(k){
+    es.addEventListener(k,function(e){try{if(!show(JSON.parse(e.data)))es.close();}catch(x){}});
+  });
+  es.onopen=function(){var n=$("wr-note");if(n&&n.textContent.indexOf("Reconnecting")===0)note("");};
+  es.onerror=function(){
+    if(done)return;
+    note("Reconnecting… you keep your place.");
+    if(es.readyState===2){es.close();setTimeout(function(){poll(3000);},2000+Math.random()*2000);}
+  };
+}
+connect();
+})();
+</script>"#;
 
 pub fn waiting_page(v: &WaitingView<'_>) -> String {
     let position = v
         .position
         .map(|p| p.to_string())
         .unwrap_or_else(|| "…".into());
-    let eta = match v.eta_seconds {
-        Some(s) => format!("about {}", human_duration(s)),
-        None => "unknown while the queue is paused".into(),
+    let eta = match (v.state, v.eta_range) {
+        ("paused", _) | (_, None) => "Estimated wait: on hold".to_string(),
+        (_, Some([lo, hi])) if human_duration(lo) == human_duration(hi) => {
+            format!("Estimated wait: about {}", human_duration(lo))
+        }
+        (_, Some([lo, hi])) => format!(
+            "Estimated wait: {} to {}",
+            human_duration(lo),
+            human_duration(hi)
+        ),
     };
-    let status_url = format!(
-        "/_waitroom/status?room={}&next={}",
-        url_encode(v.room_id),
-        url_encode(v.next)
+    let note = if v.state == "paused" {
+        "Entry is paused for a moment. You keep your place."
+    } else {
+        ""
+    };
+    let query = format!("room={}&next={}", url_encode(v.room_id), url_encode(v.next));
+    let script = SCRIPT
+        .replace(
+            "__EVENTS__",
+            &js_string(&format!("/_waitroom/events?{query}")),
+        )
+        .replace(
+            "__STATUS__",
+            &js_string(&format!("/_waitroom/status?{query}")),
+        );
+    let head = format!(
+        "<noscript><meta http-equiv=\"refresh\" content=\"30\"></noscript><style>{STYLE}</style>"
     );
-    let head = "<noscript><meta http-equiv=\"refresh\" content=\"30\"></noscript>";
-    let body = format!(
-        r#"<h1>{title}</h1>
-<p class="muted">You are in line. Keep this page open: it updates by itself and takes you in when it is your turn.</p>
-<div aria-live="polite" aria-atomic="true">
-<p>Your place in line</p>
-<p class="big" id="position">{position}</p>
-<p id="eta">Estimated wait: {eta}</p>
-</div>
-<div class="bar" role="progressbar" aria-label="Progress in line" aria-valuemin="0" aria-valuemax="100"><div id="bar"></div></div>
-<p class="note" id="note" {note_hidden}>{note}</p>
-<script>
-(function(){{
-var url={status_url_js}, first=null, delay=2000;
-function fmt(s){{if(s==null)return "unknown";if(s<60)return "under a minute";var m=Math.round(s/60);return m<60?("about "+m+" min"):("about "+Math.floor(m/60)+" h "+(m%60)+" min");}}
-function show(d){{
-  var n=document.getElementById("note");
-  if(d.state==="admitted"&&d.url){{n.hidden=false;n.textContent="It is your turn. Taking you in…";location.replace(d.url);return false;}}
-  if(d.position!=null){{
-    document.getElementById("position").textContent=d.position;
-    if(first===null||d.position>first)first=d.position;
-    var pct=first>1?Math.round(100*(first-d.position)/(first-1)):100;
-    var b=document.getElementById("bar");b.style.width=pct+"%";b.parentNode.setAttribute("aria-valuenow",pct);
-  }}
-  document.getElementById("eta").textContent="Estimated wait: "+(d.state==="paused"?"on hold":fmt(d.eta_seconds));
-  if(d.state==="paused"){{n.hidden=false;n.textContent="Entry is paused for a moment. You keep your place.";}}
-  else if(d.state==="closed"){{n.hidden=false;n.textContent=d.message||"This sale is closed.";return false;}}
-  else if(d.state==="expired"||d.state==="none"){{location.reload();return false;}}
-  else n.hidden=true;
-  return true;
-}}
-function poll(){{
-  fetch(url,{{credentials:"same-origin",headers:{{"Accept":"application/json"}},cache:"no-store"}})
-  .then(function(r){{if(r.status===401){{location.reload();return null;}}return r.json();}})
-  .then(function(d){{if(d===null)return;delay=2000;if(show(d))setTimeout(poll,delay+Math.random()*1000);}})
-  .catch(function(){{var n=document.getElementById("note");n.hidden=false;n.textContent="Reconnecting… you keep your place.";delay=Math.min(delay*2,30000);setTimeout(poll,delay);}});
-}}
-setTimeout(poll,1000);
-}})();
-</script>"#,
-        title = escape_html(v.title),
-        position = position,
-        eta = escape_html(&eta),
-        note_hidden = if v.state == "paused" { "" } else { "hidden" },
-        note = if v.state == "paused" {
-            "Entry is paused for a moment. You keep your place."
-        } else {
-            ""
-        },
-        status_url_js = js_string(&status_url),
-    );
-    shell(v.title, head, &body)
+    v.template
+        .unwrap_or(DEFAULT_TEMPLATE)
+        .replace("{{title}}", &escape_html(v.title))
+        .replace("{{position}}", &escape_html(&position))
+        .replace("{{eta}}", &escape_html(&eta))
+        .replace("{{note}}", &escape_html(note))
+        .replace("{{head}}", &head)
+        .replace("{{script}}", &script)
 }
 
 pub fn closed_page(title: &str) -> String {
@@ -196,14 +250,31 @@ mod tests {
             title: "<script>alert(1)</script>",
             state: "waiting",
             position: Some(12),
-            eta_seconds: Some(90),
+            eta_range: Some([90, 120]),
             next: "/</script><script>x",
+            template: None,
         });
         assert!(!page.contains("<script>alert(1)"));
         assert!(!page.contains("</script><script>x"));
         assert!(page.contains(">12<"));
         assert!(page.contains("aria-live"));
         assert!(page.contains("http-equiv=\"refresh\""));
+        assert!(page.contains("Estimated wait: about 2 min"), "{page}");
+    }
+
+    #[test]
+    fn a_platform_template_gets_the_placeholders_filled() {
+        let page = waiting_page(&WaitingView {
+            room_id: "demo",
+            title: "Brand & Co",
+            state: "waiting",
+            position: Some(7),
+            eta_range: Some([30, 40]),
+            next: "/",
+            template: Some("<h1>{{title}}</h1><b id=wr-position>{{position}}</b>{{script}}"),
+        });
+        assert!(page.starts_with("<h1>Brand &amp; Co</h1><b id=wr-position>7</b><script>"));
+        assert!(page.contains("/_waitroom/events?room=demo"));
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Forwarded {
-            response: Response::from_parts(parts, body.boxed()),
+            response: Response::from_parts(parts, body.boxed_unsync()),
             elapsed,
         })
     }

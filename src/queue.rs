@@ -145,9 +145,12 @@ impl SeqBits {
     }
 }
 
-/// Observed serving-counter progress, for ETAs that follow what really happens.
+/// How far back observed progress counts for ETAs.
 const ADVANCE_WINDOW_MS: Millis = 60_000;
-const ADVANCE_MIN_SPAN_MS: Millis = 10_000;
+/// Observed pace is measured over windows this long...
+const PACE_WINDOW_MS: Millis = 10_000;
+/// ...and trusted once there are this many.
+const MIN_PACE_WINDOWS: usize = 10;
 
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -174,7 +177,7 @@ pub struct Queue {
     admitted_total: u64,
     /// Places called or skipped so far (main line and rejoin lane).
     advanced_total: u64,
-    advance_samples: VecDeque<(Millis, u64)>,
+    advance_samples: VecDeque<Sample>,
 }
 
 fn secs(now: Millis) -> u32 {
@@ -498,49 +501,98 @@ impl Queue {
         self.claimed.get(seq)
     }
 
-    /// Records serving-counter progress once a second for the observed rate.
+    /// Records line progress once a second, for ETAs from what really happens.
     pub fn sample_progress(&mut self, now: Millis) {
         if self
             .advance_samples
             .back()
-            .is_some_and(|&(t, _)| now < t + 1000)
+            .is_some_and(|s| now < s.at + 1000)
         {
             return;
         }
-        self.advance_samples.push_back((now, self.advanced_total));
+        self.advance_samples.push_back(Sample {
+            at: now,
+            advanced: self.advanced_total,
+            busy: self.queue_length() > 0 && !self.settings.paused && !self.settings.closed,
+        });
         while self
             .advance_samples
             .front()
-            .is_some_and(|&(t, _)| t + ADVANCE_WINDOW_MS < now)
+            .is_some_and(|s| s.at + ADVANCE_WINDOW_MS < now)
         {
             self.advance_samples.pop_front();
         }
     }
 
-    /// Places per minute the line has actually moved recently (skips count:
-    /// they shorten everyone's wait), or `None` before there is enough history.
-    pub fn observed_advance_per_min(&self) -> Option<f64> {
-        let (&(t0, s0), &(t1, s1)) = (self.advance_samples.front()?, self.advance_samples.back()?);
-        if t1 < t0 + ADVANCE_MIN_SPAN_MS {
-            return None;
+    /// Places per second the line moved in each 10-second window of the last
+    /// minute during which people were waiting (skips count: they shorten
+    /// everyone's wait), sorted ascending.
+    fn window_paces(&self) -> Vec<f64> {
+        let samples: Vec<&Sample> = self.advance_samples.iter().collect();
+        let mut paces = Vec::new();
+        for (i, a) in samples.iter().enumerate() {
+            let Some(b) = samples[i..].iter().find(|b| b.at >= a.at + PACE_WINDOW_MS) else {
+                break;
+            };
+            if a.busy && b.busy {
+                paces.push((b.advanced - a.advanced) as f64 * 1000.0 / (b.at - a.at) as f64);
+            }
         }
-        let per_min = (s1 - s0) as f64 * 60_000.0 / (t1 - t0) as f64;
-        Some(per_min)
+        paces.sort_by(f64::total_cmp);
+        paces
     }
 
-    /// Seconds until a place at `position` is called, at the better of the
-    /// configured and the observed pace. `None` while paused or closed.
-    pub fn eta_secs(&self, position: u64) -> Option<u64> {
+    /// Places per minute the line moved lately (median window), if known.
+    pub fn observed_advance_per_min(&self) -> Option<f64> {
+        let paces = self.window_paces();
+        (paces.len() >= MIN_PACE_WINDOWS).then(|| paces[paces.len() / 2] * 60.0)
+    }
+
+    /// Places per second for the typical case (median recent pace) and a
+    /// slow case (10th-percentile pace). Before there is a minute of
+    /// history, the configured rate is the typical case and 25% slower the
+    /// slow one. `None` while paused or closed.
+    pub fn paces(&self) -> Option<(f64, f64)> {
         if self.settings.paused || self.settings.closed {
             return None;
         }
-        let configured = self.settings.admit_rate_per_min as f64;
-        let pace = match self.observed_advance_per_min() {
-            Some(observed) if observed > configured => observed,
-            _ => configured,
-        };
-        Some((position as f64 * 60.0 / pace).ceil() as u64)
+        let configured = self.settings.admit_rate_per_min as f64 / 60.0;
+        let fallback = (configured, configured / 1.25);
+        let paces = self.window_paces();
+        if paces.len() < MIN_PACE_WINDOWS {
+            return Some(fallback);
+        }
+        let p50 = paces[paces.len() / 2];
+        let p10 = paces[paces.len() / 10];
+        if p50 <= 0.0 {
+            return Some(fallback);
+        }
+        Some((p50, p10.max(p50 / 4.0)))
     }
+
+    /// The wait for a place at `position` as a (typical, slow) range.
+    pub fn eta_range_secs(&self, position: u64) -> Option<(u64, u64)> {
+        self.paces().map(|p| eta_range(position, p))
+    }
+
+    /// The typical wait (the low end of [`Queue::eta_range_secs`]).
+    pub fn eta_secs(&self, position: u64) -> Option<u64> {
+        self.eta_range_secs(position).map(|(lo, _)| lo)
+    }
+}
+
+/// Seconds until `position` is reached at the (typical, slow) paces.
+pub fn eta_range(position: u64, (typical, slow): (f64, f64)) -> (u64, u64) {
+    let lo = (position as f64 / typical).ceil() as u64;
+    let hi = ((position as f64 / slow).ceil() as u64).max(lo);
+    (lo, hi)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Millis,
+    advanced: u64,
+    busy: bool,
 }
 
 #[cfg(test)]
@@ -684,18 +736,49 @@ mod tests {
     }
 
     #[test]
-    fn eta_follows_the_faster_of_configured_and_observed_pace() {
-        let mut q = queue_with(1000);
-        assert_eq!(q.eta_secs(100), Some(10));
-        for t in 0..=20 {
-            // Line moves 20 places a second (skips included).
+    fn eta_is_a_range_from_the_observed_pace() {
+        let mut q = queue_with(100_000);
+        // Before any history: the configured rate (10/s), slow case 25% more.
+        assert_eq!(q.eta_range_secs(100), Some((10, 13)));
+        for t in 0..=60 {
+            // The line moves 20 places a second (skips included)...
             for _ in 0..20 {
                 q.skip_head(t * 1000);
             }
             q.sample_progress(t * 1000);
         }
-        assert_eq!(q.eta_secs(100), Some(5));
+        // ...so the typical wait follows it, not the configured rate.
+        let (lo, hi) = q.eta_range_secs(100).unwrap();
+        assert_eq!(lo, 5);
+        assert!(hi >= lo);
+        assert_eq!(q.observed_advance_per_min(), Some(1200.0));
         q.settings.paused = true;
-        assert_eq!(q.eta_secs(100), None);
+        assert_eq!(q.eta_range_secs(100), None);
+    }
+
+    #[test]
+    fn an_uneven_pace_widens_the_range() {
+        let mut q = queue_with(100_000);
+        for t in 0..=60u64 {
+            // Fast at first, slower lately.
+            let per_sec = if t < 30 { 20 } else { 5 };
+            for _ in 0..per_sec {
+                q.skip_head(t * 1000);
+            }
+            q.sample_progress(t * 1000);
+        }
+        let (lo, hi) = q.eta_range_secs(1000).unwrap();
+        assert!(hi > lo, "{lo}..{hi}");
+        assert_eq!(hi, 200, "the slow case follows the slow windows (5/s)");
+    }
+
+    #[test]
+    fn an_empty_line_does_not_count_as_a_slow_one() {
+        let mut q = Queue::new(1, settings());
+        q.extend_reservation(10);
+        for t in 0..=60 {
+            q.sample_progress(t * 1000);
+        }
+        assert_eq!(q.observed_advance_per_min(), None);
     }
 }

@@ -82,7 +82,14 @@ pub struct Snapshot {
     pub upstream_healthy: bool,
     /// Places per minute the line actually moved lately, if known.
     pub observed_advance_per_min: Option<f64>,
+    /// (typical, slow) places per second for ETAs; `None` while paused or closed.
+    pub paces: Option<(f64, f64)>,
+    /// The admit rate was lowered in the last minute (ETAs say why they rose).
+    pub rate_lowered_recently: bool,
 }
+
+/// How long a rate cut is named as the reason for longer waits.
+const RATE_CUT_NOTICE_MS: Millis = 60_000;
 
 /// A live admitted session (keyed by its place's sequence number).
 #[derive(Debug)]
@@ -129,6 +136,8 @@ pub struct Room {
     upstream_hold_ms: Millis,
     /// Monotonic ms + 1 of the last upstream failure; 0 = none.
     upstream_failed_at: AtomicU64,
+    /// Monotonic ms + 1 of the last admin rate cut; 0 = none.
+    rate_lowered_at: AtomicU64,
 }
 
 impl Room {
@@ -184,6 +193,7 @@ impl Room {
             seq_block,
             upstream_hold_ms: upstream_hold.as_millis() as Millis,
             upstream_failed_at: AtomicU64::new(0),
+            rate_lowered_at: AtomicU64::new(0),
         });
         room.reserve_more().await?;
         Ok(room)
@@ -223,7 +233,9 @@ impl Room {
     }
 
     fn publish(&self, q: &Queue, now: Millis) {
-        let snap = snapshot_of(&self.config.id, q, self.upstream_healthy(now));
+        let lowered = self.rate_lowered_at.load(Ordering::Relaxed);
+        let mut snap = snapshot_of(&self.config.id, q, self.upstream_healthy(now));
+        snap.rate_lowered_recently = lowered != 0 && now + 1 < lowered + RATE_CUT_NOTICE_MS;
         self.snapshot.send_if_modified(|s| {
             if *s != snap {
                 *s = snap;
@@ -320,10 +332,6 @@ impl Room {
     pub fn place(&self, seq: u64) -> Place {
         let now = self.clock.mono_ms();
         self.lock().queue.place(seq, now)
-    }
-
-    pub fn eta_secs(&self, position: u64) -> Option<u64> {
-        self.lock().queue.eta_secs(position)
     }
 
     /// Exchanges a called place for an access session, once. The claim is
@@ -477,6 +485,10 @@ impl Room {
             let mut st = self.lock();
             let mut s = st.queue.settings.clone();
             change(&mut s);
+            if s.admit_rate_per_min < st.queue.settings.admit_rate_per_min {
+                self.rate_lowered_at
+                    .store(self.clock.mono_ms() + 1, Ordering::Relaxed);
+            }
             s.session_max_secs = s.session_max_secs.max(s.session_secs);
             st.queue.settings = s.clone();
             self.publish(&st.queue, self.clock.mono_ms());
@@ -588,5 +600,7 @@ fn snapshot_of(id: &str, q: &Queue, upstream_healthy: bool) -> Snapshot {
         observed_advance_per_min: q
             .observed_advance_per_min()
             .map(|r| (r * 10.0).round() / 10.0),
+        paces: q.paces(),
+        rate_lowered_recently: false,
     }
 }

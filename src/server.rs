@@ -104,6 +104,7 @@ impl Running {
     /// to the grace period), state is persisted.
     pub async fn shutdown(self) {
         self.app.draining.store(true, Ordering::Relaxed);
+        let _ = self.app.drain.send(true);
         let _ = self.stop.send(true);
         for s in self.servers {
             let _ = s.await;

@@ -1,0 +1,337 @@
+//! Live queue updates over Server-Sent Events: `GET /_waitroom/events?room=ID`.
+//!
+//! Fan-out costs the producer O(1): the room publishes one `watch` snapshot
+//! per change; each connection wakes, derives its own position from its
+//! sequence number (`seq − serving`, no lock) and writes only if what the
+//! fan sees changed, at most about once a second ([`COALESCE`]).
+//!
+//! A stream is a `futures` `unfold` polled by the connection's own task:
+//! no extra task per fan, and a disconnect drops its state and buffers at
+//! once. The stream sends, in order:
+//!
+//! - `retry: <ms>` and a `position` event at once (same JSON as `/_waitroom/status`);
+//! - `position` / `paused` / `closed` events when what the fan sees changes;
+//! - `admitted` (with `url`), `claimed` or `expired`, after which it ends;
+//! - a `: keep-alive` comment when nothing was written for `heartbeat_secs`;
+//! - on drain (shutdown), a jittered `retry:` and the end of the stream.
+//!
+//! Every event has an `id:` of the form `<epoch>-<serving>`. A client that
+//! reconnects with `Last-Event-ID` never sees a position higher than the one
+//! it last saw, even if the gateway restarted and replayed a second of
+//! progress. An open stream counts as a sign of life for the fan's place
+//! (see `queue`): a fan whose stream has been gone for `abandon_after_secs`
+//! when their turn comes is skipped, and keeps a `rejoin_secs` window.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::error::GatewayError;
+use crate::gate::{self, Status};
+use crate::http::{self, Body};
+use crate::queue::Place;
+use crate::room::{Room, Snapshot};
+use crate::token::{Expect, Kind};
+
+/// At most one update a second per connection.
+pub const COALESCE: Duration = Duration::from_secs(1);
+
+/// Holds one slot of the per-node connection cap until dropped.
+struct Slot(Arc<App>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.sse_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the fan was last shown; an event is written only when it changes.
+#[derive(Debug, Clone, PartialEq)]
+struct Shown {
+    state: &'static str,
+    position: Option<u64>,
+    eta: Option<[u64; 2]>,
+    reason: Option<&'static str>,
+}
+
+struct Conn {
+    room: Arc<Room>,
+    seq: u64,
+    next: String,
+    rx: watch::Receiver<Snapshot>,
+    drain: watch::Receiver<bool>,
+    /// The highest serving counter this fan has been shown (never go back).
+    floor: u64,
+    last: Option<Shown>,
+    last_write: Instant,
+    heartbeat: Duration,
+    touch_every: Duration,
+    next_touch: Instant,
+    retry_ms: u64,
+    started: bool,
+    done: bool,
+    _slot: Slot,
+}
+
+/// Parses `Last-Event-ID` (`<epoch>-<serving>`).
+pub fn parse_last_event_id(value: &str) -> Result<(u64, u64), String> {
+    let (epoch, serving) = value
+        .trim()
+        .split_once('-')
+        .ok_or_else(|| "expected <epoch>-<serving>".to_string())?;
+    let epoch = epoch
+        .parse()
+        .map_err(|_| "the epoch is not a number".to_string())?;
+    let serving = serving
+        .parse()
+        .map_err(|_| "the serving counter is not a number".to_string())?;
+    Ok((epoch, serving))
+}
+
+pub async fn handle(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    if req.method() != Method::GET {
+        return Err(GatewayError::MethodNotAllowed("GET"));
+    }
+    let pairs = http::query_pairs(req.uri().query())?;
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let id = get("room").ok_or(GatewayError::MissingParam("room"))?;
+    let room = app
+        .room(id)
+        .cloned()
+        .ok_or_else(|| GatewayError::UnknownRoom(id.chars().take(64).collect()))?;
+    let next = match get("next") {
+        Some(n) => gate::validate_next(n, &room.config.path_prefix).map_err(|reason| {
+            GatewayError::InvalidParam {
+                name: "next",
+                reason,
+            }
+        })?,
+        None => room.config.path_prefix.clone(),
+    };
+    // EventSource cannot set headers, so `?token=` is accepted too.
+    let token = match get("token") {
+        Some(t) => Some(t.to_string()),
+        None => match http::bearer(req.headers())? {
+            Some(t) => Some(t.to_string()),
+            None => http::cookie(req.headers(), &gate::queue_cookie_name(room.id()))?
+                .map(str::to_string),
+        },
+    };
+    let token = token.ok_or(GatewayError::NoToken)?;
+    let epoch = room.epoch();
+    let expect = Expect {
+        kind: Kind::Queue,
+        room: room.id(),
+        epoch,
+    };
+    let claims = app
+        .keys
+        .verify(&token, expect, app.clock.wall_secs())
+        .map_err(|e| {
+            app.metrics
+                .rejected_tokens
+                .with_label_values(&[room.id(), e.label()])
+                .inc();
+            GatewayError::InvalidToken(e)
+        })?;
+    let mut floor = 0;
+    if let Some(v) = req.headers().get("last-event-id") {
+        let text = v.to_str().map_err(|_| GatewayError::InvalidHeader {
+            name: "Last-Event-ID",
+            reason: "not valid text".into(),
+        })?;
+        if !text.trim().is_empty() {
+            let (last_epoch, serving) =
+                parse_last_event_id(text).map_err(|reason| GatewayError::InvalidHeader {
+                    name: "Last-Event-ID",
+                    reason,
+                })?;
+            if last_epoch == epoch {
+                floor = serving;
+            }
+        }
+    }
+
+    if app.draining.load(Ordering::Relaxed) {
+        return Err(GatewayError::Draining);
+    }
+    let open = app.sse_open.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot(app.clone());
+    if open >= app.config.sse.max_connections {
+        drop(slot);
+        return Err(GatewayError::TooManyStreams);
+    }
+    room.touch(claims.seq);
+
+    let heartbeat = app.config.sse.heartbeat;
+    let touch_every = heartbeat
+        .min(Duration::from_secs(room.config.abandon_after_secs / 3).max(Duration::from_secs(1)));
+    let now = Instant::now();
+    let conn = Conn {
+        rx: room.subscribe(),
+        drain: app.drain.subscribe(),
+        room,
+        seq: claims.seq,
+        next,
+        floor,
+        last: None,
+        last_write: now,
+        heartbeat,
+        touch_every,
+        next_touch: now + touch_every,
+        retry_ms: app.config.sse.retry_ms,
+        started: false,
+        done: false,
+        _slot: slot,
+    };
+    let stream = futures_util::stream::unfold(conn, next_frame);
+    let body = StreamBody::new(stream).map_err(|never: Infallible| match never {});
+    let mut res = Response::new(body.boxed_unsync());
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    *res.status_mut() = StatusCode::OK;
+    Ok(res)
+}
+
+type Item = Result<Frame<Bytes>, Infallible>;
+
+fn frame(text: String) -> Item {
+    Ok(Frame::data(Bytes::from(text)))
+}
+
+impl Conn {
+    /// The fan's status now, from the snapshot alone while they wait.
+    fn status(&mut self) -> Status {
+        let snap = self.rx.borrow_and_update().clone();
+        let place = if self.seq > snap.serving {
+            let serving = snap.serving.max(self.floor);
+            Place::Waiting {
+                position: self.seq.saturating_sub(serving).max(1),
+            }
+        } else {
+            self.room.place(self.seq)
+        };
+        self.floor = self.floor.max(snap.serving);
+        gate::status_of(&self.room, Some(place), &snap, &self.next)
+    }
+
+    /// The event for the current status, if it differs from what was shown.
+    fn event(&mut self, always: bool) -> Option<String> {
+        let status = self.status();
+        let shown = Shown {
+            state: status.state,
+            position: status.position,
+            eta: status.eta_range_seconds,
+            reason: status.eta_reason,
+        };
+        if !always && self.last.as_ref() == Some(&shown) {
+            return None;
+        }
+        let kind = match status.state {
+            "waiting" => "position",
+            "admitted" | "claimed" | "expired" | "paused" | "closed" => status.state,
+            _ => "expired",
+        };
+        if matches!(kind, "admitted" | "claimed" | "expired") {
+            self.done = true;
+        }
+        self.last = Some(shown);
+        self.last_write = Instant::now();
+        let data = serde_json::to_string(&status).unwrap_or_else(|_| "{}".into());
+        let epoch = self.rx.borrow().epoch;
+        Some(format!(
+            "id: {epoch}-{}\nevent: {kind}\ndata: {data}\n\n",
+            self.floor
+        ))
+    }
+
+    fn drain_frame(&mut self) -> Item {
+        self.done = true;
+        // Spread reconnects so a restarted node is not stampeded.
+        let jitter = rand::random::<u64>() % self.retry_ms.max(1);
+        frame(format!("retry: {}\n\n", self.retry_ms + jitter))
+    }
+}
+
+async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
+    if c.done {
+        return None;
+    }
+    if !c.started {
+        c.started = true;
+        let first = c.event(true).unwrap_or_default();
+        let text = format!("retry: {}\n{first}", c.retry_ms);
+        return Some((frame(text), c));
+    }
+    loop {
+        let beat_at = c.last_write + c.heartbeat;
+        let wake = beat_at.min(c.next_touch);
+        tokio::select! {
+            biased;
+            _ = c.drain.changed() => {
+                let f = c.drain_frame();
+                return Some((f, c));
+            }
+            changed = c.rx.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+                let since = c.last_write.elapsed();
+                if since < COALESCE {
+                    tokio::select! {
+                        _ = tokio::time::sleep(COALESCE - since) => {}
+                        _ = c.drain.changed() => {
+                            let f = c.drain_frame();
+                            return Some((f, c));
+                        }
+                    }
+                }
+                if let Some(text) = c.event(false) {
+                    return Some((frame(text), c));
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                if now >= c.next_touch {
+                    c.room.touch(c.seq);
+                    c.next_touch = now + c.touch_every;
+                }
+                if now >= beat_at {
+                    c.last_write = now;
+                    return Some((frame(": keep-alive\n\n".into()), c));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_event_id_is_parsed_strictly() {
+        assert_eq!(parse_last_event_id("17-42"), Ok((17, 42)));
+        for bad in ["", "42", "x-1", "1-x", "1-2-3", "-1"] {
+            assert!(parse_last_event_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}
