@@ -21,6 +21,7 @@ h1{font-size:1.5rem;margin:.2rem 0 1rem}
 .bar{height:.75rem;border-radius:.4rem;background:#8884;overflow:hidden;margin:1rem 0}
 .bar>div{height:100%;background:var(--accent);width:0;transition:width .8s}
 .note{padding:.75rem 1rem;border-radius:.5rem;background:#8882;margin:1rem 0}
+.note:empty{display:none}
 button{font:inherit;padding:.6rem 1.2rem;border-radius:.5rem;border:0;background:var(--accent);color:#fff;cursor:pointer}
 "#;
 

@@ -1,0 +1,155 @@
+//! The fan's waiting page in real headless Chromium (driven through
+//! chromedriver): it shows a place, updates live without reloading when the
+//! admin API changes the room, and lands on the checkout when admitted.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`scripts/test.sh`
+//! installs them). Set `WAITROOM_SCREENSHOT=path.png` to save a screenshot
+//! of the waiting page.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+struct Driver {
+    child: Child,
+    url: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_browser() -> (Driver, Client) {
+    let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("chromedriver not found: install Debian's chromium and chromium-driver (scripts/test.sh does)");
+    let port = free_port();
+    let child = Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _profile: profile,
+    };
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                "--disable-quic", "--disable-sync", "--window-size=430,900",
+                format!("--user-data-dir={}", driver._profile.path().display()),
+            ]
+        }),
+    );
+    let client = eventually(20, "chromedriver accepts a session", || {
+        let caps = caps.clone();
+        let url = driver.url.clone();
+        async move {
+            ClientBuilder::rustls()
+                .ok()?
+                .capabilities(caps)
+                .connect(&url)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    (driver, client)
+}
+
+async fn text_of(c: &Client, id: &str) -> String {
+    c.find(Locator::Id(id)).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn waiting_page_updates_live_and_lands_on_the_checkout() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "demo",
+        &up.url(),
+        "title = \"Reunion Tour — on sale\"\nadmit_rate_per_min = 60\nabandon_after_secs = 600",
+    ))
+    .await;
+    gw.patch_room("demo", json!({"paused": true})).await;
+    // Three fans (apps) are ahead of the browser.
+    let app = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..3 {
+        app.post(format!("{}/_waitroom/join?room=demo", gw.public))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let (_driver, browser) = start_browser().await;
+    browser
+        .goto(&format!("{}/checkout?show=42", gw.public))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&browser, "wr-position").await, "4");
+    assert!(text_of(&browser, "wr-note").await.contains("paused"));
+    // A marker that a reload would wipe.
+    browser
+        .execute("window.__stillHere = 'yes'; return null;", vec![])
+        .await
+        .unwrap();
+
+    // The promoter resumes at one fan a second: the page follows live.
+    gw.patch_room("demo", json!({"paused": false})).await;
+    eventually(20, "position moves without reload", || async {
+        let p = text_of(&browser, "wr-position").await;
+        (p != "4" && p != "…").then_some(())
+    })
+    .await;
+    let marker = browser
+        .execute("return window.__stillHere || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("yes"), "the page was not reloaded");
+    assert!(
+        text_of(&browser, "wr-eta")
+            .await
+            .starts_with("Estimated wait")
+    );
+    if let Ok(path) = std::env::var("WAITROOM_SCREENSHOT") {
+        std::fs::write(path, browser.screenshot().await.unwrap()).unwrap();
+    }
+
+    // Then the rate goes up and the browser is forwarded to where it was going.
+    gw.patch_room("demo", json!({"admit_rate_per_min": 6000}))
+        .await;
+    eventually(20, "browser lands on the checkout", || async {
+        let url = browser.current_url().await.ok()?;
+        let body = browser.source().await.ok()?;
+        (url.path() == "/checkout" && body.contains("\"upstream\":true")).then_some(())
+    })
+    .await;
+    let body = browser.source().await.unwrap();
+    assert!(body.contains("\"path\":\"/checkout?show=42\""), "{body}");
+    browser.close().await.unwrap();
+}
