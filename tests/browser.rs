@@ -9,7 +9,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
