@@ -19,6 +19,7 @@ pub mod drip;
 pub mod error;
 pub mod gate;
 pub mod http;
+pub mod loadgen;
 pub mod metrics;
 pub mod page;
 pub mod proxy;

@@ -38,6 +38,112 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         rate: u64,
     },
+    /// Load generators for the benchmark harness (benches/run.sh); loopback only.
+    Loadgen {
+        #[command(subcommand)]
+        kind: Loadgen,
+    },
+}
+
+#[derive(Subcommand)]
+enum Loadgen {
+    /// Open N event streams, change the room, measure the fan-out.
+    Sse {
+        #[arg(long)]
+        public: std::net::SocketAddr,
+        #[arg(long)]
+        admin: std::net::SocketAddr,
+        #[arg(long)]
+        admin_token: String,
+        #[arg(long, default_value = "bench")]
+        room: String,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        /// The gateway's pid, to read its RSS and CPU.
+        #[arg(long)]
+        gateway_pid: Option<u32>,
+    },
+    /// Entries per second against the configured rate.
+    Drip {
+        #[arg(long)]
+        public: std::net::SocketAddr,
+        #[arg(long)]
+        admin: std::net::SocketAddr,
+        #[arg(long)]
+        admin_token: String,
+        #[arg(long, default_value = "bench")]
+        room: String,
+        #[arg(long)]
+        rate: u64,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
+    /// A tiny `200 ok` upstream.
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
+    use waitroom::loadgen;
+    let result = runtime.block_on(async {
+        match kind {
+            Loadgen::Sse {
+                public,
+                admin,
+                admin_token,
+                room,
+                connections,
+                sources,
+                gateway_pid,
+            } => {
+                loadgen::sse(loadgen::SseOptions {
+                    public,
+                    admin,
+                    admin_token,
+                    room,
+                    connections,
+                    sources,
+                    gateway_pid,
+                })
+                .await
+            }
+            Loadgen::Drip {
+                public,
+                admin,
+                admin_token,
+                room,
+                rate,
+                secs,
+            } => {
+                loadgen::drip(loadgen::DripOptions {
+                    public,
+                    admin,
+                    admin_token,
+                    room,
+                    rate_per_min: rate,
+                    secs,
+                })
+                .await
+            }
+            Loadgen::Upstream { listen } => loadgen::upstream(listen)
+                .await
+                .map(|()| serde_json::Value::Null),
+        }
+    });
+    match result {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("waitroom loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -96,6 +202,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Loadgen { kind } => run_loadgen(&runtime, kind),
         Command::Demo { port, fans, rate } => {
             init_tracing(LogFormat::Text);
             let opts = waitroom::demo::DemoOptions {

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The benchmark harness: waitroom against nginx on this machine, in one run.
+#   bash benches/run.sh           full run (several minutes)
+#   bash benches/run.sh --quick   smoke run (under 2 minutes; what CI runs)
+# Installs wrk and nginx (Debian packages) when missing. Loopback only.
+# Prints one markdown table; numbers are ratios against nginx in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+
+if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
+  else
+    echo "benches/run.sh: needs wrk and nginx (apt-get install wrk nginx-light)" >&2
+    exit 1
+  fi
+fi
+ulimit -n "$(ulimit -Hn)" || true
+
+if [ "$QUICK" = 1 ]; then
+  DUR=3; CONNS=64; SSE_N=2000; DRIP_SECS=8; DRIP_RATES="600 6000"
+else
+  DUR=15; CONNS=64; SSE_N=$(( $(ulimit -n) - 1500 )); DRIP_SECS=60; DRIP_RATES="600 3000 12000"
+fi
+
+cargo build --release --quiet
+BIN=target/release/waitroom
+WORK=$(mktemp -d /tmp/waitroom-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  [ -n "${KEEP_WORK:-}" ] && cp -r "$WORK" /tmp/bench-last || true
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+UP=$(free_port); PROXY=$(free_port); STATIC=$(free_port); PUB=$(free_port); ADM=$(free_port)
+TOKEN=bench-admin-token-0123456789abcdef
+
+# --- nginx: upstream, reverse-proxy baseline, static baseline
+mkdir -p "$WORK/static"
+chmod 755 "$WORK" "$WORK/static"  # nginx workers run as www-data
+sed -e "s#@WORK@#$WORK#g" -e "s#@UPSTREAM@#$UP#g" -e "s#@PROXY@#$PROXY#g" -e "s#@STATIC@#$STATIC#g" \
+  benches/nginx/nginx.conf.template > "$WORK/nginx.conf"
+
+# --- waitroom
+cat > "$WORK/waitroom.toml" <<TOML
+[listen]
+public = "127.0.0.1:$PUB"
+admin = "127.0.0.1:$ADM"
+[admin]
+token = "$TOKEN"
+[signing]
+keys = [{ kid = "b1", secret = "bench-secret-bench-secret-bench-secret-0123" }]
+[store]
+path = "$WORK/state"
+[sse]
+max_connections = 100000
+[[rooms]]
+id = "bench"
+upstream = "http://127.0.0.1:$UP"
+path_prefix = "/"
+admit_rate_per_min = 6000000
+session_secs = 86400
+session_max_secs = 86400
+[[rooms]]
+id = "spike"
+upstream = "http://127.0.0.1:$UP"
+path_prefix = "/spike"
+admit_rate_per_min = 1
+[[rooms]]
+id = "sse"
+upstream = "http://127.0.0.1:$UP"
+path_prefix = "/sse"
+admit_rate_per_min = 1
+abandon_after_secs = 3600
+[[rooms]]
+id = "drip"
+upstream = "http://127.0.0.1:$UP"
+path_prefix = "/drip"
+admit_rate_per_min = 600
+abandon_after_secs = 3600
+claim_grace_secs = 600
+TOML
+RUST_LOG=warn "$BIN" run --config "$WORK/waitroom.toml" > "$WORK/waitroom.out" 2> "$WORK/waitroom.err" &
+WPID=$!; PIDS+=("$WPID")
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+
+# The static baseline page: exactly the size of waitroom's waiting page.
+curl -s "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' > "$WORK/static/waiting.html"
+PAGE_BYTES=$(wc -c < "$WORK/static/waiting.html")
+nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 && break; sleep 0.1; done
+
+# An admitted fan's access token for the passthrough runs.
+ACCESS=$(python3 - "$PUB" <<'PY'
+import json, sys, time, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+def call(method, path, token=None):
+    req = urllib.request.Request(base + path, method=method)
+    if token: req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req) as r: return json.load(r)
+token = call("POST", "/_waitroom/join?room=bench")["token"]
+for _ in range(100):
+    if call("GET", "/_waitroom/status?room=bench", token)["state"] == "admitted": break
+    time.sleep(0.1)
+print(call("POST", "/_waitroom/claim?room=bench", token)["access_token"])
+PY
+)
+
+FMT="python3 benches/fmt.py"
+# wrk → "rps p50_ms p99_ms non2xx"
+run_wrk() {
+  local url=$1; shift
+  wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$@" "$url" > "$WORK/wrk.out" 2>&1 || true
+  $FMT wrk "$WORK/wrk.out"
+}
+
+read -r N_RPS N_P50 N_P99 N_BAD <<<"$(run_wrk "http://127.0.0.1:$PROXY/")"
+read -r W_RPS W_P50 W_P99 W_BAD <<<"$(run_wrk "http://127.0.0.1:$PUB/" -H "X-Waitroom-Token: $ACCESS")"
+read -r S_RPS S_P50 S_P99 S_BAD <<<"$(run_wrk "http://127.0.0.1:$STATIC/")"
+read -r A_RPS A_P50 A_P99 A_BAD <<<"$(run_wrk "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html')"
+ratio() { $FMT ratio "$1" "$2"; }
+
+SSE_JSON=$("$BIN" loadgen sse --public "127.0.0.1:$PUB" --admin "127.0.0.1:$ADM" --admin-token "$TOKEN" \
+  --room sse --connections "$SSE_N" --sources 8 --gateway-pid "$WPID" 2>&1 | tail -1)
+
+DRIP_ROWS=""
+for rate in $DRIP_RATES; do
+  J=$("$BIN" loadgen drip --public "127.0.0.1:$PUB" --admin "127.0.0.1:$ADM" --admin-token "$TOKEN" \
+    --room drip --rate "$rate" --secs "$DRIP_SECS" 2>&1 | tail -1)
+  DRIP_ROWS+=$($FMT drip "$J")$'\n'
+done
+
+SSE_ROW=$($FMT sse "$SSE_JSON")
+
+echo
+echo "## waitroom vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DUR}s$([ $QUICK = 1 ] && echo ', quick run')"
+echo
+echo "| scenario | waitroom | nginx | ratio |"
+echo "| --- | --- | --- | --- |"
+echo "| a. admitted passthrough rps | $W_RPS | $N_RPS | $(ratio "$W_RPS" "$N_RPS") (goal ≥ 0.9) |"
+echo "| a. admitted passthrough p50 / p99 ms | $W_P50 / $W_P99 | $N_P50 / $N_P99 | p99 $(ratio "$W_P99" "$N_P99") (goal ≤ 1.2) |"
+echo "| b. arrival spike rps (new place + ${PAGE_BYTES}-byte page) | $A_RPS | $S_RPS (static page) | $(ratio "$A_RPS" "$S_RPS") (goal ≥ 0.5) |"
+echo "| b. arrival spike p50 / p99 ms | $A_P50 / $A_P99 | $S_P50 / $S_P99 | p99 $(ratio "$A_P99" "$S_P99") |"
+echo "$SSE_ROW"
+printf '%s' "$DRIP_ROWS"
+echo
+echo "non-2xx responses: waitroom passthrough $W_BAD, spike $A_BAD; nginx proxy $N_BAD, static $S_BAD"
+echo "fd limit $(ulimit -n); SSE raw: $SSE_JSON"
