@@ -164,11 +164,12 @@ async fn stream(
             ready.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        if seen_first && chunk.windows(15).any(|w| w == b"event: position") {
-            if let Ok(mut v) = changed_at.lock() {
-                v.push(Instant::now());
-            }
-            // Keep the connection open until the deadline, as a waiting fan would.
+        // Keep the connection open until the deadline, as a waiting fan would.
+        if seen_first
+            && chunk.windows(15).any(|w| w == b"event: position")
+            && let Ok(mut v) = changed_at.lock()
+        {
+            v.push(Instant::now());
         }
     }
 }

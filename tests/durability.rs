@@ -17,6 +17,14 @@ struct Proc {
     admin: String,
 }
 
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a gateway running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Proc {
     fn start(config: &std::path::Path) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_waitroom"))
