@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod queue;
 pub mod room;
 pub mod server;
+pub mod shuffle;
 pub mod sse;
 pub mod store;
 pub mod token;

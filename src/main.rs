@@ -38,6 +38,22 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         rate: u64,
     },
+    /// Recompute a room's pre-queue order from its revealed seed and check
+    /// the commitment it published before opening.
+    VerifyShuffle {
+        /// The revealed seed (64 hex characters).
+        #[arg(long)]
+        seed: String,
+        /// How many pre-queue entries there were (sequence numbers 1..=N).
+        #[arg(long)]
+        entries: u32,
+        /// The commitment published before opening (SHA-256 of the seed, hex).
+        #[arg(long)]
+        commitment: Option<String>,
+        /// Print only this sequence number's place.
+        #[arg(long)]
+        seq: Option<u32>,
+    },
     /// Load generators for the benchmark harness (benches/run.sh); loopback only.
     Loadgen {
         #[command(subcommand)]
@@ -85,6 +101,52 @@ enum Loadgen {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
     },
+}
+
+fn verify_shuffle(
+    seed: &str,
+    entries: u32,
+    commitment: Option<&str>,
+    seq: Option<u32>,
+) -> ExitCode {
+    use waitroom::shuffle::{Seed, order};
+    let seed = match Seed::from_hex(seed) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("waitroom verify-shuffle: --seed: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(c) = commitment {
+        if !c.trim().eq_ignore_ascii_case(&seed.commitment()) {
+            println!(
+                "commitment MISMATCH: SHA-256(seed) = {}, published {}",
+                seed.commitment(),
+                c.trim()
+            );
+            return ExitCode::FAILURE;
+        }
+        println!("commitment ok: SHA-256(seed) = {}", seed.commitment());
+    }
+    let order = order(&seed, entries);
+    match seq {
+        Some(s) => match order.iter().position(|&x| x == s) {
+            Some(i) => println!("sequence number {s} is at place {}", i + 1),
+            None => {
+                eprintln!(
+                    "waitroom verify-shuffle: sequence number {s} is not among 1..={entries}"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            println!("place sequence_number");
+            for (i, s) in order.iter().enumerate() {
+                println!("{} {s}", i + 1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
@@ -203,6 +265,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Loadgen { kind } => run_loadgen(&runtime, kind),
+        Command::VerifyShuffle {
+            seed,
+            entries,
+            commitment,
+            seq,
+        } => verify_shuffle(&seed, entries, commitment.as_deref(), seq),
         Command::Demo { port, fans, rate } => {
             init_tracing(LogFormat::Text);
             let opts = waitroom::demo::DemoOptions {
