@@ -136,6 +136,13 @@ fn room_json(room: &Room) -> Value {
         "session_max_secs": s.session_max_secs,
         "claim_grace_secs": s.claim_grace_secs,
         "upstream_healthy": room.upstream_healthy(room.clock.mono_ms()),
+        "open": s.open,
+        "opens_at": s.opens_at.map(crate::rfc3339::format),
+        "closes_at": s.closes_at.map(crate::rfc3339::format),
+        "closed_message": c.closed_message,
+        "shuffle_commitment": s.commitment,
+        "shuffle_seed": s.revealed_seed,
+        "prequeue_entries": if s.open { s.shuffled.as_ref().map(|x| x.len()) } else { None },
     })
 }
 
@@ -173,12 +180,14 @@ async fn read_json(req: Request<Incoming>) -> Result<Map<String, Value>, Gateway
 }
 
 /// Fields `PATCH /admin/rooms/{id}` accepts.
-const PATCHABLE: [&str; 5] = [
+const PATCHABLE: [&str; 7] = [
     "admit_rate_per_min",
     "max_active",
     "paused",
     "closed",
     "session_secs",
+    "opens_at",
+    "closes_at",
 ];
 
 #[derive(Debug, Default, PartialEq)]
@@ -189,6 +198,9 @@ struct Patch {
     paused: Option<bool>,
     closed: Option<bool>,
     session_secs: Option<u64>,
+    opens_at: Option<u64>,
+    /// `Some(None)` removes the closing time.
+    closes_at: Option<Option<u64>>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> GatewayError {
@@ -204,6 +216,16 @@ fn uint(v: &Value, field: &'static str, min: u64, max: u64) -> Result<u64, Gatew
         Some(_) => Err(invalid(field, format!("must be between {min} and {max}"))),
         None => Err(invalid(field, "must be a whole number")),
     }
+}
+
+fn time(v: &Value, field: &'static str) -> Result<u64, GatewayError> {
+    let text = v.as_str().ok_or_else(|| {
+        invalid(
+            field,
+            "must be an RFC 3339 time string like \"2026-12-01T09:00:00Z\"",
+        )
+    })?;
+    crate::rfc3339::parse(text).map_err(|e| invalid(field, e))
 }
 
 fn boolean(v: &Value, field: &'static str) -> Result<bool, GatewayError> {
@@ -240,6 +262,9 @@ fn parse_patch(body: &Map<String, Value>, mode: QueueMode) -> Result<Patch, Gate
             "paused" => p.paused = Some(boolean(v, "paused")?),
             "closed" => p.closed = Some(boolean(v, "closed")?),
             "session_secs" => p.session_secs = Some(uint(v, "session_secs", 10, 86_400)?),
+            "opens_at" => p.opens_at = Some(time(v, "opens_at")?),
+            "closes_at" if v.is_null() => p.closes_at = Some(None),
+            "closes_at" => p.closes_at = Some(Some(time(v, "closes_at")?)),
             _ => unreachable!("checked against PATCHABLE above"),
         }
     }
@@ -248,6 +273,17 @@ fn parse_patch(body: &Map<String, Value>, mode: QueueMode) -> Result<Patch, Gate
 
 async fn patch(room: &Room, body: Map<String, Value>) -> Result<(), GatewayError> {
     let p = parse_patch(&body, room.config.queue)?;
+    let snap = room.snapshot();
+    if p.opens_at.is_some() && snap.open {
+        return Err(GatewayError::AlreadyOpen);
+    }
+    let opens_at = p.opens_at.or(snap.opens_at);
+    let closes_at = p.closes_at.unwrap_or(snap.closes_at);
+    if let (Some(o), Some(c)) = (opens_at, closes_at)
+        && c <= o
+    {
+        return Err(invalid("closes_at", "must be after opens_at"));
+    }
     let settings = room
         .update_settings(|s| {
             if let Some(v) = p.admit_rate_per_min {
@@ -264,6 +300,12 @@ async fn patch(room: &Room, body: Map<String, Value>) -> Result<(), GatewayError
             }
             if let Some(v) = p.session_secs {
                 s.session_secs = v;
+            }
+            if let Some(v) = p.opens_at {
+                s.opens_at = Some(v);
+            }
+            if let Some(v) = p.closes_at {
+                s.closes_at = v;
             }
         })
         .await?;

@@ -121,10 +121,13 @@ pub async fn handle(
         "/_waitroom/status" => ("GET, HEAD", Endpoint::Status),
         "/_waitroom/join" => ("POST", Endpoint::Join),
         "/_waitroom/claim" => ("POST", Endpoint::Claim),
+        "/_waitroom/shuffle" => ("GET, HEAD", Endpoint::Shuffle),
         _ => return Err(GatewayError::NotFound),
     };
     let method_ok = match handler {
-        Endpoint::Status => req.method() == Method::GET || req.method() == Method::HEAD,
+        Endpoint::Status | Endpoint::Shuffle => {
+            req.method() == Method::GET || req.method() == Method::HEAD
+        }
         _ => req.method() == Method::POST,
     };
     if !method_ok {
@@ -142,6 +145,7 @@ pub async fn handle(
         Endpoint::Status => status(&ctx, &req),
         Endpoint::Join => join(&ctx, &req).await,
         Endpoint::Claim => claim(&ctx, &req).await,
+        Endpoint::Shuffle => Ok(shuffle(ctx.room)),
     }
 }
 
@@ -149,6 +153,36 @@ enum Endpoint {
     Status,
     Join,
     Claim,
+    Shuffle,
+}
+
+/// `GET /_waitroom/shuffle?room=ID`: the pre-queue draw, for anyone to check.
+/// Before opening: the commitment. After: the seed, the number of entries
+/// (their pseudonymous ids are the sequence numbers 1..=entries) and the
+/// command that recomputes the order.
+fn shuffle(room: &Room) -> Response<Body> {
+    let snap = room.snapshot();
+    let entries = snap
+        .open
+        .then(|| snap.shuffled.as_ref().map_or(0, |s| s.len()));
+    let verify = match (&snap.revealed_seed, entries, &snap.commitment) {
+        (Some(seed), Some(n), Some(c)) => Some(format!(
+            "waitroom verify-shuffle --seed {seed} --entries {n} --commitment {c}"
+        )),
+        _ => None,
+    };
+    http::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "room": snap.room,
+            "opens_at": snap.opens_at.map(crate::rfc3339::format),
+            "open": snap.open,
+            "commitment": snap.commitment,
+            "seed": snap.revealed_seed,
+            "entries": entries,
+            "verify": verify,
+        }),
+    )
 }
 
 fn status(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {

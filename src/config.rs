@@ -162,6 +162,9 @@ struct RawRoom {
     abandon_after_secs: Option<u64>,
     rejoin_secs: Option<u64>,
     page_template: Option<String>,
+    opens_at: Option<String>,
+    closes_at: Option<String>,
+    closed_message: Option<String>,
 }
 
 // ---------------------------------------------------------- validated types
@@ -265,6 +268,12 @@ pub struct RoomConfig {
     pub rejoin_secs: u64,
     /// A platform's waiting page (file contents), placeholders as in `page::DEFAULT_TEMPLATE`.
     pub page_template: Option<String>,
+    /// Scheduled opening (Unix seconds): arrivals before it form a shuffled pre-queue.
+    pub opens_at: Option<u64>,
+    /// Scheduled closing (Unix seconds).
+    pub closes_at: Option<u64>,
+    /// What closed rooms tell fans (sold out, …).
+    pub closed_message: String,
 }
 
 /// Environment overrides, read in one place.
@@ -670,6 +679,30 @@ fn validate(
                 }
             },
         };
+        let mut time = |name: &str, v: &Option<String>| match v {
+            None => None,
+            Some(t) => match crate::rfc3339::parse(t) {
+                Ok(secs) => Some(secs),
+                Err(e) => {
+                    problem(&f(name), e);
+                    None
+                }
+            },
+        };
+        let opens_at = time("opens_at", &r.opens_at);
+        let closes_at = time("closes_at", &r.closes_at);
+        if let (Some(o), Some(c)) = (opens_at, closes_at)
+            && c <= o
+        {
+            problem(&f("closes_at"), "must be after opens_at".into());
+        }
+        let closed_message = r
+            .closed_message
+            .clone()
+            .unwrap_or_else(|| "This sale is closed.".into());
+        if closed_message.len() > 500 {
+            problem(&f("closed_message"), "must be at most 500 bytes".into());
+        }
         if let Some(upstream) = upstream {
             rooms.push(RoomConfig {
                 id: r.id.clone(),
@@ -687,6 +720,9 @@ fn validate(
                 abandon_after_secs,
                 rejoin_secs,
                 page_template,
+                opens_at,
+                closes_at,
+                closed_message,
             });
         }
     }

@@ -61,7 +61,7 @@ impl Drip {
     }
 
     fn running(queue: &Queue, upstream_healthy: bool) -> bool {
-        !queue.settings.paused && !queue.settings.closed && upstream_healthy
+        queue.is_open() && !queue.settings.paused && !queue.settings.closed && upstream_healthy
     }
 
     fn refill(&mut self, queue: &Queue, now: Millis, running: bool) {
@@ -153,6 +153,8 @@ mod tests {
             claim_grace_secs: 30,
             abandon_after_secs: 20,
             rejoin_secs: 120,
+            opens_at: None,
+            closes_at: None,
         }
     }
 

@@ -81,6 +81,8 @@ pub enum GatewayError {
     Draining,
     #[error("too many live event streams on this node; retry shortly")]
     TooManyStreams,
+    #[error("the room has already opened: its opening time can no longer change")]
+    AlreadyOpen,
 }
 
 impl From<RoomError> for GatewayError {
@@ -127,6 +129,7 @@ impl GatewayError {
             BodyRead(_) => (StatusCode::BAD_REQUEST, "body_read_failed"),
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
+            AlreadyOpen => (StatusCode::CONFLICT, "already_open"),
         }
     }
 

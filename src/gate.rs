@@ -66,6 +66,10 @@ pub struct Status {
     /// Why waits are longer than they were, if the room knows:
     /// `paused`, `rate_lowered`, `checkout_unavailable` or `checkout_full`.
     pub eta_reason: Option<&'static str>,
+    /// A scheduled room's opening time (RFC 3339).
+    pub opens_at: Option<String>,
+    /// SHA-256 of the pre-queue shuffle seed (see `/_waitroom/shuffle`).
+    pub shuffle_commitment: Option<String>,
     pub queue_length: u64,
     pub admit_rate_per_min: u64,
     pub serving: u64,
@@ -85,6 +89,8 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         eta_seconds: None,
         eta_range_seconds: None,
         eta_reason: None,
+        opens_at: snap.opens_at.map(crate::rfc3339::format),
+        shuffle_commitment: snap.commitment.clone(),
         queue_length: snap.queue_length,
         admit_rate_per_min: snap.admit_rate_per_min,
         serving: snap.serving,
@@ -93,6 +99,13 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         message: None,
     };
     match place {
+        Some(Place::PreQueue) => {
+            s.state = "prequeue";
+            s.message = Some(
+                "The sale has not opened yet. Everyone in line when it opens gets a random place, with the same chance."
+                    .into(),
+            );
+        }
         Some(Place::Waiting { position }) | Some(Place::Rejoining { position }) => {
             s.state = "waiting";
             s.position = Some(position);
@@ -131,10 +144,11 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         }
         None => {}
     }
-    if s.state == "waiting" || s.state == "none" {
+    // A closed room says so to everyone not already let in.
+    if matches!(s.state, "waiting" | "none" | "prequeue" | "expired") {
         if snap.closed {
             s.state = "closed";
-            s.message = Some("This sale is closed.".into());
+            s.message = Some(room.config.closed_message.clone());
         } else if snap.paused && s.state == "waiting" {
             s.state = "paused";
         }
@@ -219,7 +233,10 @@ impl Ctx<'_> {
         let mut res = if self.json {
             http::json(StatusCode::OK, &status)
         } else if status.state == "closed" {
-            http::html(StatusCode::OK, page::closed_page(&self.room.config.title))
+            http::html(
+                StatusCode::OK,
+                page::closed_page(&self.room.config.title, &self.room.config.closed_message),
+            )
         } else {
             http::html(
                 StatusCode::OK,
@@ -355,7 +372,7 @@ impl Ctx<'_> {
             };
             match self.app.keys.verify(token, expect, now) {
                 Ok(c) => match self.room.touch(c.seq) {
-                    place @ (Place::Waiting { .. } | Place::Rejoining { .. }) => {
+                    place @ (Place::PreQueue | Place::Waiting { .. } | Place::Rejoining { .. }) => {
                         let ttl = self.app.config.queue_token_ttl.as_secs();
                         let mut cookies = Vec::new();
                         if c.iat + ttl / 2 < now {

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod page;
 pub mod proxy;
 pub mod queue;
+pub mod rfc3339;
 pub mod room;
 pub mod server;
 pub mod shuffle;

@@ -87,6 +87,7 @@ function show(d){
   if(d.state==="admitted"&&d.url){done=true;note("It is your turn. Taking you in…");location.replace(d.url);return false;}
   if(d.state==="expired"||d.state==="claimed"||d.state==="none"){done=true;location.reload();return false;}
   if(d.state==="closed"){note(d.message||"This sale is closed.");set("wr-eta","");return true;}
+  if(d.state==="prequeue"){set("wr-position","…");set("wr-ahead","");var t=d.opens_at?new Date(d.opens_at).toLocaleString():"soon";set("wr-eta","Opens "+t);note(d.message||"");return true;}
   if(d.position!=null){
     if(best===null||d.position<best)best=d.position;
     set("wr-position",best);
@@ -109,7 +110,7 @@ function poll(delay){
 function connect(){
   if(!window.EventSource){poll(3000);return;}
   es=new EventSource(ev);
-  ["position","paused","closed","admitted","claimed","expired"].forEach(function(k){
+  ["prequeue","position","paused","closed","admitted","claimed","expired"].forEach(function(k){
     es.addEventListener(k,function(e){try{if(!show(JSON.parse(e.data)))es.close();}catch(x){}});
   });
   es.onopen=function(){var n=$("wr-note");if(n&&n.textContent.indexOf("Reconnecting")===0)note("");};
@@ -167,13 +168,14 @@ pub fn waiting_page(v: &WaitingView<'_>) -> String {
         .replace("{{script}}", &script)
 }
 
-pub fn closed_page(title: &str) -> String {
+pub fn closed_page(title: &str, message: &str) -> String {
     shell(
         title,
         "",
         &format!(
-            "<h1>{}</h1><p class=\"note\" aria-live=\"polite\">This sale is closed. Nobody else is being let in.</p>",
-            escape_html(title)
+            "<h1>{}</h1><p class=\"note\" aria-live=\"polite\">{}</p>",
+            escape_html(title),
+            escape_html(message)
         ),
     )
 }

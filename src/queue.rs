@@ -15,6 +15,13 @@
 //! main line, so they get the next free slot rather than the back.
 //!
 //! Admission pacing (how fast `serving` moves) is the `drip` module's job.
+//!
+//! **Pre-queue.** A room with `opens_at` collects arrivals before opening
+//! (sequence numbers 1 … N, in arrival order) without positions. At opening
+//! their order is shuffled (`shuffle`): the line runs in *rank* order, where
+//! rank = the shuffled place for pre-queue entries and rank = seq for every
+//! later arrival. `serving` and positions count ranks; without a pre-queue,
+//! rank and seq are the same.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -38,6 +45,12 @@ pub struct Settings {
     pub claim_grace_secs: u64,
     pub abandon_after_secs: u64,
     pub rejoin_secs: u64,
+    /// Wall-clock seconds when a scheduled room opens (pre-queue before).
+    #[serde(default)]
+    pub opens_at: Option<u64>,
+    /// Wall-clock seconds when the room closes by itself.
+    #[serde(default)]
+    pub closes_at: Option<u64>,
 }
 
 impl Settings {
@@ -53,6 +66,8 @@ impl Settings {
             claim_grace_secs: room.claim_grace_secs,
             abandon_after_secs: room.abandon_after_secs,
             rejoin_secs: room.rejoin_secs,
+            opens_at: room.opens_at,
+            closes_at: room.closes_at,
         }
     }
 }
@@ -60,6 +75,8 @@ impl Settings {
 /// Where a place in line stands now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
+    /// Arrived before a scheduled opening: the place is drawn at opening.
+    PreQueue,
     /// In the main line; `position` 1 is next.
     Waiting { position: u64 },
     /// Back after missing their turn, in the rejoin lane.
@@ -101,6 +118,12 @@ pub struct Durable {
     pub noshow_floor: u64,
     pub claimed: SeqBits,
     pub settings: Option<Settings>,
+    /// The pre-queue shuffle seed (hex), fixed before opening.
+    #[serde(default)]
+    pub shuffle_seed: Option<String>,
+    /// Set once the room opened: how many pre-queue entries were shuffled.
+    #[serde(default)]
+    pub opened_entries: Option<u64>,
 }
 
 /// A growable bitset over sequence numbers (claim-once memory: one bit per place issued).
@@ -130,6 +153,15 @@ impl SeqBits {
             *word &= !(1 << (seq % 64));
         }
     }
+    /// Every set bit, ascending.
+    pub fn ones(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            (0..64u64)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| i as u64 * 64 + b)
+        })
+    }
+
     /// The highest set bit, if any.
     pub fn highest(&self) -> Option<u64> {
         let (i, w) = self
@@ -178,6 +210,68 @@ pub struct Queue {
     /// Places called or skipped so far (main line and rejoin lane).
     advanced_total: u64,
     advance_samples: VecDeque<Sample>,
+    /// False until a scheduled room opens.
+    open: bool,
+    /// After opening a room with a pre-queue: ranks ↔ sequence numbers.
+    shuffled: Option<Shuffled>,
+}
+
+/// The pre-queue's drawn order. Shared (`Arc`) so readers can map a fan's
+/// sequence number to their rank without the queue lock.
+#[derive(Debug, Clone)]
+pub struct Shuffled {
+    /// `order[r - 1]` is the sequence number at rank `r`.
+    pub order: std::sync::Arc<Vec<u32>>,
+    /// `rank_of[seq - 1]` is the rank of pre-queue entry `seq`.
+    pub rank_of: std::sync::Arc<Vec<u32>>,
+}
+
+/// Identity, not contents: a room draws its order once, and comparing
+/// snapshots every tick must not walk a million entries.
+impl PartialEq for Shuffled {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.order, &other.order)
+    }
+}
+
+impl Shuffled {
+    pub fn new(order: Vec<u32>) -> Shuffled {
+        let mut rank_of = vec![0u32; order.len()];
+        for (i, &seq) in order.iter().enumerate() {
+            rank_of[seq as usize - 1] = i as u32 + 1;
+        }
+        Shuffled {
+            order: std::sync::Arc::new(order),
+            rank_of: std::sync::Arc::new(rank_of),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.order.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The rank of `seq` (later arrivals keep their number).
+    pub fn rank(&self, seq: u64) -> u64 {
+        match seq
+            .checked_sub(1)
+            .and_then(|i| self.rank_of.get(i as usize))
+        {
+            Some(&r) => u64::from(r),
+            None => seq,
+        }
+    }
+
+    /// The sequence number at `rank`.
+    pub fn seq_at(&self, rank: u64) -> u64 {
+        match rank.checked_sub(1).and_then(|i| self.order.get(i as usize)) {
+            Some(&s) => u64::from(s),
+            None => rank,
+        }
+    }
 }
 
 fn secs(now: Millis) -> u32 {
@@ -188,7 +282,8 @@ fn secs(now: Millis) -> u32 {
 impl Queue {
     /// A new, empty room in a fresh epoch. Nothing is reserved yet.
     pub fn new(epoch: u64, settings: Settings) -> Queue {
-        Queue {
+        let scheduled = settings.opens_at.is_some();
+        let mut q = Queue {
             settings,
             epoch,
             next_seq: 1,
@@ -206,7 +301,53 @@ impl Queue {
             admitted_total: 0,
             advanced_total: 0,
             advance_samples: VecDeque::new(),
+            open: true,
+            shuffled: None,
+        };
+        q.open = !scheduled;
+        q
+    }
+
+    /// Whether the room has opened (always, for rooms without `opens_at`).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// The shuffled pre-queue order, once open.
+    pub fn shuffled(&self) -> Option<&Shuffled> {
+        self.shuffled.as_ref()
+    }
+
+    /// The rank (place in the line's order) of `seq`.
+    pub fn rank(&self, seq: u64) -> u64 {
+        self.shuffled.as_ref().map_or(seq, |s| s.rank(seq))
+    }
+
+    /// The sequence number at `rank`.
+    pub fn seq_at(&self, rank: u64) -> u64 {
+        self.shuffled.as_ref().map_or(rank, |s| s.seq_at(rank))
+    }
+
+    /// Opens a scheduled room: the pre-queue (every seq issued so far, 1 … N
+    /// with N = `order.len()`) takes the drawn order. Arrivals after the cut
+    /// keep their numbers as ranks.
+    pub fn open_with(&mut self, order: Vec<u32>) {
+        if self.open {
+            return;
         }
+        let shuffled = Shuffled::new(order);
+        // Nobody is served before opening, so last_seen[i] is seq i + 1's.
+        let before = std::mem::take(&mut self.last_seen);
+        self.last_seen = (1..self.next_seq)
+            .map(|rank| {
+                let seq = shuffled.seq_at(rank);
+                before.get(seq as usize - 1).copied().unwrap_or(0)
+            })
+            .collect();
+        if !shuffled.is_empty() {
+            self.shuffled = Some(shuffled);
+        }
+        self.open = true;
     }
 
     /// Rebuilds a room after a restart. Places issued before the crash keep
@@ -215,24 +356,44 @@ impl Queue {
     /// crash get a fresh claim window. Places known to be issued count as seen
     /// now; the ones in the unknown tail count as never seen until their fan
     /// shows a sign of life.
-    pub fn restore(d: &Durable, settings: Settings, now: Millis) -> Queue {
+    pub fn restore(d: &Durable, settings: Settings, order: Option<Vec<u32>>, now: Millis) -> Queue {
         let mut q = Queue::new(d.epoch, settings);
         q.next_seq = d.reserved_upto.max(1);
         q.reserved_upto = q.next_seq;
-        // Every claimed place had its turn, even if the last progress
-        // record before a crash did not say so yet.
-        let claimed_max = d.claimed.highest().unwrap_or(0);
-        q.serving = d.serving.max(claimed_max).min(q.next_seq - 1);
-        q.noshow_floor = d.noshow_floor.min(q.serving);
         q.claimed = d.claimed.clone();
         q.admitted_total = q.claimed.count();
-        for seq in (q.noshow_floor + 1)..=q.serving {
+        match order {
+            Some(order) => {
+                q.open = true;
+                if !order.is_empty() {
+                    q.shuffled = Some(Shuffled::new(order));
+                }
+            }
+            // Not opened yet: a scheduled room still collecting its
+            // pre-queue has a committed seed; a room that ran unscheduled
+            // and got an `opens_at` later is open already (no re-draw).
+            None => {
+                q.open = q.settings.opens_at.is_none()
+                    || (d.shuffle_seed.is_none() && (d.issued_upto > 0 || d.serving > 0))
+            }
+        }
+        // Every claimed place had its turn, even if the last progress
+        // record before a crash did not say so yet.
+        let claimed_max = match &q.shuffled {
+            None => q.claimed.highest().unwrap_or(0),
+            Some(s) => q.claimed.ones().map(|seq| s.rank(seq)).max().unwrap_or(0),
+        };
+        q.serving = d.serving.max(claimed_max).min(q.next_seq - 1);
+        q.noshow_floor = d.noshow_floor.min(q.serving);
+        for rank in (q.noshow_floor + 1)..=q.serving {
+            let seq = q.seq_at(rank);
             if !q.claimed.get(seq) {
                 q.pending.insert(seq, now);
                 q.pending_order.push_back((seq, now));
             }
         }
-        for seq in (q.serving + 1)..q.next_seq {
+        for rank in (q.serving + 1)..q.next_seq {
+            let seq = q.seq_at(rank);
             q.last_seen
                 .push_back(if seq <= d.issued_upto { secs(now) } else { 0 });
         }
@@ -248,14 +409,18 @@ impl Queue {
             noshow_floor: self.durable_floor(),
             claimed: self.claimed.clone(),
             settings: Some(self.settings.clone()),
+            shuffle_seed: None,
+            opened_entries: self
+                .open
+                .then(|| self.shuffled.as_ref().map_or(0, Shuffled::len)),
         }
     }
 
     /// The floor to persist: below the oldest pending place.
     pub fn durable_floor(&self) -> u64 {
-        let oldest_pending = self.pending.keys().min().copied();
+        let oldest_pending = self.pending.keys().map(|&seq| self.rank(seq)).min();
         match oldest_pending {
-            Some(p) => p - 1,
+            Some(r) => r - 1,
             None => self.serving,
         }
     }
@@ -338,9 +503,13 @@ impl Queue {
         if seq == 0 || seq >= self.next_seq {
             return Place::Unknown;
         }
-        if seq > self.serving {
+        if !self.open {
+            return Place::PreQueue;
+        }
+        let rank = self.rank(seq);
+        if rank > self.serving {
             return Place::Waiting {
-                position: seq - self.serving,
+                position: rank - self.serving,
             };
         }
         if self.claimed.get(seq) {
@@ -368,8 +537,9 @@ impl Queue {
     /// A sign of life from the fan holding `seq` (page, status, SSE). A
     /// missed place that comes back in time joins the rejoin lane.
     pub fn touch(&mut self, seq: u64, now: Millis) -> Place {
-        if seq > self.serving && seq < self.next_seq {
-            let i = (seq - self.serving - 1) as usize;
+        let rank = self.rank(seq);
+        if rank > self.serving && seq < self.next_seq {
+            let i = (rank - self.serving - 1) as usize;
             if let Some(slot) = self.last_seen.get_mut(i) {
                 *slot = secs(now);
             }
@@ -403,8 +573,9 @@ impl Queue {
         }
         self.serving += 1;
         self.last_seen.pop_front();
-        self.mark_called(self.serving, now);
-        Some(self.serving)
+        let seq = self.seq_at(self.serving);
+        self.mark_called(seq, now);
+        Some(seq)
     }
 
     /// The head of the main line left before its turn: skipped, free of charge.
@@ -415,8 +586,9 @@ impl Queue {
         self.serving += 1;
         self.advanced_total += 1;
         self.last_seen.pop_front();
-        self.mark_missed(self.serving, now);
-        Some(self.serving)
+        let seq = self.seq_at(self.serving);
+        self.mark_missed(seq, now);
+        Some(seq)
     }
 
     /// The first fan in the rejoin lane gets the next free slot.
@@ -482,7 +654,9 @@ impl Queue {
                 Ok(())
             }
             Place::Claimed => Err(ClaimError::AlreadyClaimed),
-            Place::Waiting { .. } | Place::Rejoining { .. } => Err(ClaimError::NotYet),
+            Place::PreQueue | Place::Waiting { .. } | Place::Rejoining { .. } => {
+                Err(ClaimError::NotYet)
+            }
             Place::Missed { .. } | Place::Expired => Err(ClaimError::Missed),
             Place::Unknown => Err(ClaimError::Unknown),
         }
@@ -611,6 +785,8 @@ mod tests {
             claim_grace_secs: 60,
             abandon_after_secs: 30,
             rejoin_secs: 300,
+            opens_at: None,
+            closes_at: None,
         }
     }
 
@@ -699,7 +875,7 @@ mod tests {
         q.claim(1, 0).unwrap();
         let mut d = q.durable();
         d.issued_upto = 10;
-        let r = Queue::restore(&d, settings(), 5_000);
+        let r = Queue::restore(&d, settings(), None, 5_000);
         assert_eq!(
             r.next_seq(),
             100,
@@ -718,6 +894,60 @@ mod tests {
             r2.call_head(5_000);
         }
         assert!(r2.head_abandoned(5_000));
+    }
+
+    #[test]
+    fn prequeue_has_no_positions_until_opening_then_follows_the_draw() {
+        let mut s = settings();
+        s.opens_at = Some(1_000);
+        let mut q = Queue::new(1, s);
+        q.extend_reservation(100);
+        for _ in 0..5 {
+            q.try_issue(0).unwrap();
+        }
+        assert!(!q.is_open());
+        assert_eq!(q.place(3, 0), Place::PreQueue);
+        assert_eq!(q.claim(3, 0), Err(ClaimError::NotYet));
+        // Seq 3 showed a sign of life before opening; the others did not since issue.
+        q.touch(3, 40_000);
+        q.open_with(vec![3, 5, 1, 4, 2]);
+        let late = q.try_issue(41_000).unwrap();
+        assert_eq!(late, 6);
+        assert_eq!(q.place(3, 41_000), Place::Waiting { position: 1 });
+        assert_eq!(q.place(2, 41_000), Place::Waiting { position: 5 });
+        assert_eq!(
+            q.place(6, 41_000),
+            Place::Waiting { position: 6 },
+            "later arrivals queue after"
+        );
+        // Liveness moved with the places: seq 3 (now first) is alive, seq 5 (second) is not.
+        assert!(!q.head_abandoned(41_000));
+        assert_eq!(q.call_head(41_000), Some(3));
+        assert!(q.head_abandoned(41_000));
+        assert_eq!(q.skip_head(41_000), Some(5));
+        assert_eq!(q.place(1, 41_000), Place::Waiting { position: 1 });
+    }
+
+    #[test]
+    fn an_opened_prequeue_survives_restore() {
+        let mut s = settings();
+        s.opens_at = Some(1_000);
+        let mut q = Queue::new(1, s.clone());
+        q.extend_reservation(10);
+        for _ in 0..4 {
+            q.try_issue(0).unwrap();
+        }
+        q.open_with(vec![4, 2, 3, 1]);
+        q.call_head(0);
+        q.claim(4, 0).unwrap();
+        let mut d = q.durable();
+        d.issued_upto = 4;
+        assert_eq!(d.opened_entries, Some(4));
+        let r = Queue::restore(&d, s, Some(vec![4, 2, 3, 1]), 5_000);
+        assert!(r.is_open());
+        assert_eq!(r.place(4, 5_000), Place::Claimed);
+        assert_eq!(r.place(2, 5_000), Place::Waiting { position: 1 });
+        assert_eq!(r.place(1, 5_000), Place::Waiting { position: 3 });
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! admitted hot path (verify token → look up session) takes no room-wide lock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use crate::config::{QueueMode, RoomConfig};
 use crate::drip::{Drip, TickReport};
-use crate::queue::{ClaimError, Millis, Place, Queue, Settings};
+use crate::queue::{ClaimError, Millis, Place, Queue, Settings, Shuffled};
+use crate::shuffle::{self, Seed};
 use crate::store::{Record, Store, StoreError};
 
 /// Time for the whole process: monotonic for the queue, wall for tokens.
@@ -86,6 +87,17 @@ pub struct Snapshot {
     pub paces: Option<(f64, f64)>,
     /// The admit rate was lowered in the last minute (ETAs say why they rose).
     pub rate_lowered_recently: bool,
+    /// False while a scheduled room collects its pre-queue.
+    pub open: bool,
+    pub opens_at: Option<u64>,
+    pub closes_at: Option<u64>,
+    /// SHA-256 of the shuffle seed, published before opening.
+    pub commitment: Option<String>,
+    /// The seed, revealed once the room opened.
+    pub revealed_seed: Option<String>,
+    /// The shuffled pre-queue (ranks ↔ sequence numbers), once open.
+    #[serde(skip)]
+    pub shuffled: Option<Shuffled>,
 }
 
 /// How long a rate cut is named as the reason for longer waits.
@@ -138,6 +150,10 @@ pub struct Room {
     upstream_failed_at: AtomicU64,
     /// Monotonic ms + 1 of the last admin rate cut; 0 = none.
     rate_lowered_at: AtomicU64,
+    /// The pre-queue shuffle seed (secret until opening).
+    seed: std::sync::Mutex<Option<Seed>>,
+    /// An opening or closing is being made durable.
+    scheduling: AtomicBool,
 }
 
 impl Room {
@@ -163,7 +179,29 @@ impl Room {
                 if d.settings.as_ref().is_some_and(|s| *s != configured) {
                     tracing::info!(room = %config.id, ?settings, "admin changes from before the restart stay in effect");
                 }
-                Queue::restore(&d, settings, now)
+                let seed = match &d.shuffle_seed {
+                    Some(hex) => Some(Seed::from_hex(hex).map_err(|e| {
+                        RoomError::Store(StoreError::Corrupt(format!(
+                            "room {}: shuffle seed: {e}",
+                            config.id
+                        )))
+                    })?),
+                    None => None,
+                };
+                let order = match (d.opened_entries, &seed) {
+                    (Some(0), _) => Some(Vec::new()),
+                    (Some(n), Some(seed)) => {
+                        Some(shuffle::order(seed, u32::try_from(n).unwrap_or(u32::MAX)))
+                    }
+                    (Some(_), None) => {
+                        return Err(RoomError::Store(StoreError::Corrupt(format!(
+                            "room {} opened a pre-queue but its seed is missing",
+                            config.id
+                        ))));
+                    }
+                    (None, _) => None,
+                };
+                (Queue::restore(&d, settings, order, now), seed)
             }
             _ => {
                 let epoch = new_epoch();
@@ -173,11 +211,28 @@ impl Room {
                         epoch,
                     })
                     .await?;
-                Queue::new(epoch, configured)
+                (Queue::new(epoch, configured), None)
             }
         };
+        let (queue, seed) = queue;
+        // A scheduled room fixes (and commits to) its seed before anyone queues.
+        let seed = match seed {
+            Some(s) => Some(s),
+            None if !queue.is_open() => {
+                let s = Seed::random();
+                store
+                    .write(Record::Seed {
+                        room: config.id.clone(),
+                        epoch: queue.epoch(),
+                        seed: s.to_hex(),
+                    })
+                    .await?;
+                Some(s)
+            }
+            None => None,
+        };
         let last_progress = (queue.serving(), queue.durable_floor(), queue.next_seq() - 1);
-        let (snapshot, _) = watch::channel(snapshot_of(&config.id, &queue, true));
+        let (snapshot, _) = watch::channel(snapshot_of(&config.id, &queue, true, seed.as_ref()));
         let room = Arc::new(Room {
             config,
             clock,
@@ -194,6 +249,8 @@ impl Room {
             upstream_hold_ms: upstream_hold.as_millis() as Millis,
             upstream_failed_at: AtomicU64::new(0),
             rate_lowered_at: AtomicU64::new(0),
+            seed: std::sync::Mutex::new(seed),
+            scheduling: AtomicBool::new(false),
         });
         room.reserve_more().await?;
         Ok(room)
@@ -234,7 +291,13 @@ impl Room {
 
     fn publish(&self, q: &Queue, now: Millis) {
         let lowered = self.rate_lowered_at.load(Ordering::Relaxed);
-        let mut snap = snapshot_of(&self.config.id, q, self.upstream_healthy(now));
+        let seed = self.seed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut snap = snapshot_of(
+            &self.config.id,
+            q,
+            self.upstream_healthy(now),
+            seed.as_ref(),
+        );
         snap.rate_lowered_recently = lowered != 0 && now + 1 < lowered + RATE_CUT_NOTICE_MS;
         self.snapshot.send_if_modified(|s| {
             if *s != snap {
@@ -427,6 +490,7 @@ impl Room {
     /// progress when it moved. Called about ten times a second.
     pub fn tick(self: &Arc<Self>, sweep_sessions: bool) -> TickReport {
         let now = self.clock.mono_ms();
+        self.follow_schedule();
         if sweep_sessions {
             let (session_secs, session_max_secs) = {
                 let snap = self.snapshot.borrow();
@@ -474,6 +538,70 @@ impl Room {
             });
         }
         report
+    }
+
+    /// Opens a scheduled room when its time comes (the pre-queue is cut at
+    /// that moment and shuffled once the opening is durable) and closes it
+    /// at `closes_at`.
+    fn follow_schedule(self: &Arc<Self>) {
+        let wall = self.clock.wall_secs();
+        let (open, opens_at, closes_at, closed, issued) = {
+            let st = self.lock();
+            let s = &st.queue.settings;
+            (
+                st.queue.is_open(),
+                s.opens_at,
+                s.closes_at,
+                s.closed,
+                st.queue.next_seq() - 1,
+            )
+        };
+        let due_open = !open && opens_at.is_some_and(|t| t <= wall);
+        let due_close = open && !closed && closes_at.is_some_and(|t| t <= wall);
+        if !(due_open || due_close) || self.scheduling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let room = self.clone();
+        tokio::spawn(async move {
+            let result = if due_open {
+                room.open_prequeue(issued).await
+            } else {
+                room.update_settings(|s| s.closed = true).await.map(|_| {
+                    tracing::info!(room = %room.id(), "closed at closes_at");
+                })
+            };
+            if let Err(e) = result {
+                tracing::error!(room = %room.id(), error = %e, "scheduled change failed; retrying");
+            }
+            room.scheduling.store(false, Ordering::Release);
+        });
+    }
+
+    /// Shuffles the first `entries` places with the committed seed, after
+    /// making the opening durable (a crash never draws twice).
+    async fn open_prequeue(&self, entries: u64) -> Result<(), RoomError> {
+        let seed = self.seed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(seed) = seed else {
+            return Err(RoomError::Store(StoreError::Corrupt(
+                "no shuffle seed".into(),
+            )));
+        };
+        let epoch = self.epoch();
+        self.store
+            .write(Record::Opened {
+                room: self.config.id.clone(),
+                epoch,
+                entries,
+            })
+            .await?;
+        let order = shuffle::order(&seed, u32::try_from(entries).unwrap_or(u32::MAX));
+        let mut st = self.lock();
+        if st.queue.epoch() == epoch {
+            st.queue.open_with(order);
+            self.publish(&st.queue, self.clock.mono_ms());
+        }
+        tracing::info!(room = %self.id(), entries, commitment = %seed.commitment(), "opened: pre-queue shuffled");
+        Ok(())
     }
 
     /// Applies an admin change; durable before it returns.
@@ -578,7 +706,7 @@ fn new_epoch() -> u64 {
     rand::random::<u64>() >> 11 | 1
 }
 
-fn snapshot_of(id: &str, q: &Queue, upstream_healthy: bool) -> Snapshot {
+fn snapshot_of(id: &str, q: &Queue, upstream_healthy: bool, seed: Option<&Seed>) -> Snapshot {
     Snapshot {
         room: id.to_string(),
         epoch: q.epoch(),
@@ -602,5 +730,11 @@ fn snapshot_of(id: &str, q: &Queue, upstream_healthy: bool) -> Snapshot {
             .map(|r| (r * 10.0).round() / 10.0),
         paces: q.paces(),
         rate_lowered_recently: false,
+        open: q.is_open(),
+        opens_at: q.settings.opens_at,
+        closes_at: q.settings.closes_at,
+        commitment: seed.map(Seed::commitment),
+        revealed_seed: seed.filter(|_| q.is_open()).map(Seed::to_hex),
+        shuffled: q.shuffled().cloned(),
     }
 }

@@ -10,7 +10,8 @@
 //! once. The stream sends, in order:
 //!
 //! - `retry: <ms>` and a `position` event at once (same JSON as `/_waitroom/status`);
-//! - `position` / `paused` / `closed` events when what the fan sees changes;
+//! - `prequeue` (before a scheduled opening), then `position` / `paused` /
+//!   `closed` events when what the fan sees changes;
 //! - `admitted` (with `url`), `claimed` or `expired`, after which it ends;
 //! - a `: keep-alive` comment when nothing was written for `heartbeat_secs`;
 //! - on drain (shutdown), a jittered `retry:` and the end of the stream.
@@ -221,10 +222,17 @@ impl Conn {
     /// The fan's status now, from the snapshot alone while they wait.
     fn status(&mut self) -> Status {
         let snap = self.rx.borrow_and_update().clone();
-        let place = if self.seq > snap.serving {
+        // Ranks are seqs, except for a shuffled pre-queue.
+        let rank = snap
+            .shuffled
+            .as_ref()
+            .map_or(self.seq, |s| s.rank(self.seq));
+        let place = if !snap.open {
+            Place::PreQueue
+        } else if rank > snap.serving {
             let serving = snap.serving.max(self.floor);
             Place::Waiting {
-                position: self.seq.saturating_sub(serving).max(1),
+                position: rank.saturating_sub(serving).max(1),
             }
         } else {
             self.room.place(self.seq)
@@ -247,7 +255,7 @@ impl Conn {
         }
         let kind = match status.state {
             "waiting" => "position",
-            "admitted" | "claimed" | "expired" | "paused" | "closed" => status.state,
+            "admitted" | "claimed" | "expired" | "paused" | "closed" | "prequeue" => status.state,
             _ => "expired",
         };
         if matches!(kind, "admitted" | "claimed" | "expired") {

@@ -68,6 +68,18 @@ pub enum Record {
         epoch: u64,
         settings: Settings,
     },
+    /// The pre-queue shuffle seed, fixed (and committed to) before opening.
+    Seed {
+        room: String,
+        epoch: u64,
+        seed: String,
+    },
+    /// A scheduled room opened, shuffling its first `entries` places.
+    Opened {
+        room: String,
+        epoch: u64,
+        entries: u64,
+    },
 }
 
 impl Record {
@@ -78,7 +90,9 @@ impl Record {
             | Record::Release { room, .. }
             | Record::Claim { room, .. }
             | Record::Progress { room, .. }
-            | Record::Settings { room, .. } => room,
+            | Record::Settings { room, .. }
+            | Record::Seed { room, .. }
+            | Record::Opened { room, .. } => room,
         }
     }
 
@@ -117,6 +131,12 @@ impl Record {
                 epoch, settings, ..
             } if *epoch == d.epoch => {
                 d.settings = Some(settings.clone());
+            }
+            Record::Seed { epoch, seed, .. } if *epoch == d.epoch && d.opened_entries.is_none() => {
+                d.shuffle_seed = Some(seed.clone());
+            }
+            Record::Opened { epoch, entries, .. } if *epoch == d.epoch => {
+                d.opened_entries = Some(*entries);
             }
             _ => {}
         }
