@@ -43,12 +43,24 @@ struct Claimed {
     url: String,
 }
 
-struct Query {
-    room: Arc<Room>,
-    next: String,
+/// The query every `/_waitroom/*` endpoint takes: `room`, optional `next`,
+/// and the raw pairs for endpoint-specific parameters.
+pub(crate) struct Query {
+    pub room: Arc<Room>,
+    pub next: String,
+    pub pairs: Vec<(String, String)>,
 }
 
-fn parse_query(app: &App, req: &Request<Incoming>) -> Result<Query, GatewayError> {
+impl Query {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(n, _)| n == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub(crate) fn parse_query(app: &App, req: &Request<Incoming>) -> Result<Query, GatewayError> {
     let pairs = http::query_pairs(req.uri().query())?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let id = get("room").ok_or(GatewayError::MissingParam("room"))?;
@@ -65,7 +77,7 @@ fn parse_query(app: &App, req: &Request<Incoming>) -> Result<Query, GatewayError
         })?,
         None => room.config.path_prefix.clone(),
     };
-    Ok(Query { room, next })
+    Ok(Query { room, next, pairs })
 }
 
 /// The queue token presented, if any, verified. `Ok(None)`: none presented.

@@ -106,24 +106,10 @@ pub async fn handle(
     if req.method() != Method::GET {
         return Err(GatewayError::MethodNotAllowed("GET"));
     }
-    let pairs = http::query_pairs(req.uri().query())?;
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let id = get("room").ok_or(GatewayError::MissingParam("room"))?;
-    let room = app
-        .room(id)
-        .cloned()
-        .ok_or_else(|| GatewayError::UnknownRoom(id.chars().take(64).collect()))?;
-    let next = match get("next") {
-        Some(n) => gate::validate_next(n, &room.config.path_prefix).map_err(|reason| {
-            GatewayError::InvalidParam {
-                name: "next",
-                reason,
-            }
-        })?,
-        None => room.config.path_prefix.clone(),
-    };
+    let query = crate::api::parse_query(app, &req)?;
+    let (room, next) = (query.room.clone(), query.next.clone());
     // EventSource cannot set headers, so `?token=` is accepted too.
-    let token = match get("token") {
+    let token = match query.get("token") {
         Some(t) => Some(t.to_string()),
         None => match http::bearer(req.headers())? {
             Some(t) => Some(t.to_string()),
