@@ -67,6 +67,7 @@ fn benches(c: &mut Criterion) {
         iat: now,
         exp: now + 3600,
         sat: None,
+        bnd: None,
     };
     c.bench_function("token/issue_queue_token", |b| {
         b.iter(|| keys.sign(black_box(&queue_claims)))
@@ -104,6 +105,7 @@ fn benches(c: &mut Criterion) {
         iat: now,
         exp: now + 600,
         sat: Some(now),
+        bnd: None,
     });
     let access_expect = Expect {
         kind: Kind::Access,

@@ -152,6 +152,12 @@ pub async fn handle(
         secure: app.config.proxy.public_https || app.proxy.client_https(req.headers(), peer.ip()),
         json: true,
         next: q.next.clone(),
+        binding: crate::binding::fingerprint(
+            q.room.config.access_binding,
+            q.room.id(),
+            req.headers(),
+            peer.ip(),
+        ),
     };
     match handler {
         Endpoint::Status => status(&ctx, &req),

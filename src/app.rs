@@ -250,6 +250,12 @@ impl App {
             secure: self.config.proxy.public_https
                 || self.proxy.client_https(req.headers(), peer.ip()),
             json: http::wants_json(req.headers()),
+            binding: crate::binding::fingerprint(
+                room.config.access_binding,
+                room.id(),
+                req.headers(),
+                peer.ip(),
+            ),
             next: req
                 .uri()
                 .path_and_query()

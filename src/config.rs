@@ -165,6 +165,7 @@ struct RawRoom {
     opens_at: Option<String>,
     closes_at: Option<String>,
     closed_message: Option<String>,
+    access_binding: Option<String>,
 }
 
 // ---------------------------------------------------------- validated types
@@ -274,6 +275,8 @@ pub struct RoomConfig {
     pub closes_at: Option<u64>,
     /// What closed rooms tell fans (sold out, …).
     pub closed_message: String,
+    /// What an access token is bound to besides the visitor id.
+    pub access_binding: crate::binding::AccessBinding,
 }
 
 /// Environment overrides, read in one place.
@@ -703,6 +706,16 @@ fn validate(
         if closed_message.len() > 500 {
             problem(&f("closed_message"), "must be at most 500 bytes".into());
         }
+        let access_binding = match r.access_binding.as_deref() {
+            None => crate::binding::AccessBinding::UserAgent,
+            Some(b) => crate::binding::AccessBinding::parse(b).unwrap_or_else(|| {
+                problem(
+                    &f("access_binding"),
+                    format!("{b:?} is not one of \"user_agent\", \"network\", \"user_agent+network\", \"none\""),
+                );
+                crate::binding::AccessBinding::None
+            }),
+        };
         if let Some(upstream) = upstream {
             rooms.push(RoomConfig {
                 id: r.id.clone(),
@@ -723,6 +736,7 @@ fn validate(
                 opens_at,
                 closes_at,
                 closed_message,
+                access_binding,
             });
         }
     }

@@ -175,6 +175,8 @@ pub struct Ctx<'a> {
     pub json: bool,
     /// The URL (path and query) the fan asked for.
     pub next: String,
+    /// This client's access binding (see `binding`), if the room binds.
+    pub binding: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -198,6 +200,7 @@ impl Ctx<'_> {
             iat: now,
             exp: now + ttl,
             sat: None,
+            bnd: None,
         });
         let c = cookie(&queue_cookie_name(self.room.id()), &token, ttl, self.secure);
         (token, c)
@@ -215,6 +218,7 @@ impl Ctx<'_> {
             iat: self.app.clock.wall_secs(),
             exp: grant.expires_wall,
             sat: Some(grant.session_started_wall),
+            bnd: self.binding.clone(),
         });
         // The cookie outlives the token so an ended session is recognised
         // (and shown as ended) instead of silently looking like a stranger.
@@ -338,6 +342,8 @@ impl Ctx<'_> {
                 epoch,
             };
             match self.app.keys.verify(token, expect, now) {
+                // Claimed by another client: a shared or resold access token.
+                Ok(c) if c.bnd != self.binding => self.reject("binding_mismatch"),
                 Ok(c) => match self
                     .room
                     .check_session(c.seq, &c.vid, c.sat.unwrap_or(c.iat))

@@ -44,6 +44,9 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sat: Option<u64>,
+    /// Access tokens: the client binding (see `binding`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bnd: Option<String>,
 }
 
 /// Why a token was refused. `label()` is the metric label and the `reason`
@@ -259,6 +262,7 @@ mod tests {
             iat: 1_000,
             exp: 2_000,
             sat: None,
+            bnd: None,
         }
     }
 

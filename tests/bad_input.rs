@@ -528,3 +528,64 @@ async fn reset_starts_a_new_epoch_and_old_tokens_get_new_places() {
         "a new place in the new epoch"
     );
 }
+
+#[tokio::test]
+async fn a_shared_access_token_fails_in_another_browser() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 6000")).await;
+    let owner = reqwest::Client::builder()
+        .no_proxy()
+        .user_agent("Firefox/130")
+        .build()
+        .unwrap();
+    let joined: Value = owner
+        .post(format!("{}/_waitroom/join?room=demo", gw.public))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = joined["token"].as_str().unwrap().to_string();
+    let access = eventually(5, "claimed", || async {
+        let v: Value = owner
+            .post(format!("{}/_waitroom/claim?room=demo", gw.public))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["access_token"].as_str().map(str::to_string)
+    })
+    .await;
+    let through = |client: reqwest::Client| {
+        let (url, access) = (format!("{}/cart", gw.public), access.clone());
+        async move {
+            let v: Value = client
+                .get(url)
+                .header("x-waitroom-token", access)
+                .header("accept", "application/json")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v.get("upstream").is_some()
+        }
+    };
+    assert!(through(owner.clone()).await, "the fan who claimed gets in");
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .user_agent("Chrome/140")
+        .build()
+        .unwrap();
+    assert!(
+        !through(other).await,
+        "the same token from another browser does not"
+    );
+    assert!(gw.metrics().await.contains("reason=\"binding_mismatch\""));
+    assert!(through(owner).await, "and the owner is not affected");
+}

@@ -35,7 +35,7 @@ proptest! {
     #[test]
     fn signed_claims_round_trip(room in "[a-z0-9_-]{1,48}", ep in 1u64..(1 << 53), seq in 1u64..u64::MAX / 2, iat in 0u64..4_000_000_000) {
         let k = keys();
-        let c = Claims { typ: Kind::Queue, room: room.clone(), ep, seq, vid: "v".into(), iat, exp: iat + 3600, sat: None };
+        let c = Claims { typ: Kind::Queue, room: room.clone(), ep, seq, vid: "v".into(), iat, exp: iat + 3600, sat: None, bnd: None };
         let got = k.verify(&k.sign(&c), Expect { kind: Kind::Queue, room: &room, epoch: ep }, iat + 10);
         prop_assert_eq!(got, Ok(c));
     }
