@@ -23,6 +23,7 @@ pub mod http;
 pub mod loadgen;
 pub mod metrics;
 pub mod page;
+pub mod pow;
 pub mod proxy;
 pub mod queue;
 pub mod rfc3339;
