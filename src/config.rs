@@ -28,6 +28,16 @@ pub const DEFAULT_UPSTREAM_HOLD_SECS: u64 = 5;
 pub const DEFAULT_SSE_MAX_CONNECTIONS: usize = 50_000;
 pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 pub const DEFAULT_SSE_RETRY_MS: u64 = 3_000;
+/// Open connections per listener; beyond it new ones are closed at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// Request head cap (HTTP/1 read buffer, HTTP/2 header list).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper refuses an HTTP/1 read buffer smaller than this.
+pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+pub const DEFAULT_JOINS_PER_MIN_PER_CLIENT: u32 = 30;
+pub const DEFAULT_JOIN_BURST: u32 = 10;
 pub const MIN_SECRET_BYTES: usize = 32;
 /// Admin tokens shorter than this are refused when the admin listener is not loopback.
 pub const MIN_EXPOSED_ADMIN_TOKEN_BYTES: usize = 24;
@@ -76,8 +86,25 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     sse: RawSse,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    limits: RawLimits,
     #[serde(default)]
     rooms: Vec<RawRoom>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    joins_per_min_per_client: Option<u32>,
+    join_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +161,7 @@ struct RawProxy {
     connect_timeout_ms: Option<u64>,
     response_timeout_secs: Option<u64>,
     upstream_hold_secs: Option<u64>,
+    upstream_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +169,10 @@ struct RawProxy {
 struct RawServer {
     shutdown_grace_secs: Option<u64>,
     log_format: Option<String>,
+    max_connections: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_header_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,7 +211,43 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub sse: SseConfig,
+    /// Per-connection limits, the same on both listeners.
+    pub connections: ConnectionConfig,
+    /// `Some`: the public listener speaks TLS only.
+    pub tls: Option<TlsConfig>,
+    pub limits: LimitsConfig,
     pub rooms: Vec<RoomConfig>,
+}
+
+/// Certificate and key files of the public listener (reloaded on SIGHUP).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM chain, leaf first.
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+/// What one connection may cost the gateway.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Open connections per listener; beyond it new ones are accepted and closed.
+    pub max_connections: usize,
+    /// Time to send a request head (and, with TLS, to finish the handshake).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving this long is closed.
+    pub idle_timeout: Duration,
+    /// Cap on a request head: HTTP/1 read buffer and HTTP/2 header list size.
+    pub max_header_bytes: usize,
+}
+
+/// Abuse limits on issuing places.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// New places per minute per client address (IPv4, or IPv6 /64); 0 turns it off.
+    pub joins_per_min_per_client: u32,
+    /// How many new places a client may take at once before the rate applies.
+    pub join_burst: u32,
 }
 
 /// Server-Sent Events limits and timing.
@@ -229,6 +297,10 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// How long the drip holds after the room's upstream failed.
     pub upstream_hold: Duration,
+    /// Extra roots for `https://` upstreams; empty: the system's roots.
+    pub upstream_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The public listener speaks TLS: `X-Forwarded-Proto: https` upstream.
+    pub listener_tls: bool,
 }
 
 /// An upstream origin: scheme + authority, no path.
@@ -301,8 +373,8 @@ impl Config {
         Config::from_toml_str_at(text, env, std::path::Path::new("."))
     }
 
-    /// Parses and validates; relative `page_template` paths are taken from `base`
-    /// (the config file's directory).
+    /// Parses and validates; relative paths (`page_template`, `tls.*`,
+    /// `proxy.upstream_ca`) are taken from `base` (the config file's directory).
     pub fn from_toml_str_at(
         text: &str,
         env: &EnvOverrides,
@@ -502,6 +574,35 @@ fn validate(
     if upstream_hold_secs > 600 {
         problem("proxy.upstream_hold_secs", "must be at most 600".into());
     }
+    let upstream_ca = match &raw.proxy.upstream_ca {
+        None => Vec::new(),
+        Some(path) => match crate::tls::load_ca_certs(&base.join(path)) {
+            Ok(certs) => certs,
+            Err(e) => {
+                problem("proxy.upstream_ca", e.to_string());
+                Vec::new()
+            }
+        },
+    };
+
+    let tls = match &raw.tls {
+        None => None,
+        Some(t) => {
+            let tls = TlsConfig {
+                cert_path: base.join(&t.cert),
+                key_path: base.join(&t.key),
+            };
+            match crate::tls::load_certified_key(&tls.cert_path, &tls.key_path) {
+                Ok(_) => Some(tls),
+                Err(e) => {
+                    problem(e.field(), e.to_string());
+                    None
+                }
+            }
+        }
+    };
+    // A TLS listener means fans use https: cookies get `Secure`.
+    let public_https = public_https || raw.tls.is_some();
 
     let shutdown_grace_secs = raw
         .server
@@ -521,6 +622,60 @@ fn validate(
             LogFormat::Text
         }
     };
+
+    let max_connections = raw
+        .server
+        .max_connections
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(1..=10_000_000).contains(&max_connections) {
+        problem(
+            "server.max_connections",
+            "must be between 1 and 10000000".into(),
+        );
+    }
+    let header_read_timeout_secs = raw
+        .server
+        .header_read_timeout_secs
+        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS);
+    if !(1..=300).contains(&header_read_timeout_secs) {
+        problem(
+            "server.header_read_timeout_secs",
+            "must be between 1 and 300".into(),
+        );
+    }
+    let idle_timeout_secs = raw
+        .server
+        .idle_timeout_secs
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+    if !(1..=3600).contains(&idle_timeout_secs) {
+        problem(
+            "server.idle_timeout_secs",
+            "must be between 1 and 3600".into(),
+        );
+    }
+    let max_header_bytes = raw
+        .server
+        .max_header_bytes
+        .unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+    if !(MIN_MAX_HEADER_BYTES..=1024 * 1024).contains(&max_header_bytes) {
+        problem(
+            "server.max_header_bytes",
+            format!("must be between {MIN_MAX_HEADER_BYTES} and 1048576"),
+        );
+    }
+
+    let joins_per_min_per_client = raw
+        .limits
+        .joins_per_min_per_client
+        .unwrap_or(DEFAULT_JOINS_PER_MIN_PER_CLIENT);
+    let join_burst = raw.limits.join_burst.unwrap_or(DEFAULT_JOIN_BURST);
+    if !(1..=1_000_000).contains(&join_burst) {
+        problem(
+            "limits.join_burst",
+            "must be between 1 and 1000000 (set joins_per_min_per_client = 0 to turn the limit off)"
+                .into(),
+        );
+    }
 
     let sse_max_connections = raw
         .sse
@@ -708,6 +863,8 @@ fn validate(
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             response_timeout: Duration::from_secs(response_timeout_secs),
             upstream_hold: Duration::from_secs(upstream_hold_secs),
+            upstream_ca,
+            listener_tls: tls.is_some(),
         },
         shutdown_grace: Duration::from_secs(shutdown_grace_secs),
         log_format,
@@ -715,6 +872,17 @@ fn validate(
             max_connections: sse_max_connections,
             heartbeat: Duration::from_secs(sse_heartbeat_secs),
             retry_ms: sse_retry_ms,
+        },
+        connections: ConnectionConfig {
+            max_connections,
+            header_read_timeout: Duration::from_secs(header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(idle_timeout_secs),
+            max_header_bytes,
+        },
+        tls,
+        limits: LimitsConfig {
+            joins_per_min_per_client,
+            join_burst,
         },
         rooms,
     })
@@ -752,10 +920,10 @@ fn parse_upstream(
         );
         return None;
     };
-    if scheme != hyper::http::uri::Scheme::HTTP {
+    if scheme != hyper::http::uri::Scheme::HTTP && scheme != hyper::http::uri::Scheme::HTTPS {
         problem(
             field,
-            format!("{s:?}: only http:// upstreams are supported in this version"),
+            format!("{s:?}: the scheme must be http:// or https://"),
         );
         return None;
     }
