@@ -1040,6 +1040,61 @@ mod tests {
     }
 
     #[test]
+    fn edge_limits_have_documented_defaults_and_bad_values_name_their_field() {
+        let c = Config::from_toml_str(GOOD, &EnvOverrides::default()).unwrap();
+        assert_eq!(c.connections.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.connections.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(c.limits.joins_per_min_per_client, 30);
+        assert_eq!(c.limits.join_burst, 10);
+        assert!(c.tls.is_none() && !c.proxy.public_https && !c.proxy.listener_tls);
+        let text = format!(
+            "{GOOD}\n[server]\nmax_connections = 0\nmax_header_bytes = 100\nidle_timeout_secs = 0\n[limits]\njoin_burst = 0\n"
+        );
+        let fields: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+        for f in [
+            "server.max_connections",
+            "server.max_header_bytes",
+            "server.idle_timeout_secs",
+            "limits.join_burst",
+        ] {
+            assert!(fields.contains(&f.to_string()), "{f}: {fields:?}");
+        }
+    }
+
+    #[test]
+    fn https_upstreams_are_accepted_and_other_schemes_refused() {
+        let text = GOOD.replace("http://127.0.0.1:9090", "https://checkout.test");
+        let c = Config::from_toml_str(&text, &EnvOverrides::default()).unwrap();
+        assert_eq!(c.rooms[0].upstream.scheme, hyper::http::uri::Scheme::HTTPS);
+        let text = GOOD.replace("http://127.0.0.1:9090", "ftp://checkout.test");
+        assert_eq!(problems(&text)[0].field, "rooms[0].upstream");
+    }
+
+    #[test]
+    fn tls_and_upstream_ca_paths_are_read_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[tls]\ncert = \"certs/full.pem\"\nkey = \"certs/key.pem\"\n",
+            GOOD.replace(
+                "[signing]",
+                "[proxy]\nupstream_ca = \"certs/ca.pem\"\n[signing]"
+            )
+        );
+        let p = match Config::from_toml_str_at(&text, &EnvOverrides::default(), dir.path()) {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let cert = p.iter().find(|p| p.field == "tls.cert").expect("tls.cert");
+        assert!(
+            cert.reason
+                .contains(&dir.path().join("certs/full.pem").display().to_string()),
+            "{cert}"
+        );
+        assert!(p.iter().any(|p| p.field == "proxy.upstream_ca"), "{p:?}");
+    }
+
+    #[test]
     fn bad_room_id_and_duplicate_routes_are_refused() {
         let text = format!(
             "{GOOD}\n[[rooms]]\nid = \"bad id;\"\nupstream = \"http://127.0.0.1:1\"\nadmit_rate_per_min = 1\n"
