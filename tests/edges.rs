@@ -527,12 +527,11 @@ async fn a_huge_body_to_waitroom_endpoints_is_answered_without_being_read() {
 
     // Declared 1 GB: refused from the headers alone.
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        b"POST /_waitroom/join?room=demo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    s.write_all(&[b'x'; 1024]).await.unwrap();
+    let mut head =
+        b"POST /_waitroom/join?room=demo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
+            .to_vec();
+    head.extend_from_slice(&[b'x'; 1024]);
+    s.write_all(&head).await.unwrap();
     let answer = read_until_closed(&mut s, 10)
         .await
         .expect("answered and closed");
