@@ -7,7 +7,10 @@
 //!
 //! The queue token comes from `Authorization: Bearer` (apps) or the room's
 //! queue cookie (browsers), so a fan has one place whichever client asks.
-//! A token that is present but bad is a 401 naming the reason.
+//! A token that is present but bad is a 401 naming the reason. No endpoint
+//! reads a request body: whatever a client sends is left unread (hyper then
+//! closes the connection instead of draining it), and a declared length
+//! over [`MAX_BODY_BYTES`] is a 413.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -121,11 +124,23 @@ fn presented(
     }
 }
 
+/// None of these endpoints reads a request body; one declared larger than
+/// this is refused before anything else (and never read).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 pub async fn handle(
     app: &Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, GatewayError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(GatewayError::BodyTooLarge(MAX_BODY_BYTES));
+    }
     if req.uri().path() == "/_waitroom/events" {
         return crate::sse::handle(app, req).await;
     }
@@ -149,6 +164,7 @@ pub async fn handle(
     let ctx = Ctx {
         app,
         room: &q.room,
+        client: app.proxy.client_ip(peer.ip(), req.headers()),
         secure: app.config.proxy.public_https || app.proxy.client_https(req.headers(), peer.ip()),
         json: true,
         next: q.next.clone(),
@@ -156,7 +172,7 @@ pub async fn handle(
             q.room.config.access_binding,
             q.room.id(),
             req.headers(),
-            peer.ip(),
+            app.proxy.client_ip(peer.ip(), req.headers()),
         ),
     };
     match handler {
@@ -256,6 +272,7 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
 }
 
 async fn new_place(ctx: &Ctx<'_>) -> Result<(String, String, Place), GatewayError> {
+    ctx.spend_join_budget()?;
     let (epoch, seq, _called) = ctx.room.arrive().await?;
     ctx.app
         .metrics

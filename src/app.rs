@@ -25,6 +25,7 @@ use crate::config::{Config, StoreConfig, Upstream};
 use crate::error::GatewayError;
 use crate::gate::{Ctx, Decision};
 use crate::http::{self, Body};
+use crate::limits::JoinLimiter;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::room::{Clock, Room, RoomError};
@@ -36,6 +37,8 @@ use crate::token::Keys;
 pub const TICK: Duration = Duration::from_millis(100);
 /// Sessions are swept (and progress persisted) every this many ticks.
 pub const SWEEP_EVERY_TICKS: u64 = 10;
+/// The join limiter forgets clients with a full budget every this many ticks.
+pub const LIMITER_TRIM_EVERY_TICKS: u64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -59,6 +62,8 @@ pub struct App {
     pub drain: tokio::sync::watch::Sender<bool>,
     /// Event streams open on this node (capped by `sse.max_connections`).
     pub sse_open: AtomicUsize,
+    /// New places per client address (`limits.joins_per_min_per_client`).
+    pub join_limiter: JoinLimiter,
 }
 
 /// Whether `path` lies inside the route `prefix` (on a segment boundary).
@@ -96,9 +101,13 @@ impl App {
             })?;
             rooms.push(room);
         }
+        let is_https = |u: &Upstream| u.scheme == hyper::http::uri::Scheme::HTTPS;
+        let https_upstreams = config.rooms.iter().any(|r| is_https(&r.upstream))
+            || config.proxy.default_upstream.as_ref().is_some_and(is_https);
         Ok(Arc::new(App {
             keys: Keys::new(&config.signing_keys),
-            proxy: Proxy::new(&config.proxy),
+            proxy: Proxy::new(&config.proxy, https_upstreams),
+            join_limiter: JoinLimiter::new(&config.limits),
             metrics: Metrics::new(),
             rooms,
             store,
@@ -163,6 +172,12 @@ impl App {
                 self.metrics
                     .sse_connections
                     .set(self.sse_open.load(Ordering::Relaxed) as i64);
+            }
+            if n.is_multiple_of(LIMITER_TRIM_EVERY_TICKS) {
+                self.join_limiter.trim();
+                self.metrics
+                    .join_limiter_clients
+                    .set(self.join_limiter.tracked() as i64);
             }
         }
     }
@@ -247,6 +262,7 @@ impl App {
         let ctx = Ctx {
             app: self,
             room: &room,
+            client: self.proxy.client_ip(peer.ip(), req.headers()),
             secure: self.config.proxy.public_https
                 || self.proxy.client_https(req.headers(), peer.ip()),
             json: http::wants_json(req.headers()),
@@ -254,7 +270,7 @@ impl App {
                 room.config.access_binding,
                 room.id(),
                 req.headers(),
-                peer.ip(),
+                self.proxy.client_ip(peer.ip(), req.headers()),
             ),
             next: req
                 .uri()

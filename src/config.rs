@@ -28,6 +28,16 @@ pub const DEFAULT_UPSTREAM_HOLD_SECS: u64 = 5;
 pub const DEFAULT_SSE_MAX_CONNECTIONS: usize = 50_000;
 pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 pub const DEFAULT_SSE_RETRY_MS: u64 = 3_000;
+/// Open connections per listener; beyond it new ones are closed at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// Request head cap (HTTP/1 read buffer, HTTP/2 header list).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper refuses an HTTP/1 read buffer smaller than this.
+pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+pub const DEFAULT_JOINS_PER_MIN_PER_CLIENT: u32 = 30;
+pub const DEFAULT_JOIN_BURST: u32 = 10;
 pub const MIN_SECRET_BYTES: usize = 32;
 /// Admin tokens shorter than this are refused when the admin listener is not loopback.
 pub const MIN_EXPOSED_ADMIN_TOKEN_BYTES: usize = 24;
@@ -76,8 +86,25 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     sse: RawSse,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    limits: RawLimits,
     #[serde(default)]
     rooms: Vec<RawRoom>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    joins_per_min_per_client: Option<u32>,
+    join_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +161,7 @@ struct RawProxy {
     connect_timeout_ms: Option<u64>,
     response_timeout_secs: Option<u64>,
     upstream_hold_secs: Option<u64>,
+    upstream_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +169,10 @@ struct RawProxy {
 struct RawServer {
     shutdown_grace_secs: Option<u64>,
     log_format: Option<String>,
+    max_connections: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_header_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,7 +215,43 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub sse: SseConfig,
+    /// Per-connection limits, the same on both listeners.
+    pub connections: ConnectionConfig,
+    /// `Some`: the public listener speaks TLS only.
+    pub tls: Option<TlsConfig>,
+    pub limits: LimitsConfig,
     pub rooms: Vec<RoomConfig>,
+}
+
+/// Certificate and key files of the public listener (reloaded on SIGHUP).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM chain, leaf first.
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+/// What one connection may cost the gateway.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Open connections per listener; beyond it new ones are accepted and closed.
+    pub max_connections: usize,
+    /// Time to send a request head (and, with TLS, to finish the handshake).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving this long is closed.
+    pub idle_timeout: Duration,
+    /// Cap on a request head: HTTP/1 read buffer and HTTP/2 header list size.
+    pub max_header_bytes: usize,
+}
+
+/// Abuse limits on issuing places.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// New places per minute per client address (IPv4, or IPv6 /64); 0 turns it off.
+    pub joins_per_min_per_client: u32,
+    /// How many new places a client may take at once before the rate applies.
+    pub join_burst: u32,
 }
 
 /// Server-Sent Events limits and timing.
@@ -233,6 +301,10 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// How long the drip holds after the room's upstream failed.
     pub upstream_hold: Duration,
+    /// Extra roots for `https://` upstreams; empty: the system's roots.
+    pub upstream_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The public listener speaks TLS: `X-Forwarded-Proto: https` upstream.
+    pub listener_tls: bool,
 }
 
 /// An upstream origin: scheme + authority, no path.
@@ -313,8 +385,8 @@ impl Config {
         Config::from_toml_str_at(text, env, std::path::Path::new("."))
     }
 
-    /// Parses and validates; relative `page_template` paths are taken from `base`
-    /// (the config file's directory).
+    /// Parses and validates; relative paths (`page_template`, `tls.*`,
+    /// `proxy.upstream_ca`) are taken from `base` (the config file's directory).
     pub fn from_toml_str_at(
         text: &str,
         env: &EnvOverrides,
@@ -514,6 +586,35 @@ fn validate(
     if upstream_hold_secs > 600 {
         problem("proxy.upstream_hold_secs", "must be at most 600".into());
     }
+    let upstream_ca = match &raw.proxy.upstream_ca {
+        None => Vec::new(),
+        Some(path) => match crate::tls::load_ca_certs(&base.join(path)) {
+            Ok(certs) => certs,
+            Err(e) => {
+                problem("proxy.upstream_ca", e.to_string());
+                Vec::new()
+            }
+        },
+    };
+
+    let tls = match &raw.tls {
+        None => None,
+        Some(t) => {
+            let tls = TlsConfig {
+                cert_path: base.join(&t.cert),
+                key_path: base.join(&t.key),
+            };
+            match crate::tls::load_certified_key(&tls.cert_path, &tls.key_path) {
+                Ok(_) => Some(tls),
+                Err(e) => {
+                    problem(e.field(), e.to_string());
+                    None
+                }
+            }
+        }
+    };
+    // A TLS listener means fans use https: cookies get `Secure`.
+    let public_https = public_https || raw.tls.is_some();
 
     let shutdown_grace_secs = raw
         .server
@@ -533,6 +634,60 @@ fn validate(
             LogFormat::Text
         }
     };
+
+    let max_connections = raw
+        .server
+        .max_connections
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(1..=10_000_000).contains(&max_connections) {
+        problem(
+            "server.max_connections",
+            "must be between 1 and 10000000".into(),
+        );
+    }
+    let header_read_timeout_secs = raw
+        .server
+        .header_read_timeout_secs
+        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS);
+    if !(1..=300).contains(&header_read_timeout_secs) {
+        problem(
+            "server.header_read_timeout_secs",
+            "must be between 1 and 300".into(),
+        );
+    }
+    let idle_timeout_secs = raw
+        .server
+        .idle_timeout_secs
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+    if !(1..=3600).contains(&idle_timeout_secs) {
+        problem(
+            "server.idle_timeout_secs",
+            "must be between 1 and 3600".into(),
+        );
+    }
+    let max_header_bytes = raw
+        .server
+        .max_header_bytes
+        .unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+    if !(MIN_MAX_HEADER_BYTES..=1024 * 1024).contains(&max_header_bytes) {
+        problem(
+            "server.max_header_bytes",
+            format!("must be between {MIN_MAX_HEADER_BYTES} and 1048576"),
+        );
+    }
+
+    let joins_per_min_per_client = raw
+        .limits
+        .joins_per_min_per_client
+        .unwrap_or(DEFAULT_JOINS_PER_MIN_PER_CLIENT);
+    let join_burst = raw.limits.join_burst.unwrap_or(DEFAULT_JOIN_BURST);
+    if !(1..=1_000_000).contains(&join_burst) {
+        problem(
+            "limits.join_burst",
+            "must be between 1 and 1000000 (set joins_per_min_per_client = 0 to turn the limit off)"
+                .into(),
+        );
+    }
 
     let sse_max_connections = raw
         .sse
@@ -616,7 +771,7 @@ fn validate(
         if !(10..=86_400).contains(&session_secs) {
             problem(&f("session_secs"), "must be between 10 and 86400".into());
         }
-        let session_max_secs = r.session_max_secs.unwrap_or(session_secs * 3);
+        let session_max_secs = r.session_max_secs.unwrap_or(session_secs.saturating_mul(3));
         if session_max_secs < session_secs || session_max_secs > 7 * 86_400 {
             problem(
                 &f("session_max_secs"),
@@ -758,6 +913,8 @@ fn validate(
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             response_timeout: Duration::from_secs(response_timeout_secs),
             upstream_hold: Duration::from_secs(upstream_hold_secs),
+            upstream_ca,
+            listener_tls: tls.is_some(),
         },
         shutdown_grace: Duration::from_secs(shutdown_grace_secs),
         log_format,
@@ -765,6 +922,17 @@ fn validate(
             max_connections: sse_max_connections,
             heartbeat: Duration::from_secs(sse_heartbeat_secs),
             retry_ms: sse_retry_ms,
+        },
+        connections: ConnectionConfig {
+            max_connections,
+            header_read_timeout: Duration::from_secs(header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(idle_timeout_secs),
+            max_header_bytes,
+        },
+        tls,
+        limits: LimitsConfig {
+            joins_per_min_per_client,
+            join_burst,
         },
         rooms,
     })
@@ -802,10 +970,10 @@ fn parse_upstream(
         );
         return None;
     };
-    if scheme != hyper::http::uri::Scheme::HTTP {
+    if scheme != hyper::http::uri::Scheme::HTTP && scheme != hyper::http::uri::Scheme::HTTPS {
         problem(
             field,
-            format!("{s:?}: only http:// upstreams are supported in this version"),
+            format!("{s:?}: the scheme must be http:// or https://"),
         );
         return None;
     }
@@ -919,6 +1087,61 @@ mod tests {
         assert_eq!(problems(&text)[0].field, "rooms[0].upstream");
         let text = GOOD.replace("http://127.0.0.1:9090", "127.0.0.1:9090");
         assert_eq!(problems(&text)[0].field, "rooms[0].upstream");
+    }
+
+    #[test]
+    fn edge_limits_have_documented_defaults_and_bad_values_name_their_field() {
+        let c = Config::from_toml_str(GOOD, &EnvOverrides::default()).unwrap();
+        assert_eq!(c.connections.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.connections.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(c.limits.joins_per_min_per_client, 30);
+        assert_eq!(c.limits.join_burst, 10);
+        assert!(c.tls.is_none() && !c.proxy.public_https && !c.proxy.listener_tls);
+        let text = format!(
+            "{GOOD}\n[server]\nmax_connections = 0\nmax_header_bytes = 100\nidle_timeout_secs = 0\n[limits]\njoin_burst = 0\n"
+        );
+        let fields: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+        for f in [
+            "server.max_connections",
+            "server.max_header_bytes",
+            "server.idle_timeout_secs",
+            "limits.join_burst",
+        ] {
+            assert!(fields.contains(&f.to_string()), "{f}: {fields:?}");
+        }
+    }
+
+    #[test]
+    fn https_upstreams_are_accepted_and_other_schemes_refused() {
+        let text = GOOD.replace("http://127.0.0.1:9090", "https://checkout.test");
+        let c = Config::from_toml_str(&text, &EnvOverrides::default()).unwrap();
+        assert_eq!(c.rooms[0].upstream.scheme, hyper::http::uri::Scheme::HTTPS);
+        let text = GOOD.replace("http://127.0.0.1:9090", "ftp://checkout.test");
+        assert_eq!(problems(&text)[0].field, "rooms[0].upstream");
+    }
+
+    #[test]
+    fn tls_and_upstream_ca_paths_are_read_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[tls]\ncert = \"certs/full.pem\"\nkey = \"certs/key.pem\"\n",
+            GOOD.replace(
+                "[signing]",
+                "[proxy]\nupstream_ca = \"certs/ca.pem\"\n[signing]"
+            )
+        );
+        let p = match Config::from_toml_str_at(&text, &EnvOverrides::default(), dir.path()) {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let cert = p.iter().find(|p| p.field == "tls.cert").expect("tls.cert");
+        assert!(
+            cert.reason
+                .contains(&dir.path().join("certs/full.pem").display().to_string()),
+            "{cert}"
+        );
+        assert!(p.iter().any(|p| p.field == "proxy.upstream_ca"), "{p:?}");
     }
 
     #[test]

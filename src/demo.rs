@@ -103,6 +103,9 @@ keys = [{{ kid = "demo", secret = "{secret}" }}]
 [store]
 kind = "embedded"
 path = {path}
+# The simulated fans and you all come from 127.0.0.1.
+[limits]
+joins_per_min_per_client = 0
 [[rooms]]
 id = "demo"
 title = "Reunion Tour — on sale now"

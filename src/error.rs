@@ -83,6 +83,9 @@ pub enum GatewayError {
     TooManyStreams,
     #[error("the room has already opened: its opening time can no longer change")]
     AlreadyOpen,
+    /// Too many new places from one client address (IPv4, or IPv6 /64).
+    #[error("too many new places from your network; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
 }
 
 impl From<RoomError> for GatewayError {
@@ -130,6 +133,7 @@ impl GatewayError {
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
             AlreadyOpen => (StatusCode::CONFLICT, "already_open"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 
@@ -154,18 +158,25 @@ impl GatewayError {
             Origin::Internal => tracing::error!(code, error = %self, "internal error"),
         }
         let message = self.to_string();
-        let mut res = if as_html {
-            http::html(status, crate::page::error_page(status, &message))
-        } else {
-            let mut body = json!({ "error": code, "message": message });
-            if let GatewayError::InvalidToken(reason) = &self {
-                body["reason"] = json!(reason.label());
-            }
-            if let GatewayError::InvalidValue { field, .. } = &self {
-                body["field"] = json!(field);
-            }
-            http::json(status, &body)
-        };
+        let mut res =
+            if let (GatewayError::RateLimited { retry_after_secs }, true) = (&self, as_html) {
+                // A browser on a protected route: a calm page that retries by itself.
+                http::html(status, crate::page::slow_down_page(*retry_after_secs))
+            } else if as_html {
+                http::html(status, crate::page::error_page(status, &message))
+            } else {
+                let mut body = json!({ "error": code, "message": message });
+                if let GatewayError::InvalidToken(reason) = &self {
+                    body["reason"] = json!(reason.label());
+                }
+                if let GatewayError::InvalidValue { field, .. } = &self {
+                    body["field"] = json!(field);
+                }
+                if let GatewayError::RateLimited { retry_after_secs } = &self {
+                    body["retry_after_secs"] = json!(retry_after_secs);
+                }
+                http::json(status, &body)
+            };
         let h = res.headers_mut();
         match &self {
             GatewayError::MethodNotAllowed(allow) => {
@@ -180,6 +191,9 @@ impl GatewayError {
             | GatewayError::Draining
             | GatewayError::TooManyStreams => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            GatewayError::RateLimited { retry_after_secs } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }

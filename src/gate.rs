@@ -171,6 +171,8 @@ pub fn clear_cookie(name: &str, secure: bool) -> String {
 pub struct Ctx<'a> {
     pub app: &'a App,
     pub room: &'a Arc<Room>,
+    /// The client's address as far as we trust it (see `proxy::client_ip`).
+    pub client: std::net::IpAddr,
     pub secure: bool,
     pub json: bool,
     /// The URL (path and query) the fan asked for.
@@ -180,6 +182,20 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Takes one new place from the client's join budget (see `limits`).
+    pub fn spend_join_budget(&self) -> Result<(), GatewayError> {
+        self.app.join_limiter.check(self.client).map_err(|wait| {
+            self.app
+                .metrics
+                .rate_limited
+                .with_label_values(&[self.room.id()])
+                .inc();
+            GatewayError::RateLimited {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            }
+        })
+    }
+
     fn reject(&self, reason: &str) {
         self.app
             .metrics
@@ -401,6 +417,7 @@ impl Ctx<'_> {
         if self.room.snapshot().closed {
             return Ok(Decision::Respond(self.waiting(Place::Unknown, Vec::new())));
         }
+        self.spend_join_budget()?;
         let (epoch, seq, called) = self.room.arrive().await?;
         self.app
             .metrics

@@ -43,8 +43,21 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body>
     response(status, "application/json", body)
 }
 
+/// A page the gateway renders itself, with its security headers: the CSP
+/// (see [`crate::page::content_security_policy`]), no framing, no referrer.
 pub fn html(status: StatusCode, body: String) -> Response<Body> {
-    response(status, "text/html; charset=utf-8", body)
+    let mut res = response(status, "text/html; charset=utf-8", body);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(crate::page::content_security_policy()),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
 }
 
 pub fn add_cookie(res: &mut Response<Body>, cookie: &str) {

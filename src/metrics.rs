@@ -24,6 +24,21 @@ pub struct Metrics {
     pub upstream_responses: IntCounterVec,
     pub errors: IntCounterVec,
     pub sse_connections: prometheus::IntGauge,
+    pub rate_limited: IntCounterVec,
+    pub join_limiter_clients: prometheus::IntGauge,
+    pub connections_open: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
+    pub connections_idle_closed: IntCounterVec,
+    pub tls_handshake_failures: prometheus::IntCounter,
+    pub cert_reloads: IntCounterVec,
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::IntGauge {
+    let g = prometheus::IntGauge::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -155,6 +170,51 @@ impl Metrics {
                     .expect("metric names are unique");
                 g
             },
+            rate_limited: counter(
+                &r,
+                "waitroom_rate_limited_total",
+                "New places refused because the client address took too many too fast.",
+                &["room"],
+            ),
+            join_limiter_clients: int_gauge(
+                &r,
+                "waitroom_join_limiter_clients",
+                "Client addresses the join rate limiter currently remembers.",
+            ),
+            connections_open: gauge(
+                &r,
+                "waitroom_connections_open",
+                "Open connections per listener.",
+                &["listener"],
+            ),
+            connections_refused: counter(
+                &r,
+                "waitroom_connections_refused_total",
+                "Connections closed at once because the listener was at server.max_connections.",
+                &["listener"],
+            ),
+            connections_idle_closed: counter(
+                &r,
+                "waitroom_connections_idle_closed_total",
+                "Connections closed after server.idle_timeout_secs with nothing in flight.",
+                &["listener"],
+            ),
+            tls_handshake_failures: {
+                let c = prometheus::IntCounter::new(
+                    "waitroom_tls_handshake_failures_total",
+                    "TLS handshakes on the public listener that failed or timed out.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric names are unique");
+                c
+            },
+            cert_reloads: counter(
+                &r,
+                "waitroom_cert_reloads_total",
+                "Certificate reloads (SIGHUP) by result (ok, error).",
+                &["result"],
+            ),
             registry: r,
         }
     }

@@ -73,9 +73,12 @@ pub const DEFAULT_TEMPLATE: &str = r#"<!doctype html><html lang="en"><head><meta
 
 /// The live-update script: Server-Sent Events, with polling where
 /// EventSource is missing; forwards with `location.replace` when admitted.
-const SCRIPT: &str = r#"<script>
+/// Its text is the same for every fan (the URLs come from the element's
+/// `data-` attributes), so one SHA-256 in the Content-Security-Policy
+/// allows exactly this script and nothing else.
+pub const SCRIPT: &str = r#"
 (function(){
-var ev=__EVENTS__, st=__STATUS__, first=null, best=null, done=false, es=null;
+var me=document.currentScript, ev=me.getAttribute("data-events"), st=me.getAttribute("data-status"), first=null, best=null, done=false, es=null;
 function $(id){return document.getElementById(id);}
 function set(id,t){var e=$(id);if(e)e.textContent=t;}
 function note(t){var n=$("wr-note");if(n){n.textContent=t||"";n.hidden=!t;}}
@@ -122,7 +125,36 @@ function connect(){
 }
 connect();
 })();
-</script>"#;
+"#;
+
+/// The CSP source expression that allows [`SCRIPT`]: `'sha256-…'`.
+pub fn script_hash_source() -> &'static str {
+    static SOURCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use base64::Engine;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, SCRIPT.as_bytes());
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+        )
+    });
+    &SOURCE
+}
+
+/// The Content-Security-Policy of every page the gateway renders: nothing
+/// loads or runs but the live-update script (by hash), inline styles, and
+/// requests back to this origin; no framing, no `<base>`, forms only to us.
+/// Inline styles are allowed because platform templates bring their own
+/// and CSS cannot run code.
+pub fn content_security_policy() -> &'static str {
+    static CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "default-src 'none'; script-src {}; style-src 'unsafe-inline'; connect-src 'self'; \
+             img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            script_hash_source()
+        )
+    });
+    &CSP
+}
 
 pub fn waiting_page(v: &WaitingView<'_>) -> String {
     let position = v
@@ -146,15 +178,11 @@ pub fn waiting_page(v: &WaitingView<'_>) -> String {
         ""
     };
     let query = format!("room={}&next={}", url_encode(v.room_id), url_encode(v.next));
-    let script = SCRIPT
-        .replace(
-            "__EVENTS__",
-            &js_string(&format!("/_waitroom/events?{query}")),
-        )
-        .replace(
-            "__STATUS__",
-            &js_string(&format!("/_waitroom/status?{query}")),
-        );
+    let script = format!(
+        "<script data-events=\"{}\" data-status=\"{}\">{SCRIPT}</script>",
+        escape_html(&format!("/_waitroom/events?{query}")),
+        escape_html(&format!("/_waitroom/status?{query}")),
+    );
     let head = format!(
         "<noscript><meta http-equiv=\"refresh\" content=\"30\"></noscript><style>{STYLE}</style>"
     );
@@ -207,6 +235,23 @@ pub fn place_used_page(title: &str) -> String {
     )
 }
 
+/// Shown instead of a new place when one address takes places too fast.
+/// It blames nobody (a whole office or campus can share an address) and
+/// tries again by itself once the wait is over.
+pub fn slow_down_page(retry_after_secs: u64) -> String {
+    let retry = retry_after_secs.max(1);
+    shell(
+        "Just a moment",
+        &format!("<meta http-equiv=\"refresh\" content=\"{retry}\">"),
+        &format!(
+            "<h1>Just a moment</h1><p class=\"note\" aria-live=\"polite\">A lot of people are joining \
+             from your network right now. This page tries again by itself in {retry} second{s}; \
+             there is no need to refresh.</p>",
+            s = if retry == 1 { "" } else { "s" }
+        ),
+    )
+}
+
 pub fn error_page(status: StatusCode, message: &str) -> String {
     shell(
         "Something went wrong",
@@ -232,14 +277,6 @@ fn human_duration(secs: u64) -> String {
 
 fn url_encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// A JSON string literal that is also safe inside a `<script>` element.
-fn js_string(s: &str) -> String {
-    serde_json::to_string(s)
-        .unwrap_or_else(|_| "\"\"".into())
-        .replace('<', "\\u003c")
-        .replace('>', "\\u003e")
 }
 
 #[cfg(test)]
@@ -276,8 +313,85 @@ mod tests {
             next: "/",
             template: Some("<h1>{{title}}</h1><b id=wr-position>{{position}}</b>{{script}}"),
         });
-        assert!(page.starts_with("<h1>Brand &amp; Co</h1><b id=wr-position>7</b><script>"));
+        assert!(page.starts_with("<h1>Brand &amp; Co</h1><b id=wr-position>7</b><script "));
         assert!(page.contains("/_waitroom/events?room=demo"));
+    }
+
+    /// The body of every inline `<script>` element in `page`.
+    fn inline_scripts(page: &str) -> Vec<&str> {
+        page.split("<script")
+            .skip(1)
+            .filter_map(|rest| {
+                let body = &rest[rest.find('>')? + 1..];
+                Some(&body[..body.find("</script>")?])
+            })
+            .collect()
+    }
+
+    fn csp_hash_of(script: &str) -> String {
+        use base64::Engine;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, script.as_bytes());
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+        )
+    }
+
+    #[test]
+    fn the_csp_hash_allows_exactly_the_waiting_page_script_in_both_templates() {
+        for template in [None, Some("<p>{{position}}</p>{{script}}")] {
+            let page = waiting_page(&WaitingView {
+                room_id: "demo",
+                title: "t",
+                state: "waiting",
+                position: Some(3),
+                eta_range: None,
+                next: "/a?b=\"c\"",
+                template,
+            });
+            let scripts = inline_scripts(&page);
+            assert_eq!(scripts.len(), 1, "{page}");
+            let csp = content_security_policy();
+            assert!(csp.contains(&csp_hash_of(scripts[0])), "{csp}");
+            let script_src = csp
+                .split(';')
+                .map(str::trim)
+                .find(|d| d.starts_with("script-src "))
+                .expect("a script-src directive");
+            assert_eq!(script_src, format!("script-src {}", script_hash_source()));
+        }
+    }
+
+    #[test]
+    fn the_script_urls_are_data_attributes_escaped_as_html() {
+        let page = waiting_page(&WaitingView {
+            room_id: "demo",
+            title: "t",
+            state: "waiting",
+            position: Some(3),
+            eta_range: None,
+            next: "/\"><script>x",
+            template: None,
+        });
+        assert!(
+            page.contains(
+                "data-status=\"/_waitroom/status?room=demo&amp;next=%2F%22%3E%3Cscript%3Ex\""
+            ),
+            "{page}"
+        );
+        assert_eq!(inline_scripts(&page).len(), 1);
+    }
+
+    #[test]
+    fn the_slow_down_page_retries_by_itself_and_blames_nobody() {
+        let page = slow_down_page(7);
+        assert!(page.contains("http-equiv=\"refresh\" content=\"7\""));
+        let lower = page.to_lowercase();
+        let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).collect();
+        for blame in ["bot", "bots", "robot", "automated", "suspicious", "blocked"] {
+            assert!(!words.contains(&blame), "{blame:?} in {page}");
+        }
+        assert!(inline_scripts(&page).is_empty());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri, Version};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -39,9 +40,11 @@ pub enum UpstreamError {
 }
 
 pub struct Proxy {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
     trusted: Vec<IpNet>,
     response_timeout: Duration,
+    /// What `X-Forwarded-Proto` says for direct clients.
+    listener_scheme: &'static str,
 }
 
 /// What the upstream exchange yielded, for metrics and the drip's health signal.
@@ -62,11 +65,19 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 impl Proxy {
-    pub fn new(config: &ProxyConfig) -> Proxy {
+    /// `https_upstreams`: whether any upstream is `https://` (only then are
+    /// the system's roots loaded).
+    pub fn new(config: &ProxyConfig, https_upstreams: bool) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(upstream_tls_config(config, https_upstreams))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
@@ -77,7 +88,13 @@ impl Proxy {
             client,
             trusted: config.trusted_proxies.clone(),
             response_timeout: config.response_timeout,
+            listener_scheme: if config.listener_tls { "https" } else { "http" },
         }
+    }
+
+    /// The client's address: see [`client_ip`].
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        client_ip(peer, headers, &self.trusted)
     }
 
     /// Whether forwarded headers from this peer are believed.
@@ -121,7 +138,13 @@ impl Proxy {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         let trusted = self.is_trusted(peer.ip());
-        rewrite_request_headers(req.headers_mut(), peer.ip(), trusted, original_host);
+        rewrite_request_headers(
+            req.headers_mut(),
+            peer.ip(),
+            trusted,
+            original_host,
+            self.listener_scheme,
+        );
 
         let started = Instant::now();
         let response = match tokio::time::timeout(self.response_timeout, self.client.request(req))
@@ -168,12 +191,91 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::TRANSFER_ENCODING);
 }
 
-/// Applies the request-side rewriting (see the module docs).
+/// Roots for `https://` upstreams: the configured CA if any, else the system's.
+fn upstream_tls_config(config: &ProxyConfig, https_upstreams: bool) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    if !config.upstream_ca.is_empty() {
+        for ca in &config.upstream_ca {
+            // Validated when the config was loaded.
+            if let Err(e) = roots.add(ca.clone()) {
+                tracing::warn!(error = %e, "an upstream CA certificate was refused");
+            }
+        }
+    } else if https_upstreams {
+        let native = rustls_native_roots();
+        if native.is_empty() {
+            tracing::warn!(
+                "no system CA certificates found: https upstreams will fail; set proxy.upstream_ca"
+            );
+        }
+        roots.extend(native);
+    }
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// The system's CA certificates as trust anchors (unparsable ones skipped).
+fn rustls_native_roots() -> Vec<rustls_pki_types::TrustAnchor<'static>> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "reading the system CA certificates");
+    }
+    let mut store = rustls::RootCertStore::empty();
+    let (_added, _skipped) = store.add_parsable_certificates(found.certs);
+    store.roots
+}
+
+/// The client's address for rate limiting. From an untrusted peer that is
+/// the peer: its `X-Forwarded-For` is ignored. From a trusted proxy it is
+/// the right-most address in `X-Forwarded-For` that is not itself a
+/// trusted proxy (entries to its left could have been written by anyone).
+/// If the chain is empty, malformed at that point, or all trusted, the
+/// last address we can vouch for is used.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for entry in entries.iter().rev() {
+        let Some(ip) = parse_forwarded_addr(entry) else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, optionally with a port.
+fn parse_forwarded_addr(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// Applies the request-side rewriting (see the module docs). `scheme` is
+/// what the client used to reach us (`http` or `https`).
 pub fn rewrite_request_headers(
     h: &mut HeaderMap,
     peer: IpAddr,
     trusted: bool,
     original_host: Option<HeaderValue>,
+    scheme: &'static str,
 ) {
     strip_hop_by_hop(h);
     let reserved: Vec<HeaderName> = h
@@ -205,7 +307,7 @@ pub fn rewrite_request_headers(
         h.insert("x-forwarded-for", v);
     }
     if !trusted || !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     }
     if !trusted || !h.contains_key("x-forwarded-host") {
         match &original_host {
@@ -271,6 +373,7 @@ mod tests {
             "10.1.2.3".parse().unwrap(),
             false,
             Some(HeaderValue::from_static("shop.test")),
+            "http",
         );
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -283,7 +386,7 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
         ]);
-        rewrite_request_headers(&mut h, "10.0.0.1".parse().unwrap(), true, None);
+        rewrite_request_headers(&mut h, "10.0.0.1".parse().unwrap(), true, None, "http");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
@@ -299,7 +402,7 @@ mod tests {
             ("x-waitroom-token", "t"),
             ("accept", "*/*"),
         ]);
-        rewrite_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, None);
+        rewrite_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, None, "http");
         assert_eq!(h.get_all("cookie").iter().count(), 1);
         assert_eq!(h["cookie"], "session=keep");
         for gone in ["connection", "x-secret", "keep-alive", "x-waitroom-token"] {
@@ -309,9 +412,60 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_listener_forwards_https_as_the_proto() {
+        let mut h = headers(&[("x-forwarded-proto", "http")]);
+        rewrite_request_headers(&mut h, "10.1.2.3".parse().unwrap(), false, None, "https");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn client_ip_is_the_right_most_untrusted_forwarded_address() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 1.2.3.4"),
+            ("x-forwarded-for", "10.0.0.5"),
+        ]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn client_ip_ignores_forwarded_for_from_untrusted_peers() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        let peer: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &trusted), peer);
+    }
+
+    #[test]
+    fn client_ip_stops_at_garbage_and_handles_ports_and_all_trusted_chains() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, not-an-ip, 10.0.0.7")]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "10.0.0.7".parse::<IpAddr>().unwrap()
+        );
+        let h = headers(&[("x-forwarded-for", "[2001:db8::1]:443")]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        let h = headers(&[("x-forwarded-for", "10.0.0.9, 10.0.0.8")]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
+    }
+
+    #[test]
     fn only_gateway_cookies_means_no_cookie_header() {
         let mut h = headers(&[("cookie", "wr_q_demo=abc")]);
-        rewrite_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, None);
+        rewrite_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, None, "http");
         assert!(!h.contains_key("cookie"));
     }
 }

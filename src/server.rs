@@ -1,36 +1,49 @@
 //! Listeners, connection handling and graceful shutdown.
 //!
-//! Both listeners speak HTTP/1.1 and HTTP/2 (prior knowledge) via hyper's
-//! auto builder. A slow client gets [`HEADER_READ_TIMEOUT`] to send its
-//! headers. On shutdown: `/readyz` turns 503, the listeners close, in-flight
+//! Both listeners speak HTTP/1.1 and HTTP/2 via hyper's auto builder; the
+//! public one speaks TLS only when `[tls]` is configured (ALPN `h2`,
+//! `http/1.1`). Per connection, in order:
+//!
+//! ```text
+//!   accept ─→ over server.max_connections? close at once (counted)
+//!          ─→ TLS handshake (within header_read_timeout)
+//!          ─→ hyper: request heads within header_read_timeout, heads ≤ max_header_bytes
+//!          ─→ closed when idle: no request in flight and no bytes moving
+//!             for idle_timeout (see `Activity`)
+//! ```
+//!
+//! On shutdown: `/readyz` turns 503, the listeners close, in-flight
 //! requests get up to `server.shutdown_grace_secs`, then the store is
-//! flushed and closed. The TLS listener will wrap the accepted stream here.
+//! flushed and closed. SIGHUP reloads the certificate files.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, AppError};
-use crate::config::Config;
+use crate::config::{Config, ConnectionConfig};
 use crate::http::Body;
-
-/// Time a client has to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read buffer cap per HTTP/1 connection (bounds header size).
-pub const MAX_BUF_BYTES: usize = 64 * 1024;
+use crate::tls::{CertStore, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -41,6 +54,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{field}: {source}", field = .0.field(), source = .0)]
+    Tls(#[from] TlsError),
 }
 
 /// A started gateway.
@@ -51,6 +66,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     ticker: JoinHandle<()>,
+    certs: Option<Arc<CertStore>>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -61,6 +77,10 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 
 /// Builds the app, binds both listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let certs = match &config.tls {
+        Some(tls) => Some(CertStore::load(tls)?),
+        None => None,
+    };
     let public = bind(config.listen_public).await?;
     let admin = bind(config.listen_admin).await?;
     let public_addr = public.local_addr().map_err(|source| ServerError::Bind {
@@ -72,12 +92,22 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         source,
     })?;
     let grace = config.shutdown_grace;
+    let limits = config.connections.clone();
     let app = App::build(config).await?;
     let (stop, stop_rx) = watch::channel(false);
     let ticker = tokio::spawn(app.clone().run_ticker(stop_rx.clone()));
     let a = app.clone();
+    let public_policy = Policy::new(
+        "public",
+        &limits,
+        certs
+            .clone()
+            .map(|c| TlsAcceptor::from(crate::tls::server_config(c))),
+        app.clone(),
+    );
     let public_server = tokio::spawn(serve(
         public,
+        public_policy,
         move |req, peer| a.clone().handle_public(req, peer),
         stop_rx.clone(),
         grace,
@@ -85,6 +115,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let a = app.clone();
     let admin_server = tokio::spawn(serve(
         admin,
+        Policy::new("admin", &limits, None, app.clone()),
         move |req, _peer| crate::admin::handle(a.clone(), req),
         stop_rx,
         grace,
@@ -96,10 +127,28 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         stop,
         servers: vec![public_server, admin_server],
         ticker,
+        certs,
     })
 }
 
 impl Running {
+    /// Reads the certificate files again (what SIGHUP does). New handshakes
+    /// use the new pair, open connections are untouched; on error the old
+    /// pair stays. `Ok(false)`: no TLS configured.
+    pub fn reload_certs(&self) -> Result<bool, TlsError> {
+        let Some(certs) = &self.certs else {
+            return Ok(false);
+        };
+        let result = certs.reload();
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.app
+            .metrics
+            .cert_reloads
+            .with_label_values(&[label])
+            .inc();
+        result.map(|()| true)
+    }
+
     /// Drains and stops: no new connections, in-flight requests finish (up
     /// to the grace period), state is persisted.
     pub async fn shutdown(self) {
@@ -114,45 +163,241 @@ impl Running {
     }
 }
 
-/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP
+/// reloads the TLS certificate.
 pub async fn run(config: Config) -> Result<(), ServerError> {
+    // Before anything is announced, so an early SIGHUP never kills the process.
+    let mut signals = Signals::new();
     let running = start(config).await?;
-    tracing::info!(public = %running.public_addr, admin = %running.admin_addr, "waitroom listening");
+    tracing::info!(public = %running.public_addr, admin = %running.admin_addr, tls = running.certs.is_some(), "waitroom listening");
     println!(
         "waitroom listening public={} admin={}",
         running.public_addr, running.admin_addr
     );
-    wait_for_signal().await;
+    // Every signal but SIGHUP means stop.
+    while let Signal::Reload = signals.next().await {
+        match running.reload_certs() {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => tracing::info!("SIGHUP ignored: no [tls] configured"),
+            Err(e) => tracing::error!(
+                field = e.field(),
+                error = %e,
+                "TLS certificate reload failed; keeping the current one"
+            ),
+        }
+    }
     tracing::info!("shutting down: draining connections");
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+enum Signal {
+    Reload,
+    Stop,
+}
+
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for a signal");
+                    None
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            Signals {
+                term: listen(SignalKind::terminate()),
+                hup: listen(SignalKind::hangup()),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => Signal::Stop,
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = recv(&mut self.hup) => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
+    }
+}
+
+/// How one listener treats connections.
+struct Policy {
+    name: &'static str,
+    limits: ConnectionConfig,
+    tls: Option<TlsAcceptor>,
+    slots: Arc<Semaphore>,
+    app: Arc<App>,
+}
+
+impl Policy {
+    fn new(
+        name: &'static str,
+        limits: &ConnectionConfig,
+        tls: Option<TlsAcceptor>,
+        app: Arc<App>,
+    ) -> Policy {
+        Policy {
+            name,
+            limits: limits.clone(),
+            tls,
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            app,
+        }
+    }
+}
+
+/// When bytes last moved on a connection, and how many requests on it are
+/// still being answered (a request counts until its response body is done).
+/// A connection is idle when nothing is in flight and no bytes moved for
+/// `server.idle_timeout_secs`; hyper has no such timeout for HTTP/1
+/// keep-alive or HTTP/2, so the connection task enforces it.
+struct Activity {
+    born: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            born: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.born
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves once the connection has been idle for `limit`.
+    async fn idle(&self, limit: Duration) {
+        loop {
+            let quiet = self.quiet_for();
+            let busy = self.in_flight.load(Ordering::Relaxed) > 0;
+            if !busy && quiet >= limit {
+                return;
+            }
+            let wait = if busy { limit } else { limit - quiet };
+            tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+        }
+    }
+}
+
+/// One request being answered; dropped with its response body.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream that records activity on every byte read or written.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 async fn serve<F, Fut>(
     listener: TcpListener,
+    policy: Policy,
     handler: F,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
@@ -165,9 +410,19 @@ async fn serve<F, Fut>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_BUF_BYTES);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(policy.limits.header_read_timeout)
+        .max_buf_size(policy.limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(policy.limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let policy = Arc::new(policy);
+    let metrics = &policy.app.metrics;
+    let open = metrics.connections_open.with_label_values(&[policy.name]);
+    let refused = metrics
+        .connections_refused
+        .with_label_values(&[policy.name]);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -181,20 +436,58 @@ async fn serve<F, Fut>(
             },
             _ = stop.changed() => break,
         };
+        let Ok(slot) = policy.slots.clone().try_acquire_owned() else {
+            // At the cap: accepted and closed at once, so the backlog never fills with
+            // connections nobody will serve.
+            refused.inc();
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let h = handler.clone();
-        let service = service_fn(move |req| {
-            let h = h.clone();
-            async move { Ok::<_, Infallible>(h(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let (builder, policy, handler, open) = (
+            builder.clone(),
+            policy.clone(),
+            handler.clone(),
+            open.clone(),
+        );
+        open.inc();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let activity = Activity::new();
+            let io = Tracked {
+                inner: stream,
+                activity: activity.clone(),
+            };
+            match &policy.tls {
+                None => {
+                    serve_connection(io, peer, &builder, &policy, handler, activity, watcher).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(
+                        policy.limits.header_read_timeout,
+                        acceptor.accept(io),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_connection(
+                                tls, peer, &builder, &policy, handler, activity, watcher,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => {
+                            policy.app.metrics.tls_handshake_failures.inc();
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            policy.app.metrics.tls_handshake_failures.inc();
+                            tracing::debug!("TLS handshake timed out");
+                        }
+                    }
+                }
             }
+            open.dec();
+            drop(slot);
         });
     }
     drop(listener);
@@ -202,6 +495,58 @@ async fn serve<F, Fut>(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => {
             tracing::warn!("shutdown grace period over: closing remaining connections");
+        }
+    }
+}
+
+async fn serve_connection<S, F, Fut>(
+    io: S,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    policy: &Policy,
+    handler: F,
+    activity: Arc<Activity>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let tracker = activity.clone();
+    let service = service_fn(move |req| {
+        let h = handler.clone();
+        let in_flight = tracker.begin_request();
+        async move {
+            let res = h(req, peer).await;
+            // The request stays in flight until its body is sent (or dropped).
+            Ok::<_, Infallible>(res.map(|body| {
+                body.map_frame(move |frame| {
+                    let _held = &in_flight;
+                    frame
+                })
+                .boxed_unsync()
+            }))
+        }
+    });
+    let conn = watcher.watch(
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned(),
+    );
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = activity.idle(policy.limits.idle_timeout) => {
+            policy
+                .app
+                .metrics
+                .connections_idle_closed
+                .with_label_values(&[policy.name])
+                .inc();
+            tracing::debug!("closing an idle connection");
         }
     }
 }

@@ -17,7 +17,7 @@ fn keys() -> Keys {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, .. ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_tokens_are_refused_without_panicking(token in ".{0,300}") {

@@ -138,6 +138,12 @@ pub fn room_toml(id: &str, upstream: &str, extra: &str) -> String {
 }
 
 pub fn config_toml(state_dir: &std::path::Path, rooms: &str, extra_top: &str) -> String {
+    // Every test fan comes from 127.0.0.1: the join limit is off unless a test sets it.
+    let limits = if extra_top.contains("[limits]") {
+        ""
+    } else {
+        "[limits]\njoins_per_min_per_client = 0"
+    };
     format!(
         r#"
 [listen]
@@ -154,6 +160,7 @@ seq_block = 16
 [server]
 shutdown_grace_secs = 5
 {extra_top}
+{limits}
 {rooms}
 "#,
         path = serde_json::to_string(&state_dir.display().to_string()).unwrap(),
