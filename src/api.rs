@@ -149,10 +149,11 @@ pub async fn handle(
         "/_waitroom/join" => ("POST", Endpoint::Join),
         "/_waitroom/claim" => ("POST", Endpoint::Claim),
         "/_waitroom/shuffle" => ("GET, HEAD", Endpoint::Shuffle),
+        "/_waitroom/challenge" => ("GET, HEAD", Endpoint::Challenge),
         _ => return Err(GatewayError::NotFound),
     };
     let method_ok = match handler {
-        Endpoint::Status | Endpoint::Shuffle => {
+        Endpoint::Status | Endpoint::Shuffle | Endpoint::Challenge => {
             req.method() == Method::GET || req.method() == Method::HEAD
         }
         _ => req.method() == Method::POST,
@@ -180,7 +181,26 @@ pub async fn handle(
         Endpoint::Join => join(&ctx, &req).await,
         Endpoint::Claim => claim(&ctx, &req).await,
         Endpoint::Shuffle => Ok(shuffle(ctx.room)),
+        Endpoint::Challenge => Ok(challenge(&ctx)),
     }
+}
+
+/// `GET /_waitroom/challenge?room=ID`: a proof-of-work challenge for
+/// joining (rooms with `pow_bits`); `bits` 0 means none is needed.
+fn challenge(ctx: &Ctx<'_>) -> Response<Body> {
+    let bits = ctx.room.config.pow_bits;
+    let now = ctx.app.clock.wall_secs();
+    let challenge = (bits > 0).then(|| ctx.app.pow.challenge(ctx.room.id(), bits, now));
+    http::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "room": ctx.room.id(),
+            "challenge": challenge,
+            "bits": bits,
+            "expires_in": crate::pow::CHALLENGE_TTL_SECS,
+            "header": "X-Waitroom-Pow",
+        }),
+    )
 }
 
 enum Endpoint {
@@ -188,6 +208,7 @@ enum Endpoint {
     Join,
     Claim,
     Shuffle,
+    Challenge,
 }
 
 /// `GET /_waitroom/shuffle?room=ID`: the pre-queue draw, for anyone to check.
@@ -236,14 +257,14 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
         Some(c) => match room.touch(c.seq) {
             // A used or lost place: joining again means a new place (as any arrival).
             Place::Claimed | Place::Expired | Place::Unknown | Place::Missed { .. } => {
-                new_place(ctx).await?
+                new_place(ctx, req).await?
             }
             place => {
                 let (token, cookie) = ctx.sign_queue_token(room.epoch(), c.seq, c.vid);
                 (token, cookie, place)
             }
         },
-        None => new_place(ctx).await?,
+        None => new_place(ctx, req).await?,
     };
     let snap = room.snapshot();
     let status = gate::status_of(room, Some(place), &snap, &ctx.next);
@@ -271,7 +292,11 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
     Ok(res)
 }
 
-async fn new_place(ctx: &Ctx<'_>) -> Result<(String, String, Place), GatewayError> {
+async fn new_place(
+    ctx: &Ctx<'_>,
+    req: &Request<Incoming>,
+) -> Result<(String, String, Place), GatewayError> {
+    ctx.check_pow(req.headers())?;
     ctx.spend_join_budget()?;
     let (epoch, seq, _called) = ctx.room.arrive().await?;
     ctx.app

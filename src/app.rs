@@ -64,6 +64,8 @@ pub struct App {
     pub sse_open: AtomicUsize,
     /// New places per client address (`limits.joins_per_min_per_client`).
     pub join_limiter: JoinLimiter,
+    /// Proof-of-work challenges for rooms with `pow_bits`.
+    pub pow: crate::pow::Pow,
 }
 
 /// Whether `path` lies inside the route `prefix` (on a segment boundary).
@@ -108,6 +110,13 @@ impl App {
             keys: Keys::new(&config.signing_keys),
             proxy: Proxy::new(&config.proxy, https_upstreams),
             join_limiter: JoinLimiter::new(&config.limits),
+            pow: crate::pow::Pow::new(
+                &config
+                    .signing_keys
+                    .first()
+                    .expect("config validation requires a signing key")
+                    .secret,
+            ),
             metrics: Metrics::new(),
             rooms,
             store,
@@ -175,6 +184,7 @@ impl App {
             }
             if n.is_multiple_of(LIMITER_TRIM_EVERY_TICKS) {
                 self.join_limiter.trim();
+                self.pow.forget_expired(self.clock.wall_secs());
                 self.metrics
                     .join_limiter_clients
                     .set(self.join_limiter.tracked() as i64);

@@ -198,6 +198,7 @@ struct RawRoom {
     closes_at: Option<String>,
     closed_message: Option<String>,
     access_binding: Option<String>,
+    pow_bits: Option<u8>,
 }
 
 // ---------------------------------------------------------- validated types
@@ -349,6 +350,8 @@ pub struct RoomConfig {
     pub closed_message: String,
     /// What an access token is bound to besides the visitor id.
     pub access_binding: crate::binding::AccessBinding,
+    /// Proof-of-work difficulty for a new place (0 = off), see `pow`.
+    pub pow_bits: u8,
 }
 
 /// Environment overrides, read in one place.
@@ -871,6 +874,16 @@ fn validate(
                 crate::binding::AccessBinding::None
             }),
         };
+        let pow_bits = r.pow_bits.unwrap_or(0);
+        if pow_bits > crate::pow::MAX_BITS {
+            problem(
+                &f("pow_bits"),
+                format!(
+                    "must be at most {} (0 turns proof of work off)",
+                    crate::pow::MAX_BITS
+                ),
+            );
+        }
         if let Some(upstream) = upstream {
             rooms.push(RoomConfig {
                 id: r.id.clone(),
@@ -892,6 +905,7 @@ fn validate(
                 closes_at,
                 closed_message,
                 access_binding,
+                pow_bits,
             });
         }
     }

@@ -83,6 +83,15 @@ pub enum GatewayError {
     TooManyStreams,
     #[error("the room has already opened: its opening time can no longer change")]
     AlreadyOpen,
+    /// A new place needs a solved challenge first (`X-Waitroom-Pow`).
+    #[error("joining this room needs a solved challenge: fetch one from /_waitroom/challenge")]
+    PowRequired { challenge: String, bits: u8 },
+    #[error("{reason}")]
+    PowInvalid {
+        reason: crate::pow::PowError,
+        challenge: String,
+        bits: u8,
+    },
     /// Too many new places from one client address (IPv4, or IPv6 /64).
     #[error("too many new places from your network; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -133,6 +142,8 @@ impl GatewayError {
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
             AlreadyOpen => (StatusCode::CONFLICT, "already_open"),
+            PowRequired { .. } => (StatusCode::PRECONDITION_REQUIRED, "pow_required"),
+            PowInvalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "pow_invalid"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
@@ -174,6 +185,17 @@ impl GatewayError {
                 }
                 if let GatewayError::RateLimited { retry_after_secs } = &self {
                     body["retry_after_secs"] = json!(retry_after_secs);
+                }
+                if let GatewayError::PowRequired { challenge, bits }
+                | GatewayError::PowInvalid {
+                    challenge, bits, ..
+                } = &self
+                {
+                    body["challenge"] = json!(challenge);
+                    body["bits"] = json!(bits);
+                }
+                if let GatewayError::PowInvalid { reason, .. } = &self {
+                    body["reason"] = json!(reason.label());
                 }
                 http::json(status, &body)
             };

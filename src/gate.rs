@@ -31,6 +31,9 @@ use crate::queue::Place;
 use crate::room::{Grant, Room, SessionCheck, Snapshot};
 use crate::token::{Claims, Expect, Kind, TokenError};
 
+/// Header carrying a solved proof-of-work challenge (`<challenge>:<n>`).
+pub const POW_HEADER: &str = "x-waitroom-pow";
+
 /// Header apps use to present their access token on protected routes.
 pub const ACCESS_HEADER: &str = "x-waitroom-token";
 
@@ -194,6 +197,34 @@ impl Ctx<'_> {
                 retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
             }
         })
+    }
+
+    /// Rooms with proof of work: a new place needs a solved challenge
+    /// (`X-Waitroom-Pow: <challenge>:<n>`).
+    pub fn check_pow(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
+        let bits = self.room.config.pow_bits;
+        if bits == 0 {
+            return Ok(());
+        }
+        let now = self.app.clock.wall_secs();
+        let fresh = || self.app.pow.challenge(self.room.id(), bits, now);
+        let Some(proof) = headers.get(POW_HEADER).and_then(|v| v.to_str().ok()) else {
+            return Err(GatewayError::PowRequired {
+                challenge: fresh(),
+                bits,
+            });
+        };
+        self.app
+            .pow
+            .verify(proof, self.room.id(), bits, now)
+            .map_err(|reason| {
+                self.reject(&format!("pow_{}", reason.label()));
+                GatewayError::PowInvalid {
+                    reason,
+                    challenge: fresh(),
+                    bits,
+                }
+            })
     }
 
     fn reject(&self, reason: &str) {
@@ -416,6 +447,17 @@ impl Ctx<'_> {
 
         if self.room.snapshot().closed {
             return Ok(Decision::Respond(self.waiting(Place::Unknown, Vec::new())));
+        }
+        if self.room.config.pow_bits > 0 {
+            // Browsers get a page whose script solves the challenge and joins;
+            // apps get 428 with a challenge. Nobody is told they look like a bot.
+            if !self.json {
+                return Ok(Decision::Respond(http::html(
+                    StatusCode::OK,
+                    page::joining_page(&self.room.config.title, self.room.id(), &self.next),
+                )));
+            }
+            self.check_pow(headers)?;
         }
         self.spend_join_budget()?;
         let (epoch, seq, called) = self.room.arrive().await?;

@@ -127,15 +127,77 @@ connect();
 })();
 "#;
 
-/// The CSP source expression that allows [`SCRIPT`]: `'sha256-…'`.
+/// The joining page's script: solves the room's proof-of-work challenge
+/// (SHA-256 in plain JavaScript, so it also works on plain-HTTP origins
+/// where WebCrypto is unavailable), then joins and goes where the fan was
+/// going. Same text for every fan, allowed by hash like [`SCRIPT`].
+pub const JOIN_SCRIPT: &str = r#"
+(function(){
+var me=document.currentScript, room=me.getAttribute("data-room"), next=me.getAttribute("data-next");
+var K=[0x428a2f98,0x71374491,0xb5c0fbcf,0xe9b5dba5,0x3956c25b,0x59f111f1,0x923f82a4,0xab1c5ed5,0xd807aa98,0x12835b01,0x243185be,0x550c7dc3,0x72be5d74,0x80deb1fe,0x9bdc06a7,0xc19bf174,0xe49b69c1,0xefbe4786,0x0fc19dc6,0x240ca1cc,0x2de92c6f,0x4a7484aa,0x5cb0a9dc,0x76f988da,0x983e5152,0xa831c66d,0xb00327c8,0xbf597fc7,0xc6e00bf3,0xd5a79147,0x06ca6351,0x14292967,0x27b70a85,0x2e1b2138,0x4d2c6dfc,0x53380d13,0x650a7354,0x766a0abb,0x81c2c92e,0x92722c85,0xa2bfe8a1,0xa81a664b,0xc24b8b70,0xc76c51a3,0xd192e819,0xd6990624,0xf40e3585,0x106aa070,0x19a4c116,0x1e376c08,0x2748774c,0x34b0bcb5,0x391c0cb3,0x4ed8aa4a,0x5b9cca4f,0x682e6ff3,0x748f82ee,0x78a5636f,0x84c87814,0x8cc70208,0x90befffa,0xa4506ceb,0xbef9a3f7,0xc67178f2];
+function sha256(s){
+  var l=s.length,nb=((l+9+63)>>6)<<6,m=new Uint8Array(nb),i;
+  for(i=0;i<l;i++)m[i]=s.charCodeAt(i)&255;
+  m[l]=128;var bits=l*8;m[nb-1]=bits&255;m[nb-2]=(bits>>>8)&255;m[nb-3]=(bits>>>16)&255;m[nb-4]=(bits>>>24)&255;
+  var H=[0x6a09e667,0xbb67ae85,0x3c6ef372,0xa54ff53a,0x510e527f,0x9b05688c,0x1f83d9ab,0x5be0cd19],w=new Int32Array(64);
+  for(var o=0;o<nb;o+=64){
+    for(i=0;i<16;i++)w[i]=(m[o+4*i]<<24)|(m[o+4*i+1]<<16)|(m[o+4*i+2]<<8)|m[o+4*i+3];
+    for(i=16;i<64;i++){var x=w[i-15],y=w[i-2];
+      w[i]=(w[i-16]+(((x>>>7)|(x<<25))^((x>>>18)|(x<<14))^(x>>>3))+w[i-7]+(((y>>>17)|(y<<15))^((y>>>19)|(y<<13))^(y>>>10)))|0;}
+    var a=H[0],b=H[1],c=H[2],d=H[3],e=H[4],f=H[5],g=H[6],h=H[7];
+    for(i=0;i<64;i++){
+      var t1=(h+(((e>>>6)|(e<<26))^((e>>>11)|(e<<21))^((e>>>25)|(e<<7)))+((e&f)^(~e&g))+K[i]+w[i])|0;
+      var t2=((((a>>>2)|(a<<30))^((a>>>13)|(a<<19))^((a>>>22)|(a<<10)))+((a&b)^(a&c)^(b&c)))|0;
+      h=g;g=f;f=e;e=(d+t1)|0;d=c;c=b;b=a;a=(t1+t2)|0;}
+    H[0]=(H[0]+a)|0;H[1]=(H[1]+b)|0;H[2]=(H[2]+c)|0;H[3]=(H[3]+d)|0;H[4]=(H[4]+e)|0;H[5]=(H[5]+f)|0;H[6]=(H[6]+g)|0;H[7]=(H[7]+h)|0;
+  }
+  return H;
+}
+function zeros(H){var n=0;for(var i=0;i<8;i++){var v=H[i]>>>0;if(v===0){n+=32;continue;}return n+Math.clz32(v);}return n;}
+function note(t){var e=document.getElementById("wr-note");if(e)e.textContent=t;}
+function join(proof){
+  fetch("/_waitroom/join?room="+encodeURIComponent(room)+"&next="+encodeURIComponent(next),
+    {method:"POST",credentials:"same-origin",headers:{"Accept":"application/json","X-Waitroom-Pow":proof}})
+  .then(function(r){
+    if(r.ok){location.replace(next);return;}
+    var wait=parseInt(r.headers.get("Retry-After")||"3",10);
+    note("Still getting you a place…");setTimeout(start,Math.max(wait,1)*1000);
+  }).catch(function(){note("Connection trouble; trying again…");setTimeout(start,3000);});
+}
+function solve(c,bits){
+  var n=0;
+  (function chunk(){
+    for(var end=n+20000;n<end;n++){if(zeros(sha256(c+":"+n))>=bits){join(c+":"+n);return;}}
+    setTimeout(chunk,0);
+  })();
+}
+function start(){
+  fetch("/_waitroom/challenge?room="+encodeURIComponent(room),{credentials:"same-origin",cache:"no-store"})
+  .then(function(r){return r.json();})
+  .then(function(d){if(!d.challenge){location.replace(next);return;}solve(d.challenge,d.bits);})
+  .catch(function(){note("Connection trouble; trying again…");setTimeout(start,3000);});
+}
+start();
+})();
+"#;
+
+/// The CSP source expressions that allow [`SCRIPT`] and [`JOIN_SCRIPT`]:
+/// `'sha256-…' 'sha256-…'`.
 pub fn script_hash_source() -> &'static str {
     static SOURCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         use base64::Engine;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, SCRIPT.as_bytes());
-        format!(
-            "'sha256-{}'",
-            base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
-        )
+        [SCRIPT, JOIN_SCRIPT]
+            .iter()
+            .map(|script| {
+                let digest =
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, script.as_bytes());
+                format!(
+                    "'sha256-{}'",
+                    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     });
     &SOURCE
 }
@@ -248,6 +310,25 @@ pub fn slow_down_page(retry_after_secs: u64) -> String {
              from your network right now. This page tries again by itself in {retry} second{s}; \
              there is no need to refresh.</p>",
             s = if retry == 1 { "" } else { "s" }
+        ),
+    )
+}
+
+/// A room with proof of work: the fan's browser does a second or so of
+/// arithmetic before it gets a place. The page says what is happening,
+/// never that anyone looks like a bot.
+pub fn joining_page(title: &str, room_id: &str, next: &str) -> String {
+    shell(
+        title,
+        "",
+        &format!(
+            "<h1>{}</h1><p class=\"note\" id=\"wr-note\" aria-live=\"polite\">Getting you a place in line… \
+             this takes a moment and happens only once.</p>\
+             <noscript><p class=\"note\">Joining the line needs JavaScript. Please turn it on and reload.</p></noscript>\
+             <script data-room=\"{}\" data-next=\"{}\">{JOIN_SCRIPT}</script>",
+            escape_html(title),
+            escape_html(room_id),
+            escape_html(next)
         ),
     )
 }

@@ -589,3 +589,89 @@ async fn a_shared_access_token_fails_in_another_browser() {
     assert!(gw.metrics().await.contains("reason=\"binding_mismatch\""));
     assert!(through(owner).await, "and the owner is not affected");
 }
+
+#[tokio::test]
+async fn proof_of_work_rooms_need_a_solved_challenge_for_a_new_place() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "demo",
+        &up.url(),
+        "admit_rate_per_min = 1\npow_bits = 10",
+    ))
+    .await;
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let join = |proof: Option<String>| {
+        let mut req = c.post(format!("{}/_waitroom/join?room=demo", gw.public));
+        if let Some(p) = proof {
+            req = req.header("x-waitroom-pow", p);
+        }
+        req.send()
+    };
+    // Without a proof: 428 with a challenge to solve.
+    let res = join(None).await.unwrap();
+    assert_eq!(res.status(), 428);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"], "pow_required");
+    assert_eq!(v["bits"], 10);
+    let challenge = v["challenge"].as_str().unwrap().to_string();
+    // A wrong answer names the reason and offers a fresh challenge.
+    let wrong = (0..)
+        .find(|&n| !waitroom::pow::solves(&challenge, n, 10))
+        .unwrap();
+    let res = join(Some(format!("{challenge}:{wrong}"))).await.unwrap();
+    assert_eq!(res.status(), 422);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(
+        (v["error"].as_str(), v["reason"].as_str()),
+        (Some("pow_invalid"), Some("unsolved"))
+    );
+    assert!(v["challenge"].as_str().is_some());
+    for (proof, reason) in [
+        ("garbage".to_string(), "malformed"),
+        (format!("{challenge}:x"), "malformed"),
+    ] {
+        let v: Value = join(Some(proof)).await.unwrap().json().await.unwrap();
+        assert_eq!(v["reason"], reason);
+    }
+    // The right answer gets a place, once.
+    let n = waitroom::pow::solve(&challenge, 10);
+    let res = join(Some(format!("{challenge}:{n}"))).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["position"], 1);
+    let v: Value = join(Some(format!("{challenge}:{n}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["reason"], "reused");
+    // The challenge endpoint, and returning fans need no new proof.
+    let ch: Value = c
+        .get(format!("{}/_waitroom/challenge?room=demo", gw.public))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ch["bits"], 10);
+    let again = c
+        .post(format!("{}/_waitroom/join?room=demo", gw.public))
+        .bearer_auth(v.get("token").and_then(|t| t.as_str()).unwrap_or(""))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(again.status(), 428);
+    // Browsers on the protected route get the joining page, never a "bot" message.
+    let page = Fan::new(&gw.public).get("/").await.text().await.unwrap();
+    assert!(page.contains("Getting you a place in line"), "{page}");
+    for blame in [" bot", "bots", "automated", "suspicious", "captcha"] {
+        assert!(
+            !page.to_lowercase().contains(blame),
+            "the page says {blame:?}"
+        );
+    }
+    let res = Fan::new(&gw.public).get_json("/").await;
+    assert_eq!(res.status(), 428);
+}

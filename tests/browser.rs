@@ -152,3 +152,34 @@ async fn waiting_page_updates_live_and_lands_on_the_checkout() {
     assert!(body.contains("\"path\":\"/checkout?show=42\""), "{body}");
     browser.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_proof_of_work_room_gets_a_browser_in_line_without_any_human_step() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "demo",
+        &up.url(),
+        "admit_rate_per_min = 1\npow_bits = 12",
+    ))
+    .await;
+    Fan::new(&gw.public); // the room starts empty; the browser is first
+    let (_driver, browser) = start_browser().await;
+    browser
+        .goto(&format!("{}/tickets", gw.public))
+        .await
+        .unwrap();
+    // The page's script solves the challenge, joins, and lands on the waiting page.
+    eventually(30, "the browser has a place", || async {
+        let p = browser
+            .find(Locator::Id("wr-position"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (p == "1").then_some(())
+    })
+    .await;
+    assert_eq!(browser.current_url().await.unwrap().path(), "/tickets");
+    browser.close().await.unwrap();
+}
