@@ -21,6 +21,24 @@ def wrk(path):
     print(f"{rps:.0f} {ms('50%'):.2f} {ms('99%'):.2f} {bad.group(1) if bad else 0}")
 
 
+def _rows(path):
+    return [[float(x) for x in line.split()] for line in open(path) if line.strip()]
+
+
+def median(path):
+    """Column-wise median of `wrk` lines (rps p50 p99 non2xx)."""
+    rows = _rows(path)
+    cols = list(zip(*rows))
+    med = [sorted(c)[len(c) // 2] for c in cols]
+    print(f"{med[0]:.0f} {med[1]:.2f} {med[2]:.2f} {med[3]:.0f}")
+
+
+def spread(path_a, path_b):
+    """Min-max of the per-pair throughput ratios a/b."""
+    rs = [a[0] / b[0] for a, b in zip(_rows(path_a), _rows(path_b)) if b[0]]
+    print(f"{min(rs):.2f}-{max(rs):.2f}" if rs else "n/a")
+
+
 def ratio(a, b):
     a, b = float(a), float(b)
     print("n/a" if b == 0 or math.isnan(a) or math.isnan(b) else f"{a / b:.2f}")
@@ -49,4 +67,5 @@ def sse(raw):
 
 
 if __name__ == "__main__":
-    {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse}[sys.argv[1]](*sys.argv[2:])
+    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "median": median, "spread": spread}
+    commands[sys.argv[1]](*sys.argv[2:])
