@@ -1168,6 +1168,21 @@ mod tests {
         assert!(p.iter().any(|p| p.field == "rooms[1].path_prefix"), "{p:?}");
     }
 
+    /// Regression (found by the property tests): a huge `session_secs`
+    /// overflowed while deriving the default `session_max_secs`.
+    #[test]
+    fn huge_numbers_are_range_errors_not_overflows() {
+        let text = GOOD.replace(
+            "admit_rate_per_min = 600",
+            "admit_rate_per_min = 600\nsession_secs = 18446744073709551615",
+        );
+        let fields: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+        assert!(
+            fields.contains(&"rooms[0].session_secs".to_string()),
+            "{fields:?}"
+        );
+    }
+
     #[test]
     fn syntax_error_is_reported() {
         assert!(matches!(
