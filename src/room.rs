@@ -641,10 +641,27 @@ impl Room {
                 epoch,
             })
             .await?;
+        // A scheduled room draws its new epoch's pre-queue with a new seed,
+        // committed before anyone can take a place in that epoch.
+        let scheduled = self.lock().queue.settings.opens_at.is_some();
+        let seed = if scheduled {
+            let s = Seed::random();
+            self.store
+                .write(Record::Seed {
+                    room: self.config.id.clone(),
+                    epoch,
+                    seed: s.to_hex(),
+                })
+                .await?;
+            Some(s)
+        } else {
+            None
+        };
         let settings = {
             let now = self.clock.mono_ms();
             let mut st = self.lock();
             let settings = st.queue.settings.clone();
+            *self.seed.lock().unwrap_or_else(|p| p.into_inner()) = seed;
             st.queue = Queue::new(epoch, settings.clone());
             st.drip = Drip::new(now);
             st.last_progress = (0, 0, 0);

@@ -167,3 +167,51 @@ async fn the_opening_time_can_move_before_opening_and_a_closed_room_says_why() {
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn a_reset_scheduled_room_draws_with_a_new_committed_seed_and_restarts_cleanly() {
+    let up = TestUpstream::start().await;
+    let room = room_toml(
+        "sale",
+        &up.url(),
+        &format!("opens_at = \"{}\"", in_secs(3600)),
+    );
+    let mut gw = Gateway::start(&room).await;
+    let first = get(format!("{}/_waitroom/shuffle?room=sale", gw.public), None).await;
+    Fan::new(&gw.public).get("/").await;
+    let res = gw
+        .admin_client()
+        .post(format!("{}/admin/rooms/sale/reset", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let second = get(format!("{}/_waitroom/shuffle?room=sale", gw.public), None).await;
+    assert_ne!(
+        first["commitment"], second["commitment"],
+        "a new epoch commits to a new seed"
+    );
+    Fan::new(&gw.public).get("/").await;
+    Fan::new(&gw.public).get("/").await;
+    gw.patch_room("sale", json!({"opens_at": in_secs(1)})).await;
+    let opened = eventually(10, "opens", || async {
+        let v = get(format!("{}/_waitroom/shuffle?room=sale", gw.public), None).await;
+        (v["open"] == true).then_some(v)
+    })
+    .await;
+    assert_eq!(opened["entries"], 2);
+    let seed = Seed::from_hex(opened["seed"].as_str().unwrap()).unwrap();
+    assert_eq!(seed.commitment(), second["commitment"].as_str().unwrap());
+
+    // The state reloads: same epoch, same draw.
+    gw.stop().await;
+    let again = Gateway::start_in(gw.state_dir.clone(), &room, "").await;
+    let after = get(
+        format!("{}/_waitroom/shuffle?room=sale", again.public),
+        None,
+    )
+    .await;
+    assert_eq!(after["seed"], opened["seed"]);
+    assert_eq!(after["entries"], 2);
+}
