@@ -276,6 +276,9 @@ fn writer(
                 tracing::error!(error = %e, "state compaction failed");
             }
             if let Some(done) = close {
+                // Release the directory lock before saying we are closed, so
+                // a process started right after shutdown can take it.
+                drop(files);
                 let _ = done.send(compacted);
                 return;
             }
