@@ -51,7 +51,8 @@ impl AccessBinding {
 
 /// The client's network for binding and per-client limits: IPv4 /24, IPv6 /64.
 pub fn network_of(ip: IpAddr) -> String {
-    match ip {
+    // IPv4 clients on a dual-stack listener arrive as ::ffff:a.b.c.d.
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             format!("{}.{}.{}.0/24", o[0], o[1], o[2])

@@ -71,6 +71,8 @@ struct Conn {
     next: String,
     rx: watch::Receiver<Snapshot>,
     drain: watch::Receiver<bool>,
+    /// The room epoch the fan's token belongs to; a reset ends the stream.
+    epoch: u64,
     /// The highest serving counter this fan has been shown (never go back).
     floor: u64,
     last: Option<Shown>,
@@ -172,6 +174,7 @@ pub async fn handle(
         drain: app.drain.subscribe(),
         room,
         seq: claims.seq,
+        epoch,
         next,
         floor,
         last: None,
@@ -208,6 +211,10 @@ impl Conn {
     /// The fan's status now, from the snapshot alone while they wait.
     fn status(&mut self) -> Status {
         let snap = self.rx.borrow_and_update().clone();
+        if snap.epoch != self.epoch {
+            // The room was reset: this place no longer exists.
+            return gate::status_of(&self.room, Some(Place::Expired), &snap, &self.next);
+        }
         // Ranks are seqs, except for a shuffled pre-queue.
         let rank = snap
             .shuffled
@@ -305,7 +312,10 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 if now >= c.next_touch {
-                    c.room.touch(c.seq);
+                    // Never keep a stranger's place alive after a reset.
+                    if c.rx.borrow().epoch == c.epoch {
+                        c.room.touch(c.seq);
+                    }
                     c.next_touch = now + c.touch_every;
                 }
                 if now >= beat_at {

@@ -334,3 +334,31 @@ async fn a_rate_cut_says_why_the_wait_grew() {
         "{first} then {d}"
     );
 }
+
+#[tokio::test]
+async fn a_room_reset_ends_open_streams_with_expired() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 1")).await;
+    let _ahead = join(&gw).await;
+    let token = join(&gw).await;
+    let mut events = open_events(&gw, &token, None)
+        .await
+        .bytes_stream()
+        .eventsource();
+    assert_eq!(data(&events.next().await.unwrap().unwrap())["position"], 2);
+    let res = gw
+        .admin_client()
+        .post(format!("{}/admin/rooms/demo/reset", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.event, "expired", "{}", e.data);
+    assert!(events.next().await.is_none(), "the stream ends");
+}

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -53,12 +53,22 @@ struct Files {
     dir: PathBuf,
     journal: File,
     journal_len: u64,
+    /// Journal size that triggers a compaction ([`COMPACT_AFTER_BYTES`]).
+    compact_after: u64,
     _lock: File,
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) the state directory, replays it and compacts it.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with_compaction(dir, COMPACT_AFTER_BYTES)
+    }
+
+    /// As [`EmbeddedStore::open`], compacting once the journal passes `compact_after` bytes.
+    pub fn open_with_compaction(
+        dir: &Path,
+        compact_after: u64,
+    ) -> Result<EmbeddedStore, StoreError> {
         fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
@@ -95,6 +105,7 @@ impl EmbeddedStore {
             dir: dir.to_path_buf(),
             journal,
             journal_len: 0,
+            compact_after,
             _lock: lock,
         };
         let (v, h) = (views.clone(), healthy.clone());
@@ -246,11 +257,16 @@ fn writer(
         let result = if buf.is_empty() {
             Ok(())
         } else {
-            files
+            let appended = files
                 .journal
                 .write_all(&buf)
-                .and_then(|_| files.journal.sync_data())
-                .map_err(|e| StoreError::Io(format!("journal append failed: {e}")))
+                .and_then(|_| files.journal.sync_data());
+            if appended.is_err() {
+                // Cut off a partial append so the next batch starts on a clean line.
+                let _ = files.journal.set_len(files.journal_len);
+                let _ = files.journal.seek(SeekFrom::Start(files.journal_len));
+            }
+            appended.map_err(|e| StoreError::Io(format!("journal append failed: {e}")))
         };
         match &result {
             Ok(()) => {
@@ -270,7 +286,7 @@ fn writer(
         for w in waiters {
             let _ = w.send(result.clone());
         }
-        if files.journal_len > COMPACT_AFTER_BYTES || close.is_some() {
+        if files.journal_len > files.compact_after || close.is_some() {
             let compacted = compact(&mut files, &views);
             if let Err(e) = &compacted {
                 tracing::error!(error = %e, "state compaction failed");
@@ -292,6 +308,9 @@ fn compact(files: &mut Files, views: &Mutex<HashMap<String, Durable>>) -> Result
     files
         .journal
         .set_len(0)
+        // Truncating does not move the write position: without the seek the
+        // next append would land at the old offset behind a run of zeros.
+        .and_then(|_| files.journal.seek(SeekFrom::Start(0)).map(|_| ()))
         .and_then(|_| files.journal.sync_all())
         .map_err(|e| StoreError::Io(format!("cannot truncate the journal: {e}")))?;
     files.journal_len = 0;
@@ -345,6 +364,45 @@ mod tests {
         assert_eq!(d.reserved_upto, 1025);
         assert!(d.claimed.get(3));
         assert_eq!(s.load("other").await.unwrap(), None);
+    }
+
+    /// Regression: after a compaction while running, appends must start at
+    /// the beginning of the emptied journal, or the next reopen finds zeros.
+    #[tokio::test]
+    async fn records_written_after_a_running_compaction_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = EmbeddedStore::open_with_compaction(dir.path(), 300).unwrap();
+            s.write(Record::Epoch {
+                room: "r".into(),
+                epoch: 5,
+            })
+            .await
+            .unwrap();
+            for upto in 1..20 {
+                s.write(reserve(upto * 10)).await.unwrap();
+            }
+            s.write(Record::Claim {
+                room: "r".into(),
+                epoch: 5,
+                seq: 7,
+            })
+            .await
+            .unwrap();
+            s.write(Record::Claim {
+                room: "r".into(),
+                epoch: 5,
+                seq: 9,
+            })
+            .await
+            .unwrap();
+            // No close: as after kill -9.
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let views = load_views(dir.path()).unwrap();
+        let d = &views["r"];
+        assert_eq!(d.reserved_upto, 190);
+        assert!(d.claimed.get(7) && d.claimed.get(9));
     }
 
     #[test]
