@@ -82,10 +82,16 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 impl App {
     pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
-        let store: Arc<dyn Store> = match &config.store {
-            StoreConfig::Embedded { path, .. } => Arc::new(EmbeddedStore::open(path)?),
+        let (store, seq_block): (Arc<dyn Store>, u64) = match &config.store {
+            StoreConfig::Embedded { path, seq_block } => {
+                (Arc::new(EmbeddedStore::open(path)?), *seq_block)
+            }
+            StoreConfig::Redis { .. } => {
+                return Err(AppError::Store(StoreError::Io(
+                    "the redis store is not wired in yet".into(),
+                )));
+            }
         };
-        let StoreConfig::Embedded { seq_block, .. } = config.store;
         let clock = Clock::default();
         let mut rooms = Vec::new();
         for rc in &config.rooms {

@@ -14,6 +14,8 @@ use hyper::Uri;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+/// How long a drip lease lasts by default (see `shared`).
+pub const DEFAULT_LEASE_MS: u64 = 2000;
 /// Sequence numbers reserved per store write (see `store`).
 pub const DEFAULT_SEQ_BLOCK: u64 = 1024;
 pub const DEFAULT_QUEUE_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -149,6 +151,10 @@ struct RawStore {
     kind: Option<String>,
     path: Option<String>,
     seq_block: Option<u64>,
+    url: Option<String>,
+    key_prefix: Option<String>,
+    on_store_failure: Option<String>,
+    lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,7 +289,28 @@ impl std::fmt::Debug for SigningKey {
 
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    Embedded { path: PathBuf, seq_block: u64 },
+    Embedded {
+        path: PathBuf,
+        seq_block: u64,
+    },
+    /// One queue shared by every replica through Redis (see `shared`).
+    Redis {
+        url: String,
+        key_prefix: String,
+        on_failure: OnStoreFailure,
+        /// How long a replica's drip lease lasts without renewal: the
+        /// longest admission pause when the replica driving the drip dies.
+        lease_ms: u64,
+    },
+}
+
+/// What the gateway does while the shared store does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreFailure {
+    /// Waiting fans keep their page and last position; nobody new is admitted.
+    Hold,
+    /// Requests pass straight to the upstream (no queue) until it is back.
+    Open,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -516,15 +543,90 @@ fn validate(
             if path.is_empty() {
                 problem("store.path", "must not be empty".into());
             }
+            for (field, set) in [
+                ("store.url", raw.store.url.is_some()),
+                ("store.key_prefix", raw.store.key_prefix.is_some()),
+                (
+                    "store.on_store_failure",
+                    raw.store.on_store_failure.is_some(),
+                ),
+                ("store.lease_ms", raw.store.lease_ms.is_some()),
+            ] {
+                if set {
+                    problem(field, "only applies to kind = \"redis\"".into());
+                }
+            }
             StoreConfig::Embedded {
                 path: PathBuf::from(path),
                 seq_block,
             }
         }
+        "redis" => {
+            let url = raw
+                .store
+                .url
+                .clone()
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+            {
+                problem(
+                    "store.url",
+                    format!("{url:?} is not a Redis URL (redis://, rediss:// or unix://)"),
+                );
+            }
+            let key_prefix = raw
+                .store
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| "waitroom".into());
+            if key_prefix.is_empty()
+                || key_prefix.len() > 64
+                || !key_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+            {
+                problem(
+                    "store.key_prefix",
+                    "must be 1 to 64 characters of a-z A-Z 0-9 - _ : .".into(),
+                );
+            }
+            let on_failure = match raw.store.on_store_failure.as_deref().unwrap_or("hold") {
+                "hold" => OnStoreFailure::Hold,
+                "open" => OnStoreFailure::Open,
+                other => {
+                    problem(
+                        "store.on_store_failure",
+                        format!("unknown value {other:?}; expected \"hold\" or \"open\""),
+                    );
+                    OnStoreFailure::Hold
+                }
+            };
+            let lease_ms = raw.store.lease_ms.unwrap_or(DEFAULT_LEASE_MS);
+            if !(500..=60_000).contains(&lease_ms) {
+                problem("store.lease_ms", "must be between 500 and 60000".into());
+            }
+            for (field, set) in [
+                ("store.path", raw.store.path.is_some()),
+                ("store.seq_block", raw.store.seq_block.is_some()),
+            ] {
+                if set {
+                    problem(field, "only applies to kind = \"embedded\"".into());
+                }
+            }
+            StoreConfig::Redis {
+                url,
+                key_prefix,
+                on_failure,
+                lease_ms,
+            }
+        }
         other => {
             problem(
                 "store.kind",
-                format!("unknown store kind {other:?}; expected \"embedded\""),
+                format!("unknown store kind {other:?}; expected \"embedded\" or \"redis\""),
             );
             StoreConfig::Embedded {
                 path: PathBuf::new(),
