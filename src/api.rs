@@ -177,7 +177,7 @@ pub async fn handle(
         ),
     };
     match handler {
-        Endpoint::Status => status(&ctx, &req),
+        Endpoint::Status => status(&ctx, &req).await,
         Endpoint::Join => join(&ctx, &req).await,
         Endpoint::Claim => claim(&ctx, &req).await,
         Endpoint::Shuffle => Ok(shuffle(ctx.room)),
@@ -240,9 +240,12 @@ fn shuffle(room: &Room) -> Response<Body> {
     )
 }
 
-fn status(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+async fn status(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let claims = presented(ctx.app, ctx.room, req, true)?;
-    let place = claims.map(|c| ctx.room.touch(c.seq));
+    let place = match claims {
+        Some(c) => Some(ctx.room.touch(c.ep, c.seq).await?),
+        None => None,
+    };
     let snap = ctx.room.snapshot();
     Ok(http::json(
         StatusCode::OK,
@@ -254,7 +257,7 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
     let room = ctx.room;
     let existing = presented(ctx.app, room, req, false)?;
     let (token, cookie, place) = match existing {
-        Some(c) => match room.touch(c.seq) {
+        Some(c) => match room.touch(c.ep, c.seq).await? {
             // A used or lost place: joining again means a new place (as any arrival).
             Place::Claimed | Place::Expired | Place::Unknown | Place::Missed { .. } => {
                 new_place(ctx, req).await?
@@ -305,14 +308,14 @@ async fn new_place(
         .with_label_values(&[ctx.room.id()])
         .inc();
     let (token, cookie) = ctx.sign_queue_token(epoch, seq, crate::token::new_visitor_id());
-    Ok((token, cookie, ctx.room.place(seq)))
+    Ok((token, cookie, ctx.room.place(epoch, seq).await?))
 }
 
 async fn claim(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let room = ctx.room;
     let claims = presented(ctx.app, room, req, true)?.ok_or(GatewayError::NoToken)?;
-    room.touch(claims.seq);
-    let grant = match room.claim(claims.seq, &claims.vid).await {
+    room.touch(claims.ep, claims.seq).await?;
+    let grant = match room.claim(claims.ep, claims.seq, &claims.vid).await {
         Ok(g) => g,
         Err(crate::room::RoomError::Claim(e)) => {
             ctx.app

@@ -104,6 +104,7 @@ impl From<RoomError> for GatewayError {
             RoomError::StoreTimeout => GatewayError::StoreTimeout,
             RoomError::Claim(c) => GatewayError::Claim(c),
             RoomError::Closed => GatewayError::RoomClosed,
+            RoomError::ShuttingDown => GatewayError::Draining,
         }
     }
 }

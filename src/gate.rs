@@ -345,7 +345,7 @@ impl Ctx<'_> {
         vid: &str,
         mut set_cookies: Vec<String>,
     ) -> Result<Decision, GatewayError> {
-        match self.room.claim(seq, vid).await {
+        match self.room.claim(epoch, seq, vid).await {
             Ok(grant) => {
                 self.app
                     .metrics
@@ -393,7 +393,8 @@ impl Ctx<'_> {
                 Ok(c) if c.bnd != self.binding => self.reject("binding_mismatch"),
                 Ok(c) => match self
                     .room
-                    .check_session(c.seq, &c.vid, c.sat.unwrap_or(c.iat))
+                    .check_session(epoch, c.seq, &c.vid, c.sat.unwrap_or(c.iat))
+                    .await?
                 {
                     SessionCheck::Live { ends_in_secs } => {
                         let mut set_cookies = Vec::new();
@@ -424,7 +425,7 @@ impl Ctx<'_> {
                 epoch,
             };
             match self.app.keys.verify(token, expect, now) {
-                Ok(c) => match self.room.touch(c.seq) {
+                Ok(c) => match self.room.touch(epoch, c.seq).await? {
                     place @ (Place::PreQueue | Place::Waiting { .. } | Place::Rejoining { .. }) => {
                         let ttl = self.app.config.queue_token_ttl.as_secs();
                         let mut cookies = Vec::new();
@@ -473,7 +474,7 @@ impl Ctx<'_> {
                 .claim_and_proxy(epoch, seq, &vid, vec![queue_cookie])
                 .await;
         }
-        let place = self.room.place(seq);
+        let place = self.room.place(epoch, seq).await?;
         Ok(Decision::Respond(self.waiting(place, vec![queue_cookie])))
     }
 }

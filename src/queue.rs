@@ -23,7 +23,7 @@
 //! later arrival. `serving` and positions count ranks; without a pre-queue,
 //! rank and seq are the same.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +124,24 @@ pub struct Durable {
     /// Set once the room opened: how many pre-queue entries were shuffled.
     #[serde(default)]
     pub opened_entries: Option<u64>,
+    /// Sessions live at the last progress record (they hold `max_active`
+    /// slots after a restart until they end or show up again).
+    #[serde(default)]
+    pub active_sessions: u64,
+}
+
+/// A change to a place whose turn has come, for replicas that mirror the
+/// line's outcomes (the shared store). Times are the queue's `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Called (from the main line or the rejoin lane) at this time.
+    Called(u64, Millis),
+    /// Skipped or a no-show at this time; may rejoin within `rejoin_secs`.
+    Missed(u64, Millis),
+    /// Came back in time: in the rejoin lane.
+    Rejoined(u64),
+    /// Its turn is over for good (claim window and rejoin window passed).
+    Gone(u64),
 }
 
 /// A growable bitset over sequence numbers (claim-once memory: one bit per place issued).
@@ -214,6 +232,14 @@ pub struct Queue {
     open: bool,
     /// After opening a room with a pre-queue: ranks ↔ sequence numbers.
     shuffled: Option<Shuffled>,
+    /// Pending places restored after a restart: nobody knows whether their
+    /// turn had really come, so they may claim but hold no `max_active`
+    /// slot and cost no token (a subset of `pending`).
+    restored: HashSet<u64>,
+    /// Places that used their one rejoin (a place cannot rejoin forever).
+    rejoined: SeqBits,
+    /// Outcome changes since the last [`Queue::take_changes`], if recorded.
+    changes: Option<Vec<Change>>,
 }
 
 /// The pre-queue's drawn order. Shared (`Arc`) so readers can map a fan's
@@ -303,6 +329,9 @@ impl Queue {
             advance_samples: VecDeque::new(),
             open: true,
             shuffled: None,
+            restored: HashSet::new(),
+            rejoined: SeqBits::default(),
+            changes: None,
         };
         q.open = !scheduled;
         q
@@ -331,9 +360,10 @@ impl Queue {
     /// Opens a scheduled room: the pre-queue (every seq issued so far, 1 … N
     /// with N = `order.len()`) takes the drawn order. Arrivals after the cut
     /// keep their numbers as ranks.
-    pub fn open_with(&mut self, order: Vec<u32>) {
-        if self.open {
-            return;
+    /// An order longer than the places issued is refused (returns false).
+    pub fn open_with(&mut self, order: Vec<u32>) -> bool {
+        if self.open || order.len() as u64 > self.next_seq - 1 {
+            return false;
         }
         let shuffled = Shuffled::new(order);
         // Nobody is served before opening, so last_seen[i] is seq i + 1's.
@@ -348,6 +378,7 @@ impl Queue {
             self.shuffled = Some(shuffled);
         }
         self.open = true;
+        true
     }
 
     /// Rebuilds a room after a restart. Places issued before the crash keep
@@ -390,8 +421,10 @@ impl Queue {
             if !q.claimed.get(seq) {
                 q.pending.insert(seq, now);
                 q.pending_order.push_back((seq, now));
+                q.restored.insert(seq);
             }
         }
+        q.active_sessions = d.active_sessions;
         for rank in (q.serving + 1)..q.next_seq {
             let seq = q.seq_at(rank);
             q.last_seen
@@ -413,6 +446,7 @@ impl Queue {
             opened_entries: self
                 .open
                 .then(|| self.shuffled.as_ref().map_or(0, Shuffled::len)),
+            active_sessions: self.active_sessions,
         }
     }
 
@@ -456,7 +490,7 @@ impl Queue {
 
     /// Sessions in use plus places called and still holding a slot.
     pub fn occupied(&self) -> u64 {
-        self.active_sessions + self.pending.len() as u64
+        self.active_sessions + (self.pending.len() - self.restored.len()) as u64
     }
 
     /// Room left under `max_active` (`u64::MAX` when uncapped).
@@ -475,6 +509,11 @@ impl Queue {
     /// Numbers that may be handed out without another store write.
     pub fn reserved_left(&self) -> u64 {
         self.reserved_upto - self.next_seq
+    }
+
+    /// No further number may be handed out (graceful shutdown).
+    pub fn seal(&mut self) {
+        self.reserved_upto = self.next_seq;
     }
 
     /// Records that the store durably reserved every seq below `upto`.
@@ -546,13 +585,43 @@ impl Queue {
         }
         let place = self.place(seq, now);
         if let Place::Missed { .. } = place {
-            self.missed.remove(&seq);
-            self.rejoin_lane.push_back(seq);
-            return Place::Rejoining {
-                position: self.rejoin_lane.len() as u64,
-            };
+            return self.rejoin(seq, now);
         }
         place
+    }
+
+    /// A missed place that came back in time joins the rejoin lane (once per
+    /// place: a second miss is final). Returns where it stands.
+    pub fn rejoin(&mut self, seq: u64, now: Millis) -> Place {
+        if !matches!(self.place(seq, now), Place::Missed { .. }) {
+            return self.place(seq, now);
+        }
+        self.missed.remove(&seq);
+        self.rejoined.set(seq);
+        self.rejoin_lane.push_back(seq);
+        self.record(Change::Rejoined(seq));
+        Place::Rejoining {
+            position: self.rejoin_lane.len() as u64,
+        }
+    }
+
+    /// Starts recording outcome changes (see [`Change`]).
+    pub fn record_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// The outcome changes recorded since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(&mut self, change: Change) {
+        if let Some(c) = self.changes.as_mut() {
+            c.push(change);
+        }
     }
 
     /// Whether the head of the main line has shown no sign of life for `abandon_after`.
@@ -602,12 +671,16 @@ impl Queue {
         self.advanced_total += 1;
         self.pending.insert(seq, now);
         self.pending_order.push_back((seq, now));
+        self.record(Change::Called(seq, now));
     }
 
     fn mark_missed(&mut self, seq: u64, now: Millis) {
-        if self.settings.rejoin_secs > 0 {
+        if self.settings.rejoin_secs > 0 && !self.rejoined.get(seq) {
             self.missed.insert(seq, now);
             self.missed_order.push_back((seq, now));
+            self.record(Change::Missed(seq, now));
+        } else {
+            self.record(Change::Gone(seq));
         }
     }
 
@@ -625,7 +698,10 @@ impl Queue {
             if self.pending.get(&seq) == Some(&at) {
                 self.pending.remove(&seq);
                 self.mark_missed(seq, now);
-                noshows += 1;
+                // A restored place never cost a token: nothing to refund.
+                if !self.restored.remove(&seq) {
+                    noshows += 1;
+                }
             }
         }
         let rejoin = self.settings.rejoin_secs * 1000;
@@ -636,6 +712,7 @@ impl Queue {
             self.missed_order.pop_front();
             if self.missed.get(&seq) == Some(&at) {
                 self.missed.remove(&seq);
+                self.record(Change::Gone(seq));
             }
         }
         noshows
@@ -649,6 +726,7 @@ impl Queue {
             Place::Called { .. } => {
                 self.claimed.set(seq);
                 self.pending.remove(&seq);
+                self.restored.remove(&seq);
                 self.active_sessions += 1;
                 self.admitted_total += 1;
                 Ok(())
@@ -845,6 +923,84 @@ mod tests {
         assert_eq!(q.touch(1, 100_000), Place::Rejoining { position: 1 });
         assert_eq!(q.call_rejoiner(100_000), Some(1));
         assert!(matches!(q.place(1, 100_000), Place::Called { .. }));
+    }
+
+    #[test]
+    fn a_place_rejoins_once_and_a_second_miss_is_final() {
+        let mut q = queue_with(3);
+        q.skip_head(0);
+        assert_eq!(q.touch(1, 1_000), Place::Rejoining { position: 1 });
+        assert_eq!(q.call_rejoiner(1_000), Some(1));
+        // Called again but never claims: a no-show for the second time.
+        q.expire_pending(61_000);
+        assert_eq!(q.place(1, 61_000), Place::Expired);
+        assert_eq!(
+            q.touch(1, 62_000),
+            Place::Expired,
+            "no second trip through the rejoin lane"
+        );
+        assert_eq!(q.rejoin_len(), 0);
+    }
+
+    #[test]
+    fn restored_calls_hold_no_slot_and_refund_no_token() {
+        let mut s = settings();
+        s.max_active = Some(2);
+        let mut q = Queue::new(1, s.clone());
+        q.extend_reservation(10);
+        for _ in 0..5 {
+            q.try_issue(0).unwrap();
+        }
+        // Place 1 was called and place 2 skipped before the crash; the
+        // durable floor says nothing about which was which.
+        q.call_head(0);
+        q.skip_head(0);
+        let mut d = q.durable();
+        d.noshow_floor = 0;
+        let mut r = Queue::restore(&d, s, None, 5_000);
+        assert!(matches!(r.place(1, 5_000), Place::Called { .. }));
+        assert!(matches!(r.place(2, 5_000), Place::Called { .. }));
+        assert_eq!(r.occupied(), 0, "restored calls must not fill max_active");
+        assert_eq!(r.free_slots(), 2);
+        assert_eq!(r.claim(1, 6_000), Ok(()));
+        assert_eq!(r.occupied(), 1, "a claimed one is a real session");
+        assert_eq!(
+            r.expire_pending(65_000),
+            0,
+            "a restored no-show cost no token, so none comes back"
+        );
+    }
+
+    #[test]
+    fn an_order_longer_than_the_prequeue_is_refused() {
+        let mut s = settings();
+        s.opens_at = Some(1_000);
+        let mut q = Queue::new(1, s);
+        q.extend_reservation(10);
+        q.try_issue(0).unwrap();
+        assert!(!q.open_with(vec![2, 1]), "drawn for a longer pre-queue");
+        assert!(!q.is_open());
+        assert!(q.open_with(vec![1]));
+    }
+
+    #[test]
+    fn recorded_changes_tell_what_happened_to_places_past_their_turn() {
+        let mut q = queue_with(3);
+        q.record_changes();
+        q.call_head(10);
+        q.skip_head(20);
+        q.touch(2, 30);
+        q.expire_pending(60_010);
+        assert_eq!(
+            q.take_changes(),
+            vec![
+                Change::Called(1, 10),
+                Change::Missed(2, 20),
+                Change::Rejoined(2),
+                Change::Missed(1, 60_010),
+            ]
+        );
+        assert!(q.take_changes().is_empty());
     }
 
     #[test]

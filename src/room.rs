@@ -59,6 +59,8 @@ pub enum RoomError {
     Claim(#[from] ClaimError),
     #[error("the room is closed")]
     Closed,
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
 }
 
 /// What readers see of a room, published after every change.
@@ -107,7 +109,8 @@ const RATE_CUT_NOTICE_MS: Millis = 60_000;
 #[derive(Debug)]
 pub struct Session {
     pub vid: String,
-    pub started_ms: Millis,
+    /// When `session_max_secs` ends it, whatever the activity.
+    pub max_end_ms: Millis,
     pub last_active_ms: AtomicU64,
 }
 
@@ -154,6 +157,16 @@ pub struct Room {
     seed: std::sync::Mutex<Option<Seed>>,
     /// An opening or closing is being made durable.
     scheduling: AtomicBool,
+    /// A progress record is being written (the next waits for it).
+    progress_writing: AtomicBool,
+    /// Set by `flush` at shutdown: no further number may be handed out.
+    sealed: AtomicBool,
+    /// Sessions live before a restart, not re-registered yet: they keep
+    /// their `max_active` slots until `restored_until` (idle sessions have
+    /// ended by then; live ones have shown up again).
+    restored_active: u64,
+    restored_until: AtomicU64,
+    reregistered: AtomicU64,
 }
 
 impl Room {
@@ -215,6 +228,7 @@ impl Room {
             }
         };
         let (queue, seed) = queue;
+        let restored_active = queue.active_sessions();
         // A scheduled room fixes (and commits to) its seed before anyone queues.
         let seed = match seed {
             Some(s) => Some(s),
@@ -232,6 +246,7 @@ impl Room {
             None => None,
         };
         let last_progress = (queue.serving(), queue.durable_floor(), queue.next_seq() - 1);
+        let config_session_ms = queue.settings.session_secs * 1000;
         let (snapshot, _) = watch::channel(snapshot_of(&config.id, &queue, true, seed.as_ref()));
         let room = Arc::new(Room {
             config,
@@ -251,6 +266,11 @@ impl Room {
             rate_lowered_at: AtomicU64::new(0),
             seed: std::sync::Mutex::new(seed),
             scheduling: AtomicBool::new(false),
+            progress_writing: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
+            restored_until: AtomicU64::new(now + config_session_ms),
+            restored_active,
+            reregistered: AtomicU64::new(0),
         });
         room.reserve_more().await?;
         Ok(room)
@@ -361,6 +381,9 @@ impl Room {
         let _only_one = self.reserving.lock().await;
         let (epoch, upto) = {
             let st = self.lock();
+            if self.sealed.load(Ordering::Acquire) {
+                return Err(RoomError::ShuttingDown);
+            }
             if st.queue.reserved_left() > self.seq_block / 4 {
                 return Ok(());
             }
@@ -374,40 +397,50 @@ impl Room {
             })
             .await?;
         let mut st = self.lock();
-        if st.queue.epoch() == epoch {
+        if st.queue.epoch() == epoch && !self.sealed.load(Ordering::Acquire) {
             st.queue.extend_reservation(upto);
         }
         Ok(())
     }
 
-    /// A sign of life from `seq`'s fan; returns where the place stands.
-    pub fn touch(&self, seq: u64) -> Place {
+    /// A sign of life from `seq`'s fan (holding a token of `epoch`);
+    /// returns where the place stands. A place of another epoch is unknown.
+    pub async fn touch(&self, epoch: u64, seq: u64) -> Result<Place, RoomError> {
         let now = self.clock.mono_ms();
         let mut st = self.lock();
+        if st.queue.epoch() != epoch {
+            return Ok(Place::Unknown);
+        }
         let place = st.queue.touch(seq, now);
         if matches!(place, Place::Rejoining { .. }) {
             self.publish(&st.queue, now);
         }
-        place
+        Ok(place)
     }
 
     /// Where `seq` stands, without counting it as a sign of life.
-    pub fn place(&self, seq: u64) -> Place {
+    pub async fn place(&self, epoch: u64, seq: u64) -> Result<Place, RoomError> {
         let now = self.clock.mono_ms();
-        self.lock().queue.place(seq, now)
+        let st = self.lock();
+        if st.queue.epoch() != epoch {
+            return Ok(Place::Unknown);
+        }
+        Ok(st.queue.place(seq, now))
     }
 
     /// Exchanges a called place for an access session, once. The claim is
     /// durable before this returns `Ok`; if the store fails, the place is
     /// left called so the fan can try again.
-    pub async fn claim(&self, seq: u64, vid: &str) -> Result<Grant, RoomError> {
+    pub async fn claim(&self, epoch: u64, seq: u64, vid: &str) -> Result<Grant, RoomError> {
         let now = self.clock.mono_ms();
-        let (epoch, session_secs, session_max_secs) = {
+        let (session_secs, session_max_secs) = {
             let mut st = self.lock();
+            if st.queue.epoch() != epoch {
+                return Err(ClaimError::Unknown.into());
+            }
             st.queue.claim(seq, now)?;
             self.publish(&st.queue, now);
             (
-                st.queue.epoch(),
                 st.queue.settings.session_secs,
                 st.queue.settings.session_max_secs,
             )
@@ -431,7 +464,7 @@ impl Room {
             seq,
             Session {
                 vid: vid.to_string(),
-                started_ms: now,
+                max_end_ms: now + session_max_secs * 1000,
                 last_active_ms: AtomicU64::new(now),
             },
         );
@@ -446,43 +479,74 @@ impl Room {
     /// Checks a verified access token against the live sessions and slides
     /// the session on activity. After a restart the session map is empty:
     /// a valid token for a claimed place re-registers its session.
-    pub fn check_session(&self, seq: u64, vid: &str, session_started_wall: u64) -> SessionCheck {
+    pub async fn check_session(
+        &self,
+        epoch: u64,
+        seq: u64,
+        vid: &str,
+        session_started_wall: u64,
+    ) -> Result<SessionCheck, RoomError> {
         let now = self.clock.mono_ms();
-        let (session_secs, session_max_secs) = {
+        let (session_secs, session_max_secs, current) = {
             let snap = self.snapshot.borrow();
-            (snap.session_secs, snap.session_max_secs)
+            (snap.session_secs, snap.session_max_secs, snap.epoch)
         };
+        if current != epoch {
+            return Ok(SessionCheck::Ended);
+        }
         if let Some(s) = self.sessions.get(&seq) {
             if s.vid != vid {
-                return SessionCheck::Foreign;
+                return Ok(SessionCheck::Foreign);
             }
-            let end = session_end(&s, session_secs, session_max_secs);
+            let end = session_end(&s, session_secs);
             if now >= end {
-                return SessionCheck::Ended;
+                return Ok(SessionCheck::Ended);
             }
             s.last_active_ms.store(now, Ordering::Relaxed);
-            let new_end = session_end(&s, session_secs, session_max_secs);
-            return SessionCheck::Live {
+            let new_end = session_end(&s, session_secs);
+            return Ok(SessionCheck::Live {
                 ends_in_secs: (new_end - now) / 1000,
-            };
+            });
         }
         // Not in memory: a restart, or a session already swept as ended.
         let age_secs = self.clock.wall_secs().saturating_sub(session_started_wall);
         if age_secs >= session_max_secs || !self.lock().queue.is_claimed(seq) {
-            return SessionCheck::Ended;
+            return Ok(SessionCheck::Ended);
         }
-        let started_ms = now.saturating_sub(age_secs * 1000);
-        self.sessions.insert(
-            seq,
-            Session {
-                vid: vid.to_string(),
-                started_ms,
-                last_active_ms: AtomicU64::new(now),
-            },
-        );
-        let end = (now + session_secs * 1000).min(started_ms + session_max_secs * 1000);
-        SessionCheck::Live {
+        // What is left of session_max_secs, counted from the token's start
+        // (not from this process's start, which may be more recent).
+        let max_end_ms = now + (session_max_secs - age_secs) * 1000;
+        let registered = self
+            .sessions
+            .insert(
+                seq,
+                Session {
+                    vid: vid.to_string(),
+                    max_end_ms,
+                    last_active_ms: AtomicU64::new(now),
+                },
+            )
+            .is_none();
+        if registered && now < self.restored_until.load(Ordering::Relaxed) {
+            self.reregistered.fetch_add(1, Ordering::Relaxed);
+        }
+        let end = (now + session_secs * 1000).min(max_end_ms);
+        Ok(SessionCheck::Live {
             ends_in_secs: (end - now) / 1000,
+        })
+    }
+
+    /// Sessions holding `max_active` slots: the live ones, plus those from
+    /// before a restart that have not shown up again (until they would
+    /// have ended anyway).
+    fn active_sessions(&self, now: Millis) -> u64 {
+        let live = self.sessions.len() as u64;
+        if now < self.restored_until.load(Ordering::Relaxed) {
+            live + self
+                .restored_active
+                .saturating_sub(self.reregistered.load(Ordering::Relaxed))
+        } else {
+            live
         }
     }
 
@@ -492,19 +556,16 @@ impl Room {
         let now = self.clock.mono_ms();
         self.follow_schedule();
         if sweep_sessions {
-            let (session_secs, session_max_secs) = {
-                let snap = self.snapshot.borrow();
-                (snap.session_secs, snap.session_max_secs)
-            };
+            let session_secs = self.snapshot.borrow().session_secs;
             self.sessions
-                .retain(|_, s| now < session_end(s, session_secs, session_max_secs));
+                .retain(|_, s| now < session_end(s, session_secs));
         }
         let healthy = self.upstream_healthy(now);
         let (report, progress) = {
             let mut st = self.lock();
             let st = &mut *st;
             if sweep_sessions {
-                st.queue.set_active_sessions(self.sessions.len() as u64);
+                st.queue.set_active_sessions(self.active_sessions(now));
             }
             let report = st.drip.tick(&mut st.queue, now, healthy);
             let progress = (
@@ -519,10 +580,18 @@ impl Room {
             self.publish(&st.queue, now);
             (
                 report,
-                (changed && sweep_sessions).then_some((st.queue.epoch(), progress)),
+                (changed && sweep_sessions).then_some((
+                    st.queue.epoch(),
+                    progress,
+                    st.queue.active_sessions(),
+                )),
             )
         };
-        if let Some((epoch, (serving, floor, issued))) = progress {
+        // One progress write at a time, so records land in order (the
+        // latest floor holds); a skipped one is covered by the next sweep.
+        if let Some((epoch, (serving, floor, issued), active)) = progress
+            && !self.progress_writing.swap(true, Ordering::AcqRel)
+        {
             let room = self.clone();
             tokio::spawn(async move {
                 let record = Record::Progress {
@@ -531,11 +600,17 @@ impl Room {
                     serving,
                     floor,
                     issued,
+                    active,
                 };
                 if let Err(e) = room.store.write(record).await {
                     tracing::warn!(room = %room.config.id, error = %e, "progress write failed");
+                    // Written again at the next sweep.
+                    room.lock().last_progress = (0, 0, 0);
                 }
+                room.progress_writing.store(false, Ordering::Release);
             });
+        } else if progress.is_some() {
+            self.lock().last_progress = (0, 0, 0);
         }
         report
     }
@@ -545,10 +620,11 @@ impl Room {
     /// at `closes_at`.
     fn follow_schedule(self: &Arc<Self>) {
         let wall = self.clock.wall_secs();
-        let (open, opens_at, closes_at, closed, issued) = {
+        let (epoch, open, opens_at, closes_at, closed, issued) = {
             let st = self.lock();
             let s = &st.queue.settings;
             (
+                st.queue.epoch(),
                 st.queue.is_open(),
                 s.opens_at,
                 s.closes_at,
@@ -564,7 +640,7 @@ impl Room {
         let room = self.clone();
         tokio::spawn(async move {
             let result = if due_open {
-                room.open_prequeue(issued).await
+                room.open_prequeue(epoch, issued).await
             } else {
                 room.update_settings(|s| s.closed = true).await.map(|_| {
                     tracing::info!(room = %room.id(), "closed at closes_at");
@@ -579,14 +655,13 @@ impl Room {
 
     /// Shuffles the first `entries` places with the committed seed, after
     /// making the opening durable (a crash never draws twice).
-    async fn open_prequeue(&self, entries: u64) -> Result<(), RoomError> {
+    async fn open_prequeue(&self, epoch: u64, entries: u64) -> Result<(), RoomError> {
         let seed = self.seed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(seed) = seed else {
             return Err(RoomError::Store(StoreError::Corrupt(
                 "no shuffle seed".into(),
             )));
         };
-        let epoch = self.epoch();
         self.store
             .write(Record::Opened {
                 room: self.config.id.clone(),
@@ -596,8 +671,7 @@ impl Room {
             .await?;
         let order = shuffle::order(&seed, u32::try_from(entries).unwrap_or(u32::MAX));
         let mut st = self.lock();
-        if st.queue.epoch() == epoch {
-            st.queue.open_with(order);
+        if st.queue.epoch() == epoch && st.queue.open_with(order) {
             self.publish(&st.queue, self.clock.mono_ms());
         }
         tracing::info!(room = %self.id(), entries, commitment = %seed.commitment(), "opened: pre-queue shuffled");
@@ -666,6 +740,7 @@ impl Room {
             st.drip = Drip::new(now);
             st.last_progress = (0, 0, 0);
             self.sessions.clear();
+            self.restored_until.store(0, Ordering::Relaxed);
             self.publish(&st.queue, now);
             settings
         };
@@ -683,13 +758,18 @@ impl Room {
     /// Writes the latest progress and gives back the unused reservation.
     /// Only for graceful shutdown, once no request can issue a number.
     pub async fn flush(&self) -> Result<(), RoomError> {
-        let (epoch, serving, floor, issued) = {
-            let st = self.lock();
+        let (epoch, serving, floor, issued, active) = {
+            let mut st = self.lock();
+            // Sealed under the lock: an arrival racing the shutdown can no
+            // longer take a number at or above the released mark.
+            self.sealed.store(true, Ordering::Release);
+            st.queue.seal();
             (
                 st.queue.epoch(),
                 st.queue.serving(),
                 st.queue.durable_floor(),
                 st.queue.next_seq() - 1,
+                st.queue.active_sessions(),
             )
         };
         self.store
@@ -699,6 +779,7 @@ impl Room {
                 serving,
                 floor,
                 issued,
+                active,
             })
             .await?;
         self.store
@@ -712,9 +793,9 @@ impl Room {
     }
 }
 
-fn session_end(s: &Session, session_secs: u64, session_max_secs: u64) -> Millis {
+fn session_end(s: &Session, session_secs: u64) -> Millis {
     let idle_end = s.last_active_ms.load(Ordering::Relaxed) + session_secs * 1000;
-    idle_end.min(s.started_ms + session_max_secs * 1000)
+    idle_end.min(s.max_end_ms)
 }
 
 fn new_epoch() -> u64 {
@@ -753,5 +834,150 @@ fn snapshot_of(id: &str, q: &Queue, upstream_healthy: bool, seed: Option<&Seed>)
         commitment: seed.map(Seed::commitment),
         revealed_seed: seed.filter(|_| q.is_open()).map(Seed::to_hex),
         shuffled: q.shuffled().cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, EnvOverrides};
+    use crate::store::embedded::EmbeddedStore;
+
+    fn room_config(extra: &str) -> RoomConfig {
+        let text = format!(
+            r#"
+            [listen]
+            public = "127.0.0.1:0"
+            admin = "127.0.0.1:0"
+            [admin]
+            token = "change-me"
+            [signing]
+            keys = [{{ kid = "k1", secret = "0123456789abcdef0123456789abcdef" }}]
+            [[rooms]]
+            id = "r"
+            upstream = "http://127.0.0.1:9"
+            admit_rate_per_min = 600
+            session_secs = 600
+            session_max_secs = 1800
+            {extra}
+            "#
+        );
+        let config = Config::from_toml_str(&text, &EnvOverrides::default()).unwrap();
+        config.rooms[0].clone()
+    }
+
+    /// A store holding what a crashed gateway left: places 1–4 issued,
+    /// 1–3 called and claimed, with `active` sessions live at the crash.
+    async fn crashed_store(dir: &std::path::Path, active: u64) -> (Arc<dyn Store>, u64) {
+        let store = EmbeddedStore::open(dir).unwrap();
+        let epoch = 99;
+        let room = "r".to_string();
+        let records = [
+            Record::Epoch {
+                room: room.clone(),
+                epoch,
+            },
+            Record::Reserve {
+                room: room.clone(),
+                epoch,
+                upto: 5,
+            },
+        ]
+        .into_iter()
+        .chain((1..=3).map(|seq| Record::Claim {
+            room: room.clone(),
+            epoch,
+            seq,
+        }))
+        .chain([Record::Progress {
+            room: room.clone(),
+            epoch,
+            serving: 3,
+            floor: 3,
+            issued: 4,
+            active,
+        }]);
+        for r in records {
+            store.write(r).await.unwrap();
+        }
+        (Arc::new(store), epoch)
+    }
+
+    async fn open(config: RoomConfig, store: Arc<dyn Store>) -> Arc<Room> {
+        Room::open(config, store, Clock::default(), 16, Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_session_resumed_after_a_restart_keeps_its_original_maximum() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, epoch) = crashed_store(dir.path(), 1).await;
+        let room = open(room_config(""), store).await;
+        let started = room.clock.wall_secs() - 1795;
+        match room.check_session(epoch, 1, "v", started).await.unwrap() {
+            SessionCheck::Live { ends_in_secs } => assert!(
+                ends_in_secs <= 5,
+                "session_max_secs counts from the session's start: {ends_in_secs}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_live_at_a_crash_keep_their_max_active_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, epoch) = crashed_store(dir.path(), 3).await;
+        let room = open(room_config("max_active = 3"), store).await;
+        room.tick(true);
+        assert_eq!(room.snapshot().active_sessions, 3);
+        // One shows up again: counted once, not twice.
+        let now = room.clock.wall_secs();
+        assert!(matches!(
+            room.check_session(epoch, 2, "v", now).await.unwrap(),
+            SessionCheck::Live { .. }
+        ));
+        room.tick(true);
+        assert_eq!(room.snapshot().active_sessions, 3);
+        // With every slot held, place 4 is not called however long it waits.
+        assert_eq!(room.lock().queue.free_slots(), 0);
+    }
+
+    #[tokio::test]
+    async fn places_of_another_epoch_are_unknown_to_touch_and_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, epoch) = crashed_store(dir.path(), 0).await;
+        let room = open(room_config(""), store).await;
+        assert_eq!(
+            room.touch(epoch, 4).await.unwrap(),
+            Place::Waiting { position: 1 }
+        );
+        let reset_epoch = room.reset().await.unwrap();
+        assert_ne!(reset_epoch, epoch);
+        let (_, seq, _) = room.arrive().await.unwrap();
+        assert_eq!(seq, 1);
+        // A request that verified its token before the reset must not act
+        // on the new epoch's place with the same number.
+        assert_eq!(room.touch(epoch, 1).await.unwrap(), Place::Unknown);
+        assert!(matches!(
+            room.claim(epoch, 1, "v").await,
+            Err(RoomError::Claim(ClaimError::Unknown))
+        ));
+    }
+
+    #[tokio::test]
+    async fn after_the_shutdown_flush_no_number_is_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crashed_store(dir.path(), 0).await;
+        let room = open(room_config(""), store.clone()).await;
+        let (_, first, _) = room.arrive().await.unwrap();
+        room.flush().await.unwrap();
+        assert!(matches!(room.arrive().await, Err(RoomError::ShuttingDown)));
+        drop(room);
+        store.close().await.unwrap();
+        let reopened: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let room = open(room_config(""), reopened).await;
+        let (_, next, _) = room.arrive().await.unwrap();
+        assert_eq!(next, first + 1, "no gap after a clean shutdown, no reuse");
     }
 }

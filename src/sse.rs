@@ -163,7 +163,7 @@ pub async fn handle(
         drop(slot);
         return Err(GatewayError::TooManyStreams);
     }
-    room.touch(claims.seq);
+    room.touch(epoch, claims.seq).await?;
 
     let heartbeat = app.config.sse.heartbeat;
     let touch_every = heartbeat
@@ -209,7 +209,7 @@ fn frame(text: String) -> Item {
 
 impl Conn {
     /// The fan's status now, from the snapshot alone while they wait.
-    fn status(&mut self) -> Status {
+    async fn status(&mut self) -> Status {
         let snap = self.rx.borrow_and_update().clone();
         if snap.epoch != self.epoch {
             // The room was reset: this place no longer exists.
@@ -228,15 +228,20 @@ impl Conn {
                 position: rank.saturating_sub(serving).max(1),
             }
         } else {
-            self.room.place(self.seq)
+            // Past their turn: the room knows (a store lookup when shared;
+            // while it does not answer, the stream keeps the last position).
+            match self.room.place(self.epoch, self.seq).await {
+                Ok(place) => place,
+                Err(_) => Place::Waiting { position: 1 },
+            }
         };
         self.floor = self.floor.max(snap.serving);
         gate::status_of(&self.room, Some(place), &snap, &self.next)
     }
 
     /// The event for the current status, if it differs from what was shown.
-    fn event(&mut self, always: bool) -> Option<String> {
-        let status = self.status();
+    async fn event(&mut self, always: bool) -> Option<String> {
+        let status = self.status().await;
         let shown = Shown {
             state: status.state,
             position: status.position,
@@ -278,7 +283,7 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
     }
     if !c.started {
         c.started = true;
-        let first = c.event(true).unwrap_or_default();
+        let first = c.event(true).await.unwrap_or_default();
         let text = format!("retry: {}\n{first}", c.retry_ms);
         return Some((frame(text), c));
     }
@@ -305,7 +310,7 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
                         }
                     }
                 }
-                if let Some(text) = c.event(false) {
+                if let Some(text) = c.event(false).await {
                     return Some((frame(text), c));
                 }
             }
@@ -314,7 +319,8 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
                 if now >= c.next_touch {
                     // Never keep a stranger's place alive after a reset.
                     if c.rx.borrow().epoch == c.epoch {
-                        c.room.touch(c.seq);
+                        // A failed touch (shared store down) is retried next time.
+                        let _ = c.room.touch(c.epoch, c.seq).await;
                     }
                     c.next_touch = now + c.touch_every;
                 }

@@ -62,6 +62,9 @@ pub enum Record {
         serving: u64,
         floor: u64,
         issued: u64,
+        /// Live sessions (absent in journals written before it existed).
+        #[serde(default)]
+        active: u64,
     },
     Settings {
         room: String,
@@ -121,11 +124,15 @@ impl Record {
                 serving,
                 floor,
                 issued,
+                active,
                 ..
             } if *epoch == d.epoch => {
                 d.serving = d.serving.max(*serving);
-                d.noshow_floor = d.noshow_floor.max(*floor);
+                // The floor goes down when a rejoiner (an early rank) is
+                // called: the latest record holds, not the highest.
+                d.noshow_floor = *floor;
                 d.issued_upto = d.issued_upto.max(*issued);
+                d.active_sessions = *active;
             }
             Record::Settings {
                 epoch, settings, ..
@@ -153,4 +160,43 @@ pub trait Store: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Whether the store is answering (for /readyz).
     fn healthy(&self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(serving: u64, floor: u64) -> Record {
+        Record::Progress {
+            room: "r".into(),
+            epoch: 7,
+            serving,
+            floor,
+            issued: 20,
+            active: 3,
+        }
+    }
+
+    #[test]
+    fn the_latest_progress_floor_holds_even_when_lower() {
+        let mut d = Durable::default();
+        Record::Epoch {
+            room: "r".into(),
+            epoch: 7,
+        }
+        .apply(&mut d);
+        progress(10, 10).apply(&mut d);
+        // A rejoiner with rank 4 was called: the floor went down.
+        progress(11, 3).apply(&mut d);
+        assert_eq!((d.serving, d.noshow_floor, d.active_sessions), (11, 3, 3));
+    }
+
+    #[test]
+    fn progress_from_an_older_journal_without_active_reads() {
+        let r: Record = serde_json::from_str(
+            r#"{"t":"progress","room":"r","epoch":1,"serving":2,"floor":2,"issued":5}"#,
+        )
+        .unwrap();
+        assert!(matches!(r, Record::Progress { active: 0, .. }));
+    }
 }
