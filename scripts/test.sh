@@ -21,6 +21,29 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
   fi
 fi
 
+# The shared-store tests need redis-server (they also start their own on
+# free ports) and a Redis answering at WAITROOM_TEST_REDIS_URL (default
+# 127.0.0.1:6379); start one when none answers. Each test uses its own key
+# prefix, so an existing Redis is never disturbed.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing redis-server for the shared-store tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "scripts/test.sh: the shared-store tests need redis-server; install it (as root: apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
+if [ -z "${WAITROOM_TEST_REDIS_URL:-}" ] && ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "scripts/test.sh: no Redis at 127.0.0.1:6379; starting one (not persisted) for the tests"
+  redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes >/dev/null
+  for _ in $(seq 50); do
+    redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --no-fail-fast "$@"
 else

@@ -54,7 +54,8 @@ pub struct App {
     pub rooms: Vec<Arc<Room>>,
     pub proxy: Proxy,
     pub metrics: Metrics,
-    pub store: Arc<dyn Store>,
+    /// The local store (`None` when the line is shared through Redis).
+    pub store: Option<Arc<dyn Store>>,
     pub clock: Clock,
     /// Set on shutdown: /readyz answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
@@ -82,33 +83,55 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 impl App {
     pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
-        let (store, seq_block): (Arc<dyn Store>, u64) = match &config.store {
-            StoreConfig::Embedded { path, seq_block } => {
-                (Arc::new(EmbeddedStore::open(path)?), *seq_block)
-            }
-            StoreConfig::Redis { .. } => {
-                return Err(AppError::Store(StoreError::Io(
-                    "the redis store is not wired in yet".into(),
-                )));
-            }
-        };
         let clock = Clock::default();
         let mut rooms = Vec::new();
-        for rc in &config.rooms {
-            let room = Room::open(
-                rc.clone(),
-                store.clone(),
-                clock,
-                seq_block,
-                config.proxy.upstream_hold,
-            )
-            .await
-            .map_err(|source| AppError::Room {
-                room: rc.id.clone(),
-                source,
-            })?;
-            rooms.push(room);
-        }
+        let store: Option<Arc<dyn Store>> = match &config.store {
+            StoreConfig::Embedded { path, seq_block } => {
+                let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(path)?);
+                for rc in &config.rooms {
+                    let room = Room::open(
+                        rc.clone(),
+                        store.clone(),
+                        clock,
+                        *seq_block,
+                        config.proxy.upstream_hold,
+                    )
+                    .await
+                    .map_err(|source| AppError::Room {
+                        room: rc.id.clone(),
+                        source,
+                    })?;
+                    rooms.push(room);
+                }
+                Some(store)
+            }
+            StoreConfig::Redis {
+                url,
+                key_prefix,
+                on_failure,
+                lease_ms,
+            } => {
+                let con = crate::shared::connect(url)?;
+                for rc in &config.rooms {
+                    let room = crate::shared::open_room(
+                        rc.clone(),
+                        con.clone(),
+                        key_prefix,
+                        *on_failure,
+                        *lease_ms,
+                        clock,
+                        config.proxy.upstream_hold,
+                    )
+                    .await
+                    .map_err(|source| AppError::Room {
+                        room: rc.id.clone(),
+                        source,
+                    })?;
+                    rooms.push(room);
+                }
+                None
+            }
+        };
         let is_https = |u: &Upstream| u.scheme == hyper::http::uri::Scheme::HTTPS;
         let https_upstreams = config.rooms.iter().any(|r| is_https(&r.upstream))
             || config.proxy.default_upstream.as_ref().is_some_and(is_https);
@@ -154,6 +177,13 @@ impl App {
 
     /// Runs the drip for every room until `stop` turns true.
     pub async fn run_ticker(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        // Shared rooms tick against Redis in their own task; this loop
+        // still counts what they did.
+        for room in &self.rooms {
+            if matches!(room.backend, crate::room::Backend::Shared(_)) {
+                tokio::spawn(crate::shared::run(room.clone(), TICK, stop.clone()));
+            }
+        }
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
@@ -181,6 +211,14 @@ impl App {
                 }
                 if sweep {
                     self.metrics.observe_room(&room.snapshot());
+                    self.metrics
+                        .store_up
+                        .with_label_values(l)
+                        .set(i64::from(room.store_healthy()));
+                    self.metrics
+                        .drip_leader
+                        .with_label_values(l)
+                        .set(i64::from(room.leading()));
                 }
             }
             if sweep {
@@ -205,7 +243,9 @@ impl App {
                 tracing::error!(room = %room.id(), error = %e, "final progress write failed");
             }
         }
-        if let Err(e) = self.store.close().await {
+        if let Some(store) = &self.store
+            && let Err(e) = store.close().await
+        {
             tracing::error!(error = %e, "closing the store failed");
         }
     }

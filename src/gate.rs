@@ -365,6 +365,17 @@ impl Ctx<'_> {
 
     /// Decides what happens to a request on the room's protected route.
     pub async fn decide(&self, headers: &HeaderMap) -> Result<Decision, GatewayError> {
+        if self.room.bypass() {
+            // The shared store is down and the room is set to fail open.
+            self.app
+                .metrics
+                .bypassed
+                .with_label_values(&[self.room.id()])
+                .inc();
+            return Ok(Decision::Proxy {
+                set_cookies: Vec::new(),
+            });
+        }
         let now = self.app.clock.wall_secs();
         let room_id = self.room.id();
         let epoch = self.room.epoch();

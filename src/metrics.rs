@@ -14,6 +14,12 @@ pub struct Metrics {
     pub called_unclaimed: IntGaugeVec,
     pub admit_rate: IntGaugeVec,
     pub paused: IntGaugeVec,
+    /// 1 while the room's store answers (0: holding, or open in `open` mode).
+    pub store_up: IntGaugeVec,
+    /// 1 on the replica driving the room's drip.
+    pub drip_leader: IntGaugeVec,
+    /// Requests let through unqueued while the store was down (`open` mode).
+    pub bypassed: IntCounterVec,
     pub arrivals: IntCounterVec,
     pub admissions: IntCounterVec,
     pub skipped: IntCounterVec,
@@ -114,6 +120,24 @@ impl Metrics {
                 &r,
                 "waitroom_paused",
                 "1 while the room is paused.",
+                &["room"],
+            ),
+            store_up: gauge(
+                &r,
+                "waitroom_store_up",
+                "1 while the room's state store answers.",
+                &["room"],
+            ),
+            drip_leader: gauge(
+                &r,
+                "waitroom_drip_leader",
+                "1 on the replica that drives the room's drip (always 1 with the embedded store).",
+                &["room"],
+            ),
+            bypassed: counter(
+                &r,
+                "waitroom_store_bypassed_total",
+                "Requests passed to the upstream unqueued while the store was down (on_store_failure = open).",
                 &["room"],
             ),
             arrivals: counter(&r, "waitroom_arrivals_total", "Places issued.", &["room"]),

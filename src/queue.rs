@@ -433,6 +433,71 @@ impl Queue {
         q
     }
 
+    /// Outcomes of places past their turn, known exactly (the shared store
+    /// keeps them), replacing the guesses of [`Queue::restore`]: called
+    /// places with when they were called, missed ones with when they
+    /// missed, and the rejoin lane in order.
+    pub fn set_outcomes(
+        &mut self,
+        mut called: Vec<(u64, Millis)>,
+        mut missed: Vec<(u64, Millis)>,
+        lane: Vec<u64>,
+    ) {
+        self.pending.clear();
+        self.pending_order.clear();
+        self.restored.clear();
+        called.retain(|&(seq, _)| !self.claimed.get(seq));
+        called.sort_by_key(|&(seq, at)| (at, seq));
+        for (seq, at) in called {
+            self.pending.insert(seq, at);
+            self.pending_order.push_back((seq, at));
+        }
+        self.missed.clear();
+        self.missed_order.clear();
+        missed.sort_by_key(|&(seq, at)| (at, seq));
+        for (seq, at) in missed {
+            self.missed.insert(seq, at);
+            self.missed_order.push_back((seq, at));
+        }
+        self.rejoin_lane = lane
+            .into_iter()
+            .filter(|&seq| !self.claimed.get(seq))
+            .collect();
+        for &seq in &self.rejoin_lane {
+            self.rejoined.set(seq);
+        }
+    }
+
+    /// The rejoin lane in order (first is next).
+    pub fn rejoin_lane(&self) -> impl Iterator<Item = u64> + '_ {
+        self.rejoin_lane.iter().copied()
+    }
+
+    /// Places up to `upto` were handed out elsewhere (the shared store's
+    /// counter): they join the line, seen now.
+    pub fn sync_issued(&mut self, upto: u64, now: Millis) {
+        while self.next_seq <= upto {
+            self.next_seq += 1;
+            self.last_seen.push_back(secs(now));
+        }
+        self.reserved_upto = self.reserved_upto.max(self.next_seq);
+    }
+
+    /// A claim already made durable elsewhere (the shared store checked the
+    /// claim window atomically): the place is claimed whatever this view
+    /// thought of it a moment ago.
+    pub fn force_claim(&mut self, seq: u64) {
+        if seq == 0 || seq >= self.next_seq || !self.claimed.set(seq) {
+            return;
+        }
+        self.pending.remove(&seq);
+        self.restored.remove(&seq);
+        self.missed.remove(&seq);
+        self.rejoin_lane.retain(|&s| s != seq);
+        self.active_sessions += 1;
+        self.admitted_total += 1;
+    }
+
     pub fn durable(&self) -> Durable {
         Durable {
             epoch: self.epoch,

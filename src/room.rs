@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::config::{QueueMode, RoomConfig};
 use crate::drip::{Drip, TickReport};
 use crate::queue::{ClaimError, Millis, Place, Queue, Settings, Shuffled};
+use crate::shared::Shared;
 use crate::shuffle::{self, Seed};
 use crate::store::{Record, Store, StoreError};
 
@@ -64,7 +65,7 @@ pub enum RoomError {
 }
 
 /// What readers see of a room, published after every change.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Snapshot {
     pub room: String,
     pub epoch: u64,
@@ -133,18 +134,26 @@ pub struct Grant {
     pub expires_wall: u64,
 }
 
-struct State {
-    queue: Queue,
-    drip: Drip,
+pub(crate) struct State {
+    pub(crate) queue: Queue,
+    pub(crate) drip: Drip,
     last_progress: (u64, u64, u64),
+}
+
+/// Where the room's line is kept.
+pub(crate) enum Backend {
+    /// This process alone, durable in a local store.
+    Local(Arc<dyn Store>),
+    /// Shared by every replica through Redis (see `shared`).
+    Shared(Arc<Shared>),
 }
 
 pub struct Room {
     pub config: RoomConfig,
     pub clock: Clock,
     state: std::sync::Mutex<State>,
-    sessions: DashMap<u64, Session>,
-    store: Arc<dyn Store>,
+    pub(crate) sessions: DashMap<u64, Session>,
+    pub(crate) backend: Backend,
     snapshot: watch::Sender<Snapshot>,
     reserving: tokio::sync::Mutex<()>,
     seq_block: u64,
@@ -154,13 +163,15 @@ pub struct Room {
     /// Monotonic ms + 1 of the last admin rate cut; 0 = none.
     rate_lowered_at: AtomicU64,
     /// The pre-queue shuffle seed (secret until opening).
-    seed: std::sync::Mutex<Option<Seed>>,
+    pub(crate) seed: std::sync::Mutex<Option<Seed>>,
     /// An opening or closing is being made durable.
     scheduling: AtomicBool,
     /// A progress record is being written (the next waits for it).
     progress_writing: AtomicBool,
     /// Set by `flush` at shutdown: no further number may be handed out.
     sealed: AtomicBool,
+    /// Tick reports of a shared room not yet counted in the metrics.
+    unreported: std::sync::Mutex<TickReport>,
     /// Sessions live before a restart, not re-registered yet: they keep
     /// their `max_active` slots until `restored_until` (idle sessions have
     /// ended by then; live ones have shown up again).
@@ -228,7 +239,6 @@ impl Room {
             }
         };
         let (queue, seed) = queue;
-        let restored_active = queue.active_sessions();
         // A scheduled room fixes (and commits to) its seed before anyone queues.
         let seed = match seed {
             Some(s) => Some(s),
@@ -245,10 +255,35 @@ impl Room {
             }
             None => None,
         };
+        let room = Room::assemble(
+            config,
+            clock,
+            queue,
+            seed,
+            Backend::Local(store),
+            seq_block,
+            upstream_hold,
+        );
+        room.reserve_more().await?;
+        Ok(room)
+    }
+
+    /// A room around a queue: everything but the backend's own set-up.
+    pub(crate) fn assemble(
+        config: RoomConfig,
+        clock: Clock,
+        queue: Queue,
+        seed: Option<Seed>,
+        backend: Backend,
+        seq_block: u64,
+        upstream_hold: Duration,
+    ) -> Arc<Room> {
+        let now = clock.mono_ms();
+        let restored_active = queue.active_sessions();
         let last_progress = (queue.serving(), queue.durable_floor(), queue.next_seq() - 1);
         let config_session_ms = queue.settings.session_secs * 1000;
         let (snapshot, _) = watch::channel(snapshot_of(&config.id, &queue, true, seed.as_ref()));
-        let room = Arc::new(Room {
+        Arc::new(Room {
             config,
             clock,
             state: std::sync::Mutex::new(State {
@@ -257,7 +292,7 @@ impl Room {
                 last_progress,
             }),
             sessions: DashMap::new(),
-            store,
+            backend,
             snapshot,
             reserving: tokio::sync::Mutex::new(()),
             seq_block,
@@ -271,12 +306,11 @@ impl Room {
             restored_until: AtomicU64::new(now + config_session_ms),
             restored_active,
             reregistered: AtomicU64::new(0),
-        });
-        room.reserve_more().await?;
-        Ok(room)
+            unreported: std::sync::Mutex::new(TickReport::default()),
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in pure code; the
         // state is still consistent enough to keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -303,13 +337,70 @@ impl Room {
         failed == 0 || now + 1 >= failed + self.upstream_hold_ms
     }
 
-    /// The proxy reports a failed upstream exchange: the drip holds for a while.
+    /// The proxy reports a failed upstream exchange: the drip holds for a
+    /// while (on every replica, when the line is shared).
     pub fn note_upstream_failure(&self) {
+        self.note_upstream_failure_local();
+        if let Backend::Shared(sh) = &self.backend {
+            sh.note_upstream_failure(self.id(), self.clock.mono_ms(), self.upstream_hold_ms);
+        }
+    }
+
+    pub(crate) fn note_upstream_failure_local(&self) {
         self.upstream_failed_at
             .store(self.clock.mono_ms() + 1, Ordering::Relaxed);
     }
 
-    fn publish(&self, q: &Queue, now: Millis) {
+    pub(crate) fn note_rate_cut(&self) {
+        self.rate_lowered_at
+            .store(self.clock.mono_ms() + 1, Ordering::Relaxed);
+    }
+
+    /// Publishes a snapshot made elsewhere (a shared room's published state).
+    pub(crate) fn publish_snapshot(&self, mut snap: Snapshot) {
+        let now = self.clock.mono_ms();
+        let lowered = self.rate_lowered_at.load(Ordering::Relaxed);
+        snap.rate_lowered_recently |= lowered != 0 && now + 1 < lowered + RATE_CUT_NOTICE_MS;
+        self.snapshot.send_if_modified(|s| {
+            if *s != snap {
+                *s = snap;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Adds a shared room's tick to what the metrics have not seen yet.
+    pub(crate) fn record_tick(&self, r: TickReport) {
+        let mut acc = self.unreported.lock().unwrap_or_else(|p| p.into_inner());
+        acc.called += r.called;
+        acc.skipped += r.skipped;
+        acc.noshows += r.noshows;
+    }
+
+    /// Whether requests pass unqueued (shared store down, `on_store_failure = "open"`).
+    pub fn bypass(&self) -> bool {
+        matches!(&self.backend, Backend::Shared(sh) if sh.bypass())
+    }
+
+    /// Whether the store behind this room answers.
+    pub fn store_healthy(&self) -> bool {
+        match &self.backend {
+            Backend::Local(store) => store.healthy(),
+            Backend::Shared(sh) => sh.healthy(),
+        }
+    }
+
+    /// Whether this replica drives the drip (always, for a local room).
+    pub fn leading(&self) -> bool {
+        match &self.backend {
+            Backend::Local(_) => true,
+            Backend::Shared(sh) => sh.leading(),
+        }
+    }
+
+    pub(crate) fn publish(&self, q: &Queue, now: Millis) {
         let lowered = self.rate_lowered_at.load(Ordering::Relaxed);
         let seed = self.seed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut snap = snapshot_of(
@@ -332,6 +423,9 @@ impl Room {
     /// Gives an arrival the next place. In `over_capacity` rooms with room
     /// to spare the place is called at once (`called == true`).
     pub async fn arrive(self: &Arc<Self>) -> Result<(u64, u64, bool), RoomError> {
+        if let Backend::Shared(sh) = &self.backend {
+            return sh.arrive(self).await;
+        }
         for _ in 0..3 {
             let now = self.clock.mono_ms();
             let healthy = self.upstream_healthy(now);
@@ -378,6 +472,9 @@ impl Room {
     /// Durably reserves the next block of sequence numbers when the current
     /// one is running low. Serialised so concurrent arrivals reserve once.
     pub async fn reserve_more(&self) -> Result<(), RoomError> {
+        let Backend::Local(store) = &self.backend else {
+            return Ok(());
+        };
         let _only_one = self.reserving.lock().await;
         let (epoch, upto) = {
             let st = self.lock();
@@ -389,7 +486,7 @@ impl Room {
             }
             (st.queue.epoch(), st.queue.reserved_upto() + self.seq_block)
         };
-        self.store
+        store
             .write(Record::Reserve {
                 room: self.config.id.clone(),
                 epoch,
@@ -406,6 +503,9 @@ impl Room {
     /// A sign of life from `seq`'s fan (holding a token of `epoch`);
     /// returns where the place stands. A place of another epoch is unknown.
     pub async fn touch(&self, epoch: u64, seq: u64) -> Result<Place, RoomError> {
+        if let Backend::Shared(sh) = &self.backend {
+            return sh.touch(self, epoch, seq).await;
+        }
         let now = self.clock.mono_ms();
         let mut st = self.lock();
         if st.queue.epoch() != epoch {
@@ -420,6 +520,9 @@ impl Room {
 
     /// Where `seq` stands, without counting it as a sign of life.
     pub async fn place(&self, epoch: u64, seq: u64) -> Result<Place, RoomError> {
+        if let Backend::Shared(sh) = &self.backend {
+            return sh.place(self, epoch, seq).await;
+        }
         let now = self.clock.mono_ms();
         let st = self.lock();
         if st.queue.epoch() != epoch {
@@ -432,6 +535,10 @@ impl Room {
     /// durable before this returns `Ok`; if the store fails, the place is
     /// left called so the fan can try again.
     pub async fn claim(&self, epoch: u64, seq: u64, vid: &str) -> Result<Grant, RoomError> {
+        let store = match &self.backend {
+            Backend::Local(store) => store,
+            Backend::Shared(sh) => return sh.claim(self, epoch, seq, vid).await,
+        };
         let now = self.clock.mono_ms();
         let (session_secs, session_max_secs) = {
             let mut st = self.lock();
@@ -445,8 +552,7 @@ impl Room {
                 st.queue.settings.session_max_secs,
             )
         };
-        let written = self
-            .store
+        let written = store
             .write(Record::Claim {
                 room: self.config.id.clone(),
                 epoch,
@@ -486,6 +592,11 @@ impl Room {
         vid: &str,
         session_started_wall: u64,
     ) -> Result<SessionCheck, RoomError> {
+        if let Backend::Shared(sh) = &self.backend {
+            return sh
+                .check_session(self, epoch, seq, vid, session_started_wall)
+                .await;
+        }
         let now = self.clock.mono_ms();
         let (session_secs, session_max_secs, current) = {
             let snap = self.snapshot.borrow();
@@ -551,10 +662,15 @@ impl Room {
     }
 
     /// One drip step: expire sessions, advance the line, publish, persist
-    /// progress when it moved. Called about ten times a second.
+    /// progress when it moved. Called about ten times a second. (A shared
+    /// room is driven by `shared::run` instead: this only hands over what
+    /// its ticks did, for the metrics.)
     pub fn tick(self: &Arc<Self>, sweep_sessions: bool) -> TickReport {
+        let Backend::Local(store) = &self.backend else {
+            return std::mem::take(&mut *self.unreported.lock().unwrap_or_else(|p| p.into_inner()));
+        };
         let now = self.clock.mono_ms();
-        self.follow_schedule();
+        self.follow_schedule(store);
         if sweep_sessions {
             let session_secs = self.snapshot.borrow().session_secs;
             self.sessions
@@ -593,6 +709,7 @@ impl Room {
             && !self.progress_writing.swap(true, Ordering::AcqRel)
         {
             let room = self.clone();
+            let store = store.clone();
             tokio::spawn(async move {
                 let record = Record::Progress {
                     room: room.config.id.clone(),
@@ -602,7 +719,7 @@ impl Room {
                     issued,
                     active,
                 };
-                if let Err(e) = room.store.write(record).await {
+                if let Err(e) = store.write(record).await {
                     tracing::warn!(room = %room.config.id, error = %e, "progress write failed");
                     // Written again at the next sweep.
                     room.lock().last_progress = (0, 0, 0);
@@ -618,7 +735,7 @@ impl Room {
     /// Opens a scheduled room when its time comes (the pre-queue is cut at
     /// that moment and shuffled once the opening is durable) and closes it
     /// at `closes_at`.
-    fn follow_schedule(self: &Arc<Self>) {
+    fn follow_schedule(self: &Arc<Self>, store: &Arc<dyn Store>) {
         let wall = self.clock.wall_secs();
         let (epoch, open, opens_at, closes_at, closed, issued) = {
             let st = self.lock();
@@ -638,9 +755,10 @@ impl Room {
             return;
         }
         let room = self.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             let result = if due_open {
-                room.open_prequeue(epoch, issued).await
+                room.open_prequeue(&store, epoch, issued).await
             } else {
                 room.update_settings(|s| s.closed = true).await.map(|_| {
                     tracing::info!(room = %room.id(), "closed at closes_at");
@@ -655,14 +773,19 @@ impl Room {
 
     /// Shuffles the first `entries` places with the committed seed, after
     /// making the opening durable (a crash never draws twice).
-    async fn open_prequeue(&self, epoch: u64, entries: u64) -> Result<(), RoomError> {
+    async fn open_prequeue(
+        &self,
+        store: &Arc<dyn Store>,
+        epoch: u64,
+        entries: u64,
+    ) -> Result<(), RoomError> {
         let seed = self.seed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(seed) = seed else {
             return Err(RoomError::Store(StoreError::Corrupt(
                 "no shuffle seed".into(),
             )));
         };
-        self.store
+        store
             .write(Record::Opened {
                 room: self.config.id.clone(),
                 epoch,
@@ -683,6 +806,10 @@ impl Room {
         &self,
         change: impl FnOnce(&mut Settings),
     ) -> Result<Settings, RoomError> {
+        let store = match &self.backend {
+            Backend::Local(store) => store,
+            Backend::Shared(sh) => return sh.update_settings(self, change).await,
+        };
         let (epoch, settings) = {
             let mut st = self.lock();
             let mut s = st.queue.settings.clone();
@@ -696,7 +823,7 @@ impl Room {
             self.publish(&st.queue, self.clock.mono_ms());
             (st.queue.epoch(), s)
         };
-        self.store
+        store
             .write(Record::Settings {
                 room: self.config.id.clone(),
                 epoch,
@@ -708,8 +835,12 @@ impl Room {
 
     /// Starts the room over in a new epoch: every earlier token is void.
     pub async fn reset(&self) -> Result<u64, RoomError> {
+        let store = match &self.backend {
+            Backend::Local(store) => store,
+            Backend::Shared(sh) => return sh.reset(self).await,
+        };
         let epoch = new_epoch();
-        self.store
+        store
             .write(Record::Epoch {
                 room: self.config.id.clone(),
                 epoch,
@@ -720,7 +851,7 @@ impl Room {
         let scheduled = self.lock().queue.settings.opens_at.is_some();
         let seed = if scheduled {
             let s = Seed::random();
-            self.store
+            store
                 .write(Record::Seed {
                     room: self.config.id.clone(),
                     epoch,
@@ -744,7 +875,7 @@ impl Room {
             self.publish(&st.queue, now);
             settings
         };
-        self.store
+        store
             .write(Record::Settings {
                 room: self.config.id.clone(),
                 epoch,
@@ -758,6 +889,10 @@ impl Room {
     /// Writes the latest progress and gives back the unused reservation.
     /// Only for graceful shutdown, once no request can issue a number.
     pub async fn flush(&self) -> Result<(), RoomError> {
+        let store = match &self.backend {
+            Backend::Local(store) => store,
+            Backend::Shared(sh) => return sh.flush(self).await,
+        };
         let (epoch, serving, floor, issued, active) = {
             let mut st = self.lock();
             // Sealed under the lock: an arrival racing the shutdown can no
@@ -772,7 +907,7 @@ impl Room {
                 st.queue.active_sessions(),
             )
         };
-        self.store
+        store
             .write(Record::Progress {
                 room: self.config.id.clone(),
                 epoch,
@@ -782,7 +917,7 @@ impl Room {
                 active,
             })
             .await?;
-        self.store
+        store
             .write(Record::Release {
                 room: self.config.id.clone(),
                 epoch,
@@ -798,13 +933,18 @@ fn session_end(s: &Session, session_secs: u64) -> Millis {
     idle_end.min(s.max_end_ms)
 }
 
-fn new_epoch() -> u64 {
+pub(crate) fn new_epoch() -> u64 {
     // Random, not a counter: lost state must never restart at an epoch that
     // old tokens still carry.
     rand::random::<u64>() >> 11 | 1
 }
 
-fn snapshot_of(id: &str, q: &Queue, upstream_healthy: bool, seed: Option<&Seed>) -> Snapshot {
+pub(crate) fn snapshot_of(
+    id: &str,
+    q: &Queue,
+    upstream_healthy: bool,
+    seed: Option<&Seed>,
+) -> Snapshot {
     Snapshot {
         room: id.to_string(),
         epoch: q.epoch(),

@@ -4,80 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-
-struct Proc {
-    child: Child,
-    public: String,
-    admin: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // A failed assertion must not leave a gateway running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn start(config: &std::path::Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_waitroom"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start waitroom");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        // "waitroom listening public=ADDR admin=ADDR"
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-                .to_string()
-        };
-        Proc {
-            public: format!("http://{}", field("public=")),
-            admin: format!("http://{}", field("admin=")),
-            child,
-        }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn sigterm(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap()
-    }
-
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let c = reqwest::Client::builder().no_proxy().build().unwrap();
-        let mut req = c
-            .request(method, format!("{}{path}", self.admin))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        assert!(res.status().is_success(), "{path}: {}", res.status());
-        res.json().await.unwrap()
-    }
-}
 
 fn write_config(dir: &std::path::Path, upstream: &str) -> std::path::PathBuf {
     let text = config_toml(

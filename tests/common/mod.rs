@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -138,6 +140,15 @@ pub fn room_toml(id: &str, upstream: &str, extra: &str) -> String {
 }
 
 pub fn config_toml(state_dir: &std::path::Path, rooms: &str, extra_top: &str) -> String {
+    let store = format!(
+        "[store]\nkind = \"embedded\"\npath = {}\nseq_block = 16",
+        serde_json::to_string(&state_dir.display().to_string()).unwrap()
+    );
+    config_toml_with_store(&store, rooms, extra_top)
+}
+
+/// A whole config with the given `[store]` section.
+pub fn config_toml_with_store(store: &str, rooms: &str, extra_top: &str) -> String {
     // Every test fan comes from 127.0.0.1: the join limit is off unless a test sets it.
     let limits = if extra_top.contains("[limits]") {
         ""
@@ -153,17 +164,13 @@ admin = "127.0.0.1:0"
 token = "{ADMIN_TOKEN}"
 [signing]
 keys = [{{ kid = "t1", secret = "{SECRET}" }}]
-[store]
-kind = "embedded"
-path = {path}
-seq_block = 16
+{store}
 [server]
 shutdown_grace_secs = 5
 {extra_top}
 {limits}
 {rooms}
 "#,
-        path = serde_json::to_string(&state_dir.display().to_string()).unwrap(),
     )
 }
 
@@ -328,5 +335,74 @@ where
             panic!("timed out waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A gateway running as its own process (the real binary).
+pub struct Proc {
+    pub child: Child,
+    pub public: String,
+    pub admin: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a gateway running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn start(config: &std::path::Path) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_waitroom"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start waitroom");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        // "waitroom listening public=ADDR admin=ADDR"
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                .to_string()
+        };
+        Proc {
+            public: format!("http://{}", field("public=")),
+            admin: format!("http://{}", field("admin=")),
+            child,
+        }
+    }
+
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut req = c
+            .request(method, format!("{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        res.json().await.unwrap()
     }
 }

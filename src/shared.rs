@@ -1,0 +1,1323 @@
+//! One line shared by every replica through Redis (`[store] kind = "redis"`).
+//!
+//! **Who decides what.** Any replica hands out sequence numbers (one atomic
+//! `INCR` per arrival), takes claims (one script that checks the claim
+//! window and sets the claim-once bit atomically) and serves statuses and
+//! event streams from a local snapshot. Exactly one replica at a time, the
+//! holder of a short *drip lease*, runs the pure [`Queue`] and [`Drip`] —
+//! the same code a single node runs — and commits what they decide (who was
+//! called, skipped, missed, rejoined; the serving counter) to Redis in one
+//! fenced script per tick. Every replica reads that state back each tick and
+//! broadcasts it to its own fans.
+//!
+//! **Why a lease, not a leaderless script.** Re-implementing the line's
+//! rules (no-shows, free skips of abandoned places, the rejoin lane,
+//! `max_active`, the pre-queue draw, the drip's integer bucket) in Lua would
+//! leave two implementations of the fairness rules to drift apart. With a
+//! lease, there is one implementation, tested on an injected clock, and the
+//! rate is global by construction: one bucket, refilled on one clock. The
+//! cost: when the lease holder dies, nobody is called until the lease
+//! expires (`lease_ms`, 2 s by default) and another replica takes it over,
+//! rebuilding the line from Redis. Its bucket starts empty, so a takeover
+//! never bursts. Every commit checks the lease, so a replica that stalled
+//! past its lease cannot overwrite its successor.
+//!
+//! **What costs a round trip.** An arrival: one. A claim: one. Status and
+//! event streams of waiting fans: none (positions come from the local
+//! snapshot; signs of life are batched into the next tick's script). A fan
+//! whose turn has come: one lookup per status (called, missed or claimed is
+//! kept in Redis, not in every replica's memory).
+//!
+//! **Keys** (one hash tag per room, so a room's keys share a Redis Cluster
+//! slot): `meta` (epoch, settings, seed, opening), `next` (sequence
+//! counter), `lease`, `state` (the lease holder's published snapshot),
+//! `claimed` (claim-once bitmap), `fate` (called / missed / rejoining places
+//! past their turn), `seen`, `claims`, `rejoins` (inboxes the lease holder
+//! drains each tick), `sessions` (sorted by idle end) and `sess` (visitor
+//! and hard end of each session), `upfail` (an upstream failure seen by any
+//! replica holds the drip).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{OnStoreFailure, RoomConfig};
+use crate::drip::Drip;
+use crate::queue::{ClaimError, Durable, Millis, Place, Queue, SeqBits, Settings, Shuffled};
+use crate::room::{Backend, Clock, Grant, Room, RoomError, Session, SessionCheck, Snapshot};
+use crate::shuffle::{self, Seed};
+use crate::store::StoreError;
+
+/// How long one Redis call may take before it counts as a failure.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long start-up waits for Redis before giving up.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(30);
+/// Sessions' activity is written back (and the local cache swept) this often.
+const SESSION_FLUSH_EVERY_TICKS: u64 = 10;
+/// An arrival in an `over_capacity` room waits this long to be called at once.
+const OVER_CAPACITY_WAIT: Duration = Duration::from_millis(400);
+/// At most this many rejoin-lane entries are published to the replicas.
+const LANE_PUBLISHED: usize = 10_000;
+
+/// Opens the connection to Redis. Lazy: it connects on first use and
+/// reconnects by itself after a failure.
+pub fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(url).map_err(|e| StoreError::Io(format!("redis: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| StoreError::Io(format!("redis: {e}")))
+}
+
+fn redis_err(e: redis::RedisError) -> StoreError {
+    StoreError::Io(format!("redis: {e}"))
+}
+
+/// The room's keys, in the order every script takes them.
+const KEY_NAMES: [&str; 12] = [
+    "meta", "next", "lease", "state", "claimed", "fate", "seen", "claims", "rejoins", "sessions",
+    "sess", "upfail",
+];
+
+/// What the lease holder publishes for every replica each tick.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Published {
+    snapshot: Snapshot,
+    floor: u64,
+    lane: Vec<u64>,
+    opened_entries: Option<u64>,
+}
+
+/// A place past its turn, as kept in `fate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Called(i64),
+    Missed(i64),
+    Rejoining,
+}
+
+fn parse_fate(s: &str) -> Option<Fate> {
+    if s == "r" {
+        return Some(Fate::Rejoining);
+    }
+    let (kind, at) = s.split_once(':')?;
+    let at = at.parse().ok()?;
+    match kind {
+        "c" => Some(Fate::Called(at)),
+        "m" => Some(Fate::Missed(at)),
+        _ => None,
+    }
+}
+
+/// A room's link to the shared line.
+pub struct Shared {
+    con: ConnectionManager,
+    keys: Vec<String>,
+    /// This replica's name in the lease.
+    node: String,
+    lease_ms: u64,
+    pub on_failure: OnStoreFailure,
+    healthy: AtomicBool,
+    leading: AtomicBool,
+    /// Redis milliseconds minus this process's monotonic milliseconds.
+    offset: AtomicI64,
+    /// The highest sequence number this replica has seen issued (raises the
+    /// counter again if Redis lost its last writes).
+    issued_seen: AtomicU64,
+    touches: Mutex<HashSet<u64>>,
+    rejoins: Mutex<HashSet<u64>>,
+    session_activity: Mutex<HashSet<u64>>,
+    /// The rejoin lane as last published.
+    lane: Mutex<Vec<u64>>,
+    /// Settings as the lease holder last applied them (JSON from `meta`).
+    applied_settings: Mutex<String>,
+    /// The pre-queue draw for (epoch, entries), computed once per replica.
+    order: Mutex<Option<(u64, u64, Shuffled)>>,
+    /// Fields the admin API cannot change follow this replica's file.
+    configured: Settings,
+    upfail_sent: AtomicU64,
+}
+
+impl Shared {
+    fn key_args<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        for k in &self.keys {
+            inv.key(k);
+        }
+        inv
+    }
+
+    fn set_healthy(&self, room: &str, ok: bool, error: Option<&StoreError>) {
+        let was = self.healthy.swap(ok, Ordering::AcqRel);
+        match (was, ok) {
+            (true, false) => tracing::error!(
+                room,
+                error = %error.map(ToString::to_string).unwrap_or_default(),
+                on_failure = ?self.on_failure,
+                "shared store unavailable: holding the line"
+            ),
+            (false, true) => tracing::info!(room, "shared store answering again"),
+            _ => {}
+        }
+    }
+
+    /// Whether Redis answered the last call.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Whether this replica drives the drip now.
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// While the store is down in `open` mode, requests pass unqueued.
+    pub fn bypass(&self) -> bool {
+        self.on_failure == OnStoreFailure::Open && !self.healthy()
+    }
+
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        room: &str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut con = self.con.clone();
+        match inv.invoke_async(&mut con).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let e = redis_err(e);
+                self.set_healthy(room, false, Some(&e));
+                Err(e)
+            }
+        }
+    }
+
+    fn redis_ms(&self, mono: Millis) -> i64 {
+        mono as i64 + self.offset.load(Ordering::Relaxed)
+    }
+
+    fn mono_ms(&self, redis_ms: i64) -> Millis {
+        (redis_ms - self.offset.load(Ordering::Relaxed)).max(0) as Millis
+    }
+
+    // ---- requests -------------------------------------------------------
+
+    pub(crate) async fn arrive(&self, room: &Arc<Room>) -> Result<(u64, u64, bool), RoomError> {
+        let snap = room.snapshot();
+        if snap.closed {
+            return Err(RoomError::Closed);
+        }
+        let mut inv = self.key_args(&ARRIVE);
+        inv.arg(snap.epoch)
+            .arg(self.issued_seen.load(Ordering::Relaxed));
+        let (seq, epoch): (u64, u64) = self.call(room.id(), &inv).await?;
+        self.issued_seen.fetch_max(seq, Ordering::Relaxed);
+        self.touches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seq);
+        if snap.queue == crate::config::QueueMode::OverCapacity && epoch == snap.epoch {
+            // The lease holder calls it within a tick when nobody waits and
+            // there is room: wait that long rather than show a waiting page.
+            let mut rx = room.subscribe();
+            let called = tokio::time::timeout(OVER_CAPACITY_WAIT, async {
+                loop {
+                    if rx.borrow_and_update().serving >= seq {
+                        return true;
+                    }
+                    if rx.changed().await.is_err() {
+                        return false;
+                    }
+                }
+            })
+            .await
+            .unwrap_or(false);
+            return Ok((epoch, seq, called));
+        }
+        Ok((epoch, seq, false))
+    }
+
+    pub(crate) async fn touch(
+        &self,
+        room: &Room,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<Place, RoomError> {
+        if room.snapshot().epoch != epoch {
+            return Ok(Place::Unknown);
+        }
+        self.touches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seq);
+        let place = self.place(room, epoch, seq).await?;
+        if let Place::Missed { .. } = place {
+            // The lease holder moves it to the rejoin lane on its next tick
+            // (once per place; it says so if the window had passed).
+            self.rejoins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(seq);
+            let lane = self.lane.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+            return Ok(Place::Rejoining { position: lane + 1 });
+        }
+        Ok(place)
+    }
+
+    fn rank(&self, snap: &Snapshot, seq: u64) -> u64 {
+        snap.shuffled.as_ref().map_or(seq, |s| s.rank(seq))
+    }
+
+    pub(crate) async fn place(
+        &self,
+        room: &Room,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<Place, RoomError> {
+        let snap = room.snapshot();
+        if snap.epoch != epoch || seq == 0 {
+            return Ok(Place::Unknown);
+        }
+        if !snap.open {
+            return Ok(Place::PreQueue);
+        }
+        let rank = self.rank(&snap, seq);
+        if rank > snap.serving {
+            // Also a place handed out elsewhere since the last snapshot: the
+            // token that names it was signed by a replica, so it exists.
+            return Ok(Place::Waiting {
+                position: rank - snap.serving,
+            });
+        }
+        let mut inv = self.key_args(&LOOKUP);
+        inv.arg(epoch).arg(seq);
+        let (found, claimed, fate, now): (i64, i64, String, i64) =
+            self.call(room.id(), &inv).await?;
+        if found == 0 {
+            return Ok(Place::Unknown);
+        }
+        if claimed == 1 {
+            return Ok(Place::Claimed);
+        }
+        Ok(match parse_fate(&fate) {
+            Some(Fate::Called(at)) => {
+                let by = at + snap.claim_grace_secs as i64 * 1000;
+                if now < by {
+                    Place::Called {
+                        claim_by: self.mono_ms(by),
+                    }
+                } else {
+                    // The lease holder turns it into a no-show on its next tick.
+                    Place::Missed {
+                        rejoin_by: self.mono_ms(now + 1000),
+                    }
+                }
+            }
+            Some(Fate::Missed(at)) => {
+                let rejoin_secs = self.configured.rejoin_secs as i64;
+                if now < at + rejoin_secs * 1000 {
+                    Place::Missed {
+                        rejoin_by: self.mono_ms(at + rejoin_secs * 1000),
+                    }
+                } else {
+                    Place::Expired
+                }
+            }
+            Some(Fate::Rejoining) => {
+                let lane = self.lane.lock().unwrap_or_else(|p| p.into_inner());
+                let position = lane
+                    .iter()
+                    .position(|&s| s == seq)
+                    .map_or(lane.len() + 1, |i| i + 1);
+                Place::Rejoining {
+                    position: position as u64,
+                }
+            }
+            None => Place::Expired,
+        })
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        room: &Room,
+        epoch: u64,
+        seq: u64,
+        vid: &str,
+    ) -> Result<Grant, RoomError> {
+        let snap = room.snapshot();
+        if snap.epoch != epoch {
+            return Err(ClaimError::Unknown.into());
+        }
+        if !snap.open || self.rank(&snap, seq) > snap.serving {
+            return Err(ClaimError::NotYet.into());
+        }
+        let mut inv = self.key_args(&CLAIM);
+        inv.arg(epoch)
+            .arg(seq)
+            .arg(vid)
+            .arg(snap.claim_grace_secs * 1000)
+            .arg(snap.session_secs * 1000)
+            .arg(snap.session_max_secs * 1000);
+        let (outcome, _now): (i64, i64) = self.call(room.id(), &inv).await?;
+        match outcome {
+            1 => {}
+            -1 => return Err(ClaimError::Unknown.into()),
+            -2 => return Err(ClaimError::AlreadyClaimed.into()),
+            _ => return Err(ClaimError::Missed.into()),
+        }
+        let now = room.clock.mono_ms();
+        room.sessions.insert(
+            seq,
+            Session {
+                vid: vid.to_string(),
+                max_end_ms: now + snap.session_max_secs * 1000,
+                last_active_ms: AtomicU64::new(now),
+            },
+        );
+        let wall = room.clock.wall_secs();
+        Ok(Grant {
+            seq,
+            session_started_wall: wall,
+            expires_wall: wall + snap.session_secs.min(snap.session_max_secs),
+        })
+    }
+
+    pub(crate) async fn check_session(
+        &self,
+        room: &Room,
+        epoch: u64,
+        seq: u64,
+        vid: &str,
+        session_started_wall: u64,
+    ) -> Result<SessionCheck, RoomError> {
+        let snap = room.snapshot();
+        if snap.epoch != epoch {
+            return Ok(SessionCheck::Ended);
+        }
+        let now = room.clock.mono_ms();
+        let session_ms = snap.session_secs * 1000;
+        if let Some(s) = room.sessions.get(&seq) {
+            if s.vid != vid {
+                return Ok(SessionCheck::Foreign);
+            }
+            let end = (s.last_active_ms.load(Ordering::Relaxed) + session_ms).min(s.max_end_ms);
+            if now < end {
+                s.last_active_ms.store(now, Ordering::Relaxed);
+                self.session_activity
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(seq);
+                let new_end = (now + session_ms).min(s.max_end_ms);
+                return Ok(SessionCheck::Live {
+                    ends_in_secs: (new_end - now) / 1000,
+                });
+            }
+            // Ended here, but another replica may have seen activity since.
+        }
+        if self.configured.session_max_secs.max(snap.session_max_secs)
+            <= room.clock.wall_secs().saturating_sub(session_started_wall)
+        {
+            return Ok(SessionCheck::Ended);
+        }
+        let mut inv = self.key_args(&SESSION);
+        inv.arg(epoch).arg(seq);
+        let (idle_end, holder, max_end, redis_now): (i64, String, i64, i64) =
+            self.call(room.id(), &inv).await?;
+        if idle_end < 0 || redis_now >= idle_end.min(max_end) {
+            room.sessions.remove(&seq);
+            return Ok(SessionCheck::Ended);
+        }
+        if holder != vid {
+            return Ok(SessionCheck::Foreign);
+        }
+        let max_end_ms = self.mono_ms(max_end);
+        room.sessions.insert(
+            seq,
+            Session {
+                vid: vid.to_string(),
+                max_end_ms,
+                last_active_ms: AtomicU64::new(now),
+            },
+        );
+        self.session_activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seq);
+        let end = (now + session_ms).min(max_end_ms);
+        Ok(SessionCheck::Live {
+            ends_in_secs: end.saturating_sub(now) / 1000,
+        })
+    }
+
+    pub(crate) async fn update_settings(
+        &self,
+        room: &Room,
+        change: impl FnOnce(&mut Settings),
+    ) -> Result<Settings, RoomError> {
+        let snap = room.snapshot();
+        let mut s = settings_of(&snap, &self.configured);
+        change(&mut s);
+        s.session_max_secs = s.session_max_secs.max(s.session_secs);
+        let json = to_json(&s)?;
+        let mut inv = self.key_args(&SETTINGS);
+        inv.arg(snap.epoch).arg(&json);
+        let applied: i64 = self.call(room.id(), &inv).await?;
+        if applied != 1 {
+            return Err(RoomError::Store(StoreError::Io(
+                "the room was reset meanwhile; try again".into(),
+            )));
+        }
+        if s.admit_rate_per_min < snap.admit_rate_per_min {
+            room.note_rate_cut();
+        }
+        // Shown here at once; everywhere else with the next tick.
+        let mut st = room.lock();
+        if st.queue.epoch() == snap.epoch {
+            st.queue.settings = s.clone();
+        }
+        drop(st);
+        let mut next = snap;
+        apply_settings_to_snapshot(&mut next, &s);
+        room.publish_snapshot(next);
+        Ok(s)
+    }
+
+    pub(crate) async fn reset(&self, room: &Room) -> Result<u64, RoomError> {
+        let snap = room.snapshot();
+        let settings = settings_of(&snap, &self.configured);
+        let epoch = crate::room::new_epoch();
+        let seed = settings.opens_at.map(|_| Seed::random());
+        let queue = Queue::new(epoch, settings.clone());
+        let mut fresh = crate::room::snapshot_of(room.id(), &queue, true, seed.as_ref());
+        fresh.upstream_healthy = snap.upstream_healthy;
+        let published = Published {
+            snapshot: fresh.clone(),
+            floor: 0,
+            lane: Vec::new(),
+            opened_entries: None,
+        };
+        let mut inv = self.key_args(&RESET);
+        inv.arg(epoch)
+            .arg(to_json(&settings)?)
+            .arg(seed.as_ref().map(Seed::to_hex).unwrap_or_default())
+            .arg(to_json(&published)?);
+        let _: i64 = self.call(room.id(), &inv).await?;
+        room.sessions.clear();
+        *room.seed.lock().unwrap_or_else(|p| p.into_inner()) = seed;
+        room.publish_snapshot(fresh);
+        Ok(epoch)
+    }
+
+    /// Graceful shutdown: hands in pending signs of life and activity, and
+    /// gives the lease up so another replica takes over at once.
+    pub(crate) async fn flush(&self, room: &Room) -> Result<(), RoomError> {
+        self.flush_sessions(room).await;
+        let mut inv = self.key_args(&RELEASE);
+        inv.arg(&self.node)
+            .arg(csv(&take(&self.touches)))
+            .arg(csv(&take(&self.rejoins)));
+        let _: i64 = self.call(room.id(), &inv).await?;
+        self.leading.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// The proxy saw the upstream fail: every replica's drip holds.
+    pub(crate) fn note_upstream_failure(self: &Arc<Self>, room: &str, now: Millis, hold_ms: u64) {
+        let last = self.upfail_sent.load(Ordering::Relaxed);
+        if last != 0 && now < last + hold_ms / 4 {
+            return;
+        }
+        self.upfail_sent.store(now.max(1), Ordering::Relaxed);
+        let (sh, room) = (self.clone(), room.to_string());
+        tokio::spawn(async move {
+            let mut inv = sh.key_args(&UPFAIL);
+            inv.arg(hold_ms.max(1));
+            let _: Result<i64, _> = sh.call(&room, &inv).await;
+        });
+    }
+
+    // ---- the tick -------------------------------------------------------
+
+    /// One tick: hand in signs of life, take or renew the lease; as lease
+    /// holder advance the line and publish it, otherwise adopt what the
+    /// holder published.
+    async fn tick(&self, room: &Arc<Room>) {
+        let touches = take(&self.touches);
+        let rejoins = take(&self.rejoins);
+        let mut inv = self.key_args(&PULL);
+        inv.arg(&self.node)
+            .arg(self.lease_ms)
+            .arg(csv(&touches))
+            .arg(csv(&rejoins));
+        let before = room.clock.mono_ms();
+        let reply: Vec<Value> = match self.call(room.id(), &inv).await {
+            Ok(v) => v,
+            Err(_) => {
+                if self.leading.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(room = %room.id(), "drip lease dropped: the store does not answer");
+                }
+                // Signs of life are kept for the next tick.
+                self.touches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(touches);
+                return;
+            }
+        };
+        self.set_healthy(room.id(), true, None);
+        let after = room.clock.mono_ms();
+        let redis_now = int(reply.get(1));
+        self.offset
+            .store(redis_now - ((before + after) / 2) as i64, Ordering::Relaxed);
+        let role = int(reply.first());
+        let epoch: u64 = text(reply.get(2)).parse().unwrap_or(0);
+        let state = text(reply.get(3));
+        if role == 0 {
+            if self.leading.swap(false, Ordering::AcqRel) {
+                tracing::warn!(room = %room.id(), "drip lease taken over by another replica");
+            }
+            self.adopt(room, epoch, &state);
+            return;
+        }
+        if let Err(e) = self.lead(room, role == 2, epoch, &state, &reply).await {
+            tracing::warn!(room = %room.id(), error = %e, "drip tick not committed");
+            self.leading.store(false, Ordering::Release);
+        }
+    }
+
+    /// A replica without the lease shows what the holder published.
+    fn adopt(&self, room: &Room, epoch: u64, state: &str) {
+        let Ok(p) = serde_json::from_str::<Published>(state) else {
+            return;
+        };
+        if p.snapshot.epoch != epoch {
+            return;
+        }
+        self.issued_seen
+            .fetch_max(p.snapshot.issued, Ordering::Relaxed);
+        *self.lane.lock().unwrap_or_else(|e| e.into_inner()) = p.lane;
+        let mut snap = p.snapshot;
+        snap.shuffled = self.order_for(room, epoch, p.opened_entries);
+        room.publish_snapshot(snap);
+    }
+
+    /// The drawn pre-queue order for `entries`, drawn once per replica.
+    fn order_for(&self, room: &Room, epoch: u64, entries: Option<u64>) -> Option<Shuffled> {
+        let entries = entries.filter(|&n| n > 0)?;
+        let mut cache = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((e, n, s)) = cache.as_ref()
+            && *e == epoch
+            && *n == entries
+        {
+            return Some(s.clone());
+        }
+        let seed = room
+            .seed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let s = Shuffled::new(shuffle::order(
+            &seed,
+            u32::try_from(entries).unwrap_or(u32::MAX),
+        ));
+        *cache = Some((epoch, entries, s.clone()));
+        Some(s)
+    }
+
+    /// The lease holder's tick.
+    async fn lead(
+        &self,
+        room: &Arc<Room>,
+        acquired: bool,
+        epoch: u64,
+        state: &str,
+        reply: &[Value],
+    ) -> Result<(), StoreError> {
+        let settings_json = text(reply.get(4));
+        let seed_hex = text(reply.get(5));
+        let opened: Option<u64> = text(reply.get(6)).parse().ok();
+        let issued = int(reply.get(7)).max(0) as u64;
+        let seen = list(reply.get(8));
+        let claims = list(reply.get(9));
+        let rejoins = list(reply.get(10));
+        let active = int(reply.get(11)).max(0) as u64;
+        let upfail_ms = int(reply.get(12));
+        if upfail_ms > 0 {
+            room.note_upstream_failure_local();
+        }
+        let fresh = !self.leading.load(Ordering::Acquire) || acquired;
+        let now = room.clock.mono_ms();
+        if fresh || room.lock().queue.epoch() != epoch {
+            self.rebuild(
+                room,
+                epoch,
+                &settings_json,
+                &seed_hex,
+                opened,
+                issued,
+                state,
+            )
+            .await?;
+            self.leading.store(true, Ordering::Release);
+            tracing::info!(room = %room.id(), node = %self.node, "took the drip lease");
+        } else if *self
+            .applied_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            != settings_json
+        {
+            let s = self.settings_from(&settings_json)?;
+            room.lock().queue.settings = s;
+            *self
+                .applied_settings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = settings_json.clone();
+        }
+        let healthy = room.upstream_healthy(now);
+        let wall = room.clock.wall_secs();
+        let mut opened_now = None;
+        let mut close_now = None;
+        let (report, published, changes) = {
+            let mut st = room.lock();
+            let st = &mut *st;
+            st.queue.sync_issued(issued, now);
+            for seq in seen.iter().flat_map(|b| b.split(',')) {
+                if let Ok(seq) = seq.parse::<u64>() {
+                    st.queue.touch(seq, now);
+                }
+            }
+            for seq in claims.iter().filter_map(|s| s.parse::<u64>().ok()) {
+                st.queue.force_claim(seq);
+            }
+            for seq in rejoins.iter().flat_map(|b| b.split(',')) {
+                if let Ok(seq) = seq.parse::<u64>() {
+                    st.queue.rejoin(seq, now);
+                }
+            }
+            st.queue.set_active_sessions(active);
+            // The schedule: opening draws the pre-queue, closing closes.
+            let s = &st.queue.settings;
+            if !st.queue.is_open() && s.opens_at.is_some_and(|t| t <= wall) {
+                let entries = st.queue.next_seq() - 1;
+                let seed = room.seed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(seed) = seed {
+                    let order = shuffle::order(&seed, u32::try_from(entries).unwrap_or(u32::MAX));
+                    if st.queue.open_with(order) {
+                        opened_now = Some(entries);
+                        tracing::info!(room = %room.id(), entries, commitment = %seed.commitment(), "opened: pre-queue shuffled");
+                    }
+                }
+            } else if st.queue.is_open() && !s.closed && s.closes_at.is_some_and(|t| t <= wall) {
+                let mut s = s.clone();
+                s.closed = true;
+                st.queue.settings = s.clone();
+                close_now = Some(s);
+                tracing::info!(room = %room.id(), "closed at closes_at");
+            }
+            let report = st.drip.tick(&mut st.queue, now, healthy);
+            let changes = st.queue.take_changes();
+            room.publish(&st.queue, now);
+            let lane: Vec<u64> = st.queue.rejoin_lane().take(LANE_PUBLISHED).collect();
+            let published = Published {
+                snapshot: room.snapshot(),
+                floor: st.queue.durable_floor(),
+                lane,
+                opened_entries: st
+                    .queue
+                    .is_open()
+                    .then(|| st.queue.shuffled().map_or(0, Shuffled::len)),
+            };
+            (report, published, changes)
+        };
+        room.record_tick(report);
+        self.issued_seen.fetch_max(issued, Ordering::Relaxed);
+        *self.lane.lock().unwrap_or_else(|p| p.into_inner()) = published.lane.clone();
+        let mut inv = self.key_args(&COMMIT);
+        inv.arg(&self.node)
+            .arg(epoch)
+            .arg(to_json(&published)?)
+            .arg(opened_now.map(|n| n.to_string()).unwrap_or_default())
+            .arg(match &close_now {
+                Some(s) => to_json(s)?,
+                None => String::new(),
+            });
+        for c in changes {
+            use crate::queue::Change;
+            let (seq, value) = match c {
+                Change::Called(seq, at) => (seq, format!("c:{}", self.redis_ms(at))),
+                Change::Missed(seq, at) => (seq, format!("m:{}", self.redis_ms(at))),
+                Change::Rejoined(seq) => (seq, "r".to_string()),
+                Change::Gone(seq) => (seq, String::new()),
+            };
+            inv.arg(seq).arg(value);
+        }
+        let committed: i64 = self.call(room.id(), &inv).await?;
+        if committed != 1 {
+            return Err(StoreError::Io(
+                "the lease or the epoch changed under this tick".into(),
+            ));
+        }
+        if let Some(s) = close_now
+            && let Ok(json) = serde_json::to_string(&s)
+        {
+            *self
+                .applied_settings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = json;
+        }
+        Ok(())
+    }
+
+    fn settings_from(&self, json: &str) -> Result<Settings, StoreError> {
+        let mut s: Settings = serde_json::from_str(json)
+            .map_err(|e| StoreError::Corrupt(format!("room settings in Redis: {e}")))?;
+        // Fields the admin API cannot change always follow the file.
+        s.queue = self.configured.queue;
+        s.claim_grace_secs = self.configured.claim_grace_secs;
+        s.abandon_after_secs = self.configured.abandon_after_secs;
+        s.rejoin_secs = self.configured.rejoin_secs;
+        s.session_max_secs = s.session_max_secs.max(s.session_secs);
+        Ok(s)
+    }
+
+    /// Takes the line over from Redis: counters from the last published
+    /// state, claims from the bitmap, and every place past its turn from
+    /// `fate`, exactly. The drip starts empty (no burst on takeover).
+    #[allow(clippy::too_many_arguments)]
+    async fn rebuild(
+        &self,
+        room: &Room,
+        epoch: u64,
+        settings_json: &str,
+        seed_hex: &str,
+        opened: Option<u64>,
+        issued: u64,
+        state: &str,
+    ) -> Result<(), StoreError> {
+        let settings = self.settings_from(settings_json)?;
+        let seed = if seed_hex.is_empty() {
+            None
+        } else {
+            Some(Seed::from_hex(seed_hex).map_err(|e| StoreError::Corrupt(format!("seed: {e}")))?)
+        };
+        let mut con = self.con.clone();
+        let (claimed_bytes, fates): (Vec<u8>, Vec<(String, String)>) = redis::pipe()
+            .get(&self.keys[4])
+            .hgetall(&self.keys[5])
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+        let published: Option<Published> = serde_json::from_str(state)
+            .ok()
+            .filter(|p: &Published| p.snapshot.epoch == epoch);
+        let mut claimed = SeqBits::default();
+        for (i, byte) in claimed_bytes.iter().enumerate() {
+            for bit in 0..8 {
+                if byte & (0x80 >> bit) != 0 {
+                    claimed.set(i as u64 * 8 + bit);
+                }
+            }
+        }
+        let (serving, floor, lane) = match &published {
+            Some(p) => (p.snapshot.serving, p.floor, p.lane.clone()),
+            None => (0, 0, Vec::new()),
+        };
+        let d = Durable {
+            epoch,
+            reserved_upto: issued + 1,
+            issued_upto: issued,
+            serving,
+            noshow_floor: floor,
+            claimed,
+            settings: None,
+            shuffle_seed: seed.as_ref().map(Seed::to_hex),
+            opened_entries: opened,
+            active_sessions: 0,
+        };
+        let order = match (opened, &seed) {
+            (Some(0), _) => Some(Vec::new()),
+            (Some(n), Some(seed)) => {
+                Some(shuffle::order(seed, u32::try_from(n).unwrap_or(u32::MAX)))
+            }
+            (Some(_), None) => {
+                return Err(StoreError::Corrupt(
+                    "the room opened a pre-queue but its seed is missing".into(),
+                ));
+            }
+            (None, _) => None,
+        };
+        let now = room.clock.mono_ms();
+        let mut queue = Queue::restore(&d, settings, order, now);
+        let (mut called, mut missed) = (Vec::new(), Vec::new());
+        for (seq, f) in &fates {
+            let Ok(seq) = seq.parse::<u64>() else {
+                continue;
+            };
+            match parse_fate(f) {
+                Some(Fate::Called(at)) => called.push((seq, self.mono_ms(at))),
+                Some(Fate::Missed(at)) => missed.push((seq, self.mono_ms(at))),
+                Some(Fate::Rejoining) | None => {}
+            }
+        }
+        queue.set_outcomes(called, missed, lane);
+        queue.record_changes();
+        {
+            let mut st = room.lock();
+            st.queue = queue;
+            st.drip = Drip::new(now);
+        }
+        *room.seed.lock().unwrap_or_else(|p| p.into_inner()) = seed;
+        *self
+            .applied_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = settings_json.to_string();
+        Ok(())
+    }
+
+    /// Writes back sessions' activity (their idle end slides in Redis too)
+    /// and forgets local sessions that ended.
+    async fn flush_sessions(&self, room: &Room) {
+        let active = take(&self.session_activity);
+        let session_secs = room.snapshot().session_secs;
+        let now = room.clock.mono_ms();
+        room.sessions.retain(|_, s| {
+            now < (s.last_active_ms.load(Ordering::Relaxed) + session_secs * 1000).min(s.max_end_ms)
+        });
+        if active.is_empty() {
+            return;
+        }
+        let mut inv = self.key_args(&EXTEND);
+        inv.arg(session_secs * 1000);
+        for seq in &active {
+            inv.arg(*seq);
+        }
+        if self.call::<i64>(room.id(), &inv).await.is_err() {
+            self.session_activity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(active);
+        }
+    }
+}
+
+/// Drives a shared room until `stop`: a tick every `tick`, session
+/// activity written back every second.
+pub async fn run(room: Arc<Room>, tick: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Backend::Shared(sh) = &room.backend else {
+        return;
+    };
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
+        n += 1;
+        sh.tick(&room).await;
+        if n.is_multiple_of(SESSION_FLUSH_EVERY_TICKS) {
+            sh.flush_sessions(&room).await;
+        }
+    }
+}
+
+/// Opens a room on the shared line: joins its current epoch, or starts the
+/// first one. Waits up to [`STARTUP_WAIT`] for Redis.
+pub async fn open_room(
+    config: RoomConfig,
+    con: ConnectionManager,
+    key_prefix: &str,
+    on_failure: OnStoreFailure,
+    lease_ms: u64,
+    clock: Clock,
+    upstream_hold: Duration,
+) -> Result<Arc<Room>, RoomError> {
+    let configured = Settings::from_config(&config);
+    let keys: Vec<String> = KEY_NAMES
+        .iter()
+        .map(|name| format!("{key_prefix}:{{{}}}:{name}", config.id))
+        .collect();
+    let candidate_seed = configured.opens_at.map(|_| Seed::random().to_hex());
+    let settings_json = to_json(&configured)?;
+    let mut inv = INIT.prepare_invoke();
+    for k in &keys {
+        inv.key(k);
+    }
+    inv.arg(crate::room::new_epoch())
+        .arg(&settings_json)
+        .arg(candidate_seed.unwrap_or_default());
+    let started = std::time::Instant::now();
+    let (epoch, settings, seed, opened, state): (u64, String, String, String, String) = loop {
+        let mut c = con.clone();
+        match inv.invoke_async(&mut c).await {
+            Ok(v) => break v,
+            Err(e) if started.elapsed() < STARTUP_WAIT => {
+                tracing::warn!(room = %config.id, error = %e, "waiting for Redis");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(RoomError::Store(redis_err(e))),
+        }
+    };
+    let shared = Shared {
+        con,
+        keys,
+        node: format!("{:016x}", rand::random::<u64>()),
+        lease_ms,
+        on_failure,
+        healthy: AtomicBool::new(true),
+        leading: AtomicBool::new(false),
+        offset: AtomicI64::new(0),
+        issued_seen: AtomicU64::new(0),
+        touches: Mutex::new(HashSet::new()),
+        rejoins: Mutex::new(HashSet::new()),
+        session_activity: Mutex::new(HashSet::new()),
+        lane: Mutex::new(Vec::new()),
+        applied_settings: Mutex::new(String::new()),
+        order: Mutex::new(None),
+        configured,
+        upfail_sent: AtomicU64::new(0),
+    };
+    let s = shared.settings_from(&settings).map_err(RoomError::Store)?;
+    let seed = if seed.is_empty() {
+        None
+    } else {
+        Some(Seed::from_hex(&seed).map_err(|e| {
+            RoomError::Store(StoreError::Corrupt(format!(
+                "room {}: seed: {e}",
+                config.id
+            )))
+        })?)
+    };
+    let mut queue = Queue::new(epoch, s);
+    if let (Ok(n), Some(seed)) = (opened.parse::<u32>(), &seed) {
+        queue.sync_issued(u64::from(n), clock.mono_ms());
+        queue.open_with(shuffle::order(seed, n));
+    }
+    let shared = Arc::new(shared);
+    let room = Room::assemble(
+        config,
+        clock,
+        queue,
+        seed,
+        Backend::Shared(shared.clone()),
+        1,
+        upstream_hold,
+    );
+    shared.adopt(&room, epoch, &state);
+    Ok(room)
+}
+
+/// The settings a snapshot shows (admin changes apply on top of these).
+fn settings_of(snap: &Snapshot, configured: &Settings) -> Settings {
+    Settings {
+        admit_rate_per_min: snap.admit_rate_per_min,
+        max_active: snap.max_active,
+        paused: snap.paused,
+        closed: snap.closed,
+        session_secs: snap.session_secs,
+        session_max_secs: snap.session_max_secs,
+        queue: snap.queue,
+        claim_grace_secs: snap.claim_grace_secs,
+        abandon_after_secs: configured.abandon_after_secs,
+        rejoin_secs: configured.rejoin_secs,
+        opens_at: snap.opens_at,
+        closes_at: snap.closes_at,
+    }
+}
+
+fn apply_settings_to_snapshot(snap: &mut Snapshot, s: &Settings) {
+    snap.admit_rate_per_min = s.admit_rate_per_min;
+    snap.max_active = s.max_active;
+    snap.paused = s.paused;
+    snap.closed = s.closed;
+    snap.session_secs = s.session_secs;
+    snap.session_max_secs = s.session_max_secs;
+    snap.opens_at = s.opens_at;
+    snap.closes_at = s.closes_at;
+}
+
+fn take(set: &Mutex<HashSet<u64>>) -> Vec<u64> {
+    set.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect()
+}
+
+fn csv(seqs: &[u64]) -> String {
+    let mut out = String::with_capacity(seqs.len() * 8);
+    for (i, s) in seqs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&s.to_string());
+    }
+    out
+}
+
+fn int(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::Int(i)) => *i,
+        Some(Value::BulkString(b)) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(Value::SimpleString(s)) => s.clone(),
+        Some(Value::Int(i)) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items.iter().map(|i| text(Some(i))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+// ---- scripts ---------------------------------------------------------------
+// KEYS, always: 1 meta, 2 next, 3 lease, 4 state, 5 claimed, 6 fate, 7 seen,
+// 8 claims, 9 rejoins, 10 sessions, 11 sess, 12 upfail.
+
+const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{NOW}{body}"))
+}
+
+/// Joins the room's epoch, or starts the first one (ARGV: epoch, settings, seed).
+static INIT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HEXISTS', KEYS[1], 'epoch') == 0 then
+  -- A new epoch: whatever an older life of this room left is void.
+  redis.call('DEL', KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'settings', ARGV[2])
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'seed', ARGV[3]) end
+end
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'settings', 'seed', 'opened')
+return {m[1], m[2], m[3] or '', m[4] or '', redis.call('GET', KEYS[4]) or ''}
+"#,
+    )
+});
+
+/// A new place: the counter, raised first to what this replica has seen
+/// issued in this epoch (ARGV: epoch, floor). Returns {seq, epoch}.
+static ARRIVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ep = redis.call('HGET', KEYS[1], 'epoch')
+if ep == ARGV[1] then
+  local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if n < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+end
+return {redis.call('INCR', KEYS[2]), ep or '0'}
+"#,
+    )
+});
+
+/// Every tick (ARGV: node, lease_ms, seen csv, rejoins csv).
+static PULL: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[7], ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[9], ARGV[4]) end
+local ep = redis.call('HGET', KEYS[1], 'epoch') or ''
+local holder = redis.call('GET', KEYS[3])
+local role = 1
+if not holder then
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+  role = 2
+elseif holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+else
+  return {0, now, ep, redis.call('GET', KEYS[4]) or ''}
+end
+local seen = redis.call('LRANGE', KEYS[7], 0, -1)
+local claims = redis.call('LRANGE', KEYS[8], 0, -1)
+local rejoins = redis.call('LRANGE', KEYS[9], 0, -1)
+redis.call('DEL', KEYS[7], KEYS[8], KEYS[9])
+local ended = redis.call('ZRANGEBYSCORE', KEYS[10], '-inf', now)
+for _, s in ipairs(ended) do redis.call('HDEL', KEYS[11], s) end
+redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now)
+local m = redis.call('HMGET', KEYS[1], 'settings', 'seed', 'opened')
+return {role, now, ep, redis.call('GET', KEYS[4]) or '', m[1] or '', m[2] or '', m[3] or '',
+  tonumber(redis.call('GET', KEYS[2]) or '0'), seen, claims, rejoins,
+  redis.call('ZCARD', KEYS[10]), redis.call('PTTL', KEYS[12])}
+"#,
+    )
+});
+
+/// The lease holder's decisions (ARGV: node, epoch, state, opened, closing
+/// settings, then seq/fate pairs; an empty fate deletes).
+static COMMIT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then return -1 end
+for i = 6, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[6], ARGV[i])
+  else redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]) end
+end
+if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[1], 'opened', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'settings', ARGV[5]) end
+redis.call('SET', KEYS[4], ARGV[3])
+return 1
+"#,
+    )
+});
+
+/// Exchanges a called place for a session, once (ARGV: epoch, seq, vid,
+/// grace_ms, session_ms, max_ms). Returns {1 | -1 unknown epoch | -2 claimed
+/// | -3 not called or window passed, now}.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1, now} end
+if redis.call('GETBIT', KEYS[5], ARGV[2]) == 1 then return {-2, now} end
+local f = redis.call('HGET', KEYS[6], ARGV[2])
+if not f or string.sub(f, 1, 2) ~= 'c:' then return {-3, now} end
+if tonumber(string.sub(f, 3)) + tonumber(ARGV[4]) <= now then return {-3, now} end
+redis.call('SETBIT', KEYS[5], ARGV[2], 1)
+redis.call('HDEL', KEYS[6], ARGV[2])
+redis.call('ZADD', KEYS[10], now + tonumber(ARGV[5]), ARGV[2])
+redis.call('HSET', KEYS[11], ARGV[2], ARGV[3] .. ' ' .. string.format('%d', now + tonumber(ARGV[6])))
+redis.call('RPUSH', KEYS[8], ARGV[2])
+return {1, now}
+"#,
+    )
+});
+
+/// Where a place past its turn stands (ARGV: epoch, seq).
+static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {0, 0, '', now} end
+return {1, redis.call('GETBIT', KEYS[5], ARGV[2]), redis.call('HGET', KEYS[6], ARGV[2]) or '', now}
+"#,
+    )
+});
+
+/// A session this replica does not hold (ARGV: epoch, seq). Returns
+/// {idle end or -1, visitor, hard end, now}.
+static SESSION: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1, '', 0, now} end
+local idle = redis.call('ZSCORE', KEYS[10], ARGV[2])
+local s = redis.call('HGET', KEYS[11], ARGV[2])
+if not idle or not s then return {-1, '', 0, now} end
+local vid, max_end = string.match(s, '^(%S+) (%d+)$')
+return {tonumber(idle), vid or '', tonumber(max_end or '0'), now}
+"#,
+    )
+});
+
+/// Activity slides sessions' idle end, never past their hard end
+/// (ARGV: session_ms, seqs...).
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+for i = 2, #ARGV do
+  local s = redis.call('HGET', KEYS[11], ARGV[i])
+  if s then
+    local max_end = tonumber(string.match(s, ' (%d+)$') or '0')
+    local e = math.min(now + tonumber(ARGV[1]), max_end)
+    redis.call('ZADD', KEYS[10], 'XX', 'GT', e, ARGV[i])
+  end
+end
+return 1
+"#,
+    )
+});
+
+/// An admin change (ARGV: epoch, settings).
+static SETTINGS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'settings', ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// A new epoch (ARGV: epoch, settings, seed, state).
+static RESET: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+redis.call('DEL', KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11])
+redis.call('HDEL', KEYS[1], 'opened', 'seed')
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'settings', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'seed', ARGV[3]) end
+redis.call('SET', KEYS[4], ARGV[4])
+return 1
+"#,
+    )
+});
+
+/// Shutdown: last signs of life, and the lease given up if held
+/// (ARGV: node, seen csv, rejoins csv).
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[7], ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[9], ARGV[3]) end
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+return 1
+"#,
+    )
+});
+
+/// An upstream failure holds every replica's drip (ARGV: hold_ms).
+static UPFAIL: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+redis.call('SET', KEYS[12], '1', 'PX', ARGV[1])
+return 1
+"#,
+    )
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fates_parse_strictly() {
+        assert_eq!(
+            parse_fate("c:1700000000000"),
+            Some(Fate::Called(1_700_000_000_000))
+        );
+        assert_eq!(parse_fate("m:5"), Some(Fate::Missed(5)));
+        assert_eq!(parse_fate("r"), Some(Fate::Rejoining));
+        for bad in ["", "c", "c:", "x:1", "c:1x", "m:-", "rr"] {
+            assert_eq!(parse_fate(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn batches_are_comma_separated() {
+        assert_eq!(csv(&[]), "");
+        assert_eq!(csv(&[3, 17, 4]), "3,17,4");
+    }
+}

@@ -1,0 +1,524 @@
+//! Many replicas, one line: real gateway processes sharing a real Redis.
+//!
+//! The shared tests use the Redis at `WAITROOM_TEST_REDIS_URL` (default
+//! 127.0.0.1:6379; `scripts/test.sh` starts one when none answers), each
+//! under a key prefix of its own. Tests that stop Redis start their own
+//! `redis-server` on a free port and never touch the shared one.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use serde_json::{Value, json};
+
+fn shared_redis_url() -> String {
+    std::env::var("WAITROOM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn unique_prefix() -> String {
+    format!("wrtest-{:016x}", rand::random::<u64>())
+}
+
+fn write_config(
+    dir: &Path,
+    upstream: &str,
+    url: &str,
+    prefix: &str,
+    extra_store: &str,
+    room: &str,
+) -> PathBuf {
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\nlease_ms = 1000\n{extra_store}"
+    );
+    let text = config_toml_with_store(&store, &room_toml("demo", upstream, room), "");
+    let path = dir.join("waitroom.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// The sequence number inside a queue token (its payload is plain JSON).
+fn seq_of(token: &str) -> u64 {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["seq"].as_u64().expect("seq")
+}
+
+/// A fan using the JSON API: a token, and the replica it talks to.
+struct ApiFan {
+    token: String,
+    seq: u64,
+    home: usize,
+    claimed: bool,
+}
+
+async fn join(base: &str) -> reqwest::Response {
+    client()
+        .post(format!("{base}/_waitroom/join?room=demo"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn join_ok(base: &str) -> (String, u64) {
+    let res = join(base).await;
+    assert_eq!(res.status(), 200, "join on {base}");
+    let v: Value = res.json().await.unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    let seq = seq_of(&token);
+    (token, seq)
+}
+
+async fn status(base: &str, token: &str) -> Value {
+    let res = client()
+        .get(format!("{base}/_waitroom/status?room=demo"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "status on {base}");
+    res.json().await.unwrap()
+}
+
+async fn claim(base: &str, token: &str) -> reqwest::StatusCode {
+    client()
+        .post(format!("{base}/_waitroom/claim?room=demo"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn metric(admin: &str, name: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("{admin}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn readyz(admin: &str) -> (u16, Value) {
+    let res = client()
+        .get(format!("{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+/// Polls every fan (highest place first) until all are admitted and have
+/// claimed, checking on every round that the line moved in global order:
+/// once a place is seen admitted, every earlier place polled after it must
+/// be admitted too. Returns the largest count admitted at any instant,
+/// relative to `started`, for the rate bound.
+async fn admit_all(
+    procs: &mut [Option<Proc>],
+    fans: &mut [ApiFan],
+    started: Instant,
+    rate_per_sec: f64,
+    mut on_round: impl FnMut(usize, &mut [Option<Proc>]) -> Option<usize>,
+) {
+    fans.sort_by_key(|f| std::cmp::Reverse(f.seq));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    loop {
+        round += 1;
+        if let Some(dead) = on_round(round, procs) {
+            // That replica's fans move to the next live one.
+            for f in fans.iter_mut().filter(|f| f.home == dead) {
+                f.home = (0..procs.len())
+                    .map(|i| (dead + 1 + i) % procs.len())
+                    .find(|&i| procs[i].is_some())
+                    .unwrap();
+            }
+        }
+        let mut higher_admitted: Option<u64> = None;
+        let mut admitted = 0u64;
+        for f in fans.iter_mut() {
+            let base = &procs[f.home].as_ref().unwrap().public;
+            let s = status(base, &f.token).await;
+            let state = s["state"].as_str().unwrap_or_default().to_string();
+            let let_in = matches!(state.as_str(), "admitted" | "claimed");
+            if let Some(h) = higher_admitted {
+                assert!(
+                    let_in,
+                    "place {} is {state} after place {h} was let in: not FIFO",
+                    f.seq
+                );
+            }
+            if let_in {
+                higher_admitted.get_or_insert(f.seq);
+                admitted += 1;
+                if !f.claimed {
+                    assert_eq!(claim(base, &f.token).await, 200, "claim of {}", f.seq);
+                    f.claimed = true;
+                }
+            } else {
+                assert!(
+                    matches!(state.as_str(), "waiting" | "paused"),
+                    "place {}: {s}",
+                    f.seq
+                );
+            }
+        }
+        // Entries never outrun one global rate (plus at most one second of
+        // burst), however many replicas run.
+        let bound = rate_per_sec * started.elapsed().as_secs_f64() + rate_per_sec + 1.0;
+        assert!(
+            admitted as f64 <= bound,
+            "{admitted} admitted after {:?}: more than one global rate allows ({bound:.0})",
+            started.elapsed()
+        );
+        if admitted == fans.len() as u64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {admitted} of {} admitted",
+            fans.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn paused(procs: &[Option<Proc>], i: usize, paused: bool) {
+    procs[i]
+        .as_ref()
+        .unwrap()
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/rooms/demo",
+            Some(json!({ "paused": paused })),
+        )
+        .await;
+}
+
+async fn leader_of(procs: &[Option<Proc>]) -> usize {
+    eventually(10, "one replica drives the drip", || async {
+        let mut leaders = Vec::new();
+        for (i, p) in procs.iter().enumerate() {
+            if let Some(p) = p
+                && metric(&p.admin, "waitroom_drip_leader{room=\"demo\"}").await == Some(1.0)
+            {
+                leaders.push(i);
+            }
+        }
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+    .await
+}
+
+async fn join_spread(procs: &[Option<Proc>], n: usize) -> Vec<ApiFan> {
+    let mut fans = Vec::new();
+    for i in 0..n {
+        let home = i % procs.len();
+        let (token, seq) = join_ok(&procs[home].as_ref().unwrap().public).await;
+        fans.push(ApiFan {
+            token,
+            seq,
+            home,
+            claimed: false,
+        });
+    }
+    let mut seqs: Vec<u64> = fans.iter().map(|f| f.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "places are unique and gapless across replicas"
+    );
+    fans
+}
+
+/// `n` replicas on the shared Redis (their room paused) and `fans` fans
+/// who joined spread over them.
+async fn paused_replicas(
+    n: usize,
+    rate_per_min: u64,
+    fans: usize,
+) -> (
+    TestUpstream,
+    tempfile::TempDir,
+    Vec<Option<Proc>>,
+    Vec<ApiFan>,
+) {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &shared_redis_url(),
+        &unique_prefix(),
+        "",
+        &format!("admit_rate_per_min = {rate_per_min}"),
+    );
+    let procs: Vec<Option<Proc>> = (0..n).map(|_| Some(Proc::start(&config))).collect();
+    paused(&procs, 0, true).await;
+    let fans = join_spread(&procs, fans).await;
+    (up, dir, procs, fans)
+}
+
+#[tokio::test]
+async fn three_replicas_admit_in_one_global_order_at_one_global_rate() {
+    let (_up, _dir, mut procs, mut fans) = paused_replicas(3, 1200, 90).await;
+
+    // An admin change on one replica applies on all.
+    paused(&procs, 2, false).await;
+    let started = Instant::now();
+    leader_of(&procs).await;
+    admit_all(&mut procs, &mut fans, started, 20.0, |_, _| None).await;
+
+    // Claim-once holds across replicas.
+    let first = &fans[fans.len() - 1];
+    assert_eq!(first.seq, 1);
+    for p in procs.iter().flatten() {
+        assert_eq!(claim(&p.public, &first.token).await, 403);
+    }
+    let admitted: f64 = {
+        let mut sum = 0.0;
+        for p in procs.iter().flatten() {
+            sum += metric(&p.admin, "waitroom_admissions_total{room=\"demo\"}")
+                .await
+                .unwrap_or(0.0);
+        }
+        sum
+    };
+    assert_eq!(admitted, 90.0, "every place admitted exactly once");
+}
+
+#[tokio::test]
+async fn a_killed_replicas_fans_keep_their_places_on_another() {
+    let (_up, _dir, mut procs, mut fans) = paused_replicas(3, 600, 45).await;
+    // Kill the replica that drives the drip: the line must go on without it.
+    let leader = leader_of(&procs).await;
+    let positions: HashMap<u64, u64> = {
+        let mut m = HashMap::new();
+        for f in &fans {
+            let s = status(&procs[f.home].as_ref().unwrap().public, &f.token).await;
+            m.insert(f.seq, s["position"].as_u64().unwrap());
+        }
+        m
+    };
+    paused(&procs, (leader + 1) % 3, false).await;
+    let started = Instant::now();
+    let mut killed = false;
+    admit_all(&mut procs, &mut fans, started, 10.0, |round, procs| {
+        if round == 2 && !killed {
+            killed = true;
+            procs[leader].take().unwrap().kill_9();
+            return Some(leader);
+        }
+        None
+    })
+    .await;
+    assert!(killed);
+    assert_ne!(
+        leader_of(&procs).await,
+        leader,
+        "another replica took the drip over"
+    );
+    // Every fan was admitted exactly once, in order (checked every round);
+    // nobody was ever further back than when they joined.
+    assert_eq!(positions.len(), 45);
+    assert!(positions.iter().all(|(seq, pos)| pos == seq));
+}
+
+/// A Redis server of the test's own, persisting with AOF + fsync always.
+struct OwnRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = OwnRedis {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(c) = redis::Client::open(self.url())
+                && let Ok(mut con) = c.get_connection()
+                && redis::cmd("PING").query::<String>(&mut con).is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "own redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+#[tokio::test]
+async fn redis_killed_mid_run_holds_the_line_and_reuses_no_number() {
+    let mut redis = OwnRedis::start();
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &redis.url(),
+        "wr",
+        "",
+        "admit_rate_per_min = 600",
+    );
+    let mut procs: Vec<Option<Proc>> = (0..2).map(|_| Some(Proc::start(&config))).collect();
+    paused(&procs, 0, true).await;
+    let mut fans = join_spread(&procs, 10).await;
+    let p0 = procs[0].as_ref().unwrap();
+    let (p0_public, p0_admin) = (p0.public.clone(), p0.admin.clone());
+    let (p0_public, p0_admin) = (p0_public.as_str(), p0_admin.as_str());
+    eventually(5, "every replica shows the line", || async {
+        let s = status(&procs[1].as_ref().unwrap().public, &fans[9].token).await;
+        (s["position"] == 10).then_some(())
+    })
+    .await;
+
+    redis.kill_9();
+    // Hold: waiting fans keep their page and their place...
+    eventually(5, "the store failure is noticed", || async {
+        let (code, body) = readyz(p0_admin).await;
+        (body["store_healthy"] == false).then_some(code)
+    })
+    .await;
+    let (code, body) = readyz(p0_admin).await;
+    assert_eq!(
+        code, 200,
+        "a replica stays in rotation while it holds: {body}"
+    );
+    assert_eq!(body["degraded"], true);
+    assert_eq!(body["on_store_failure"], "hold");
+    for f in &fans {
+        let s = status(&procs[f.home].as_ref().unwrap().public, &f.token).await;
+        assert_eq!(s["state"], "paused", "{s}");
+        assert_eq!(s["position"].as_u64(), Some(f.seq), "{s}");
+    }
+    // ...new arrivals are told to come back, nothing is lost...
+    let res = join(p0_public).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().get("retry-after").is_some());
+    eventually(5, "the metric says so", || async {
+        (metric(p0_admin, "waitroom_store_up{room=\"demo\"}").await == Some(0.0)).then_some(())
+    })
+    .await;
+
+    // ...and it recovers by itself when Redis is back (with its AOF).
+    redis.spawn();
+    eventually(10, "the store answers again", || async {
+        (readyz(p0_admin).await.1["store_healthy"] == true).then_some(())
+    })
+    .await;
+    let (_, seq) = join_ok(p0_public).await;
+    assert_eq!(seq, 11, "no number is reused after a Redis restart");
+    paused(&procs, 1, false).await;
+    admit_all(&mut procs, &mut fans, Instant::now(), 10.0, |_, _| None).await;
+}
+
+#[tokio::test]
+async fn open_mode_lets_requests_through_while_redis_is_down() {
+    let mut redis = OwnRedis::start();
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &redis.url(),
+        "wr",
+        "on_store_failure = \"open\"",
+        "admit_rate_per_min = 600",
+    );
+    let gw = Proc::start(&config);
+    gw.admin(
+        reqwest::Method::PATCH,
+        "/admin/rooms/demo",
+        Some(json!({ "paused": true })),
+    )
+    .await;
+    // Queued while the store answers.
+    let fan = Fan::new(&gw.public);
+    let page = fan.get("/checkout").await;
+    assert_eq!(page.status(), 200);
+    assert!(!page.text().await.unwrap().contains("\"upstream\":true"));
+    redis.kill_9();
+    eventually(5, "the store failure is noticed", || async {
+        (readyz(&gw.admin).await.1["store_healthy"] == false).then_some(())
+    })
+    .await;
+    let res = Fan::new(&gw.public).get("/checkout").await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["path"], "/checkout", "passed to the upstream: {body}");
+    assert!(
+        metric(&gw.admin, "waitroom_store_bypassed_total{room=\"demo\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
