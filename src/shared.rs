@@ -96,6 +96,15 @@ struct Published {
     opened_entries: Option<u64>,
 }
 
+/// A room's epoch as found in (or started in) Redis.
+struct Joined {
+    epoch: u64,
+    settings: String,
+    seed: String,
+    opened: String,
+    state: String,
+}
+
 /// A place past its turn, as kept in `fate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
@@ -544,6 +553,65 @@ impl Shared {
         });
     }
 
+    /// Joins the room's epoch in Redis, or starts a new one there.
+    async fn init(&self, room: &str) -> Result<Joined, StoreError> {
+        let candidate_seed = self.configured.opens_at.map(|_| Seed::random().to_hex());
+        let mut inv = self.key_args(&INIT);
+        inv.arg(crate::room::new_epoch())
+            .arg(to_json(&self.configured)?)
+            .arg(candidate_seed.unwrap_or_default());
+        let (epoch, settings, seed, opened, state) = self.call(room, &inv).await?;
+        Ok(Joined {
+            epoch,
+            settings,
+            seed,
+            opened,
+            state,
+        })
+    }
+
+    /// A queue view of a joined epoch (the lease holder rebuilds the real
+    /// one from Redis when it takes the lease).
+    fn queue_of(&self, now: Millis, j: Joined) -> Result<(Queue, Option<Seed>), StoreError> {
+        let settings = self.settings_from(&j.settings)?;
+        let seed = if j.seed.is_empty() {
+            None
+        } else {
+            Some(Seed::from_hex(&j.seed).map_err(|e| StoreError::Corrupt(format!("seed: {e}")))?)
+        };
+        let mut queue = Queue::new(j.epoch, settings);
+        if let (Ok(n), Some(seed)) = (j.opened.parse::<u32>(), &seed) {
+            queue.sync_issued(u64::from(n), now);
+            queue.open_with(shuffle::order(seed, n));
+        }
+        Ok((queue, seed))
+    }
+
+    /// Redis has no epoch for the room: it lost its data (a restart without
+    /// persistence, or a flush). Places can no longer be told apart from
+    /// reused numbers, so the room starts a new epoch and every earlier
+    /// token is void — the documented price of running Redis without AOF.
+    async fn start_over(&self, room: &Room) {
+        tracing::error!(
+            room = %room.id(),
+            "Redis has no state for this room (restarted without persistence?): starting a new epoch; earlier places are void"
+        );
+        self.leading.store(false, Ordering::Release);
+        let Ok(joined) = self.init(room.id()).await else {
+            return;
+        };
+        match self.queue_of(room.clock.mono_ms(), joined) {
+            Ok((queue, seed)) => {
+                let snap = crate::room::snapshot_of(room.id(), &queue, true, seed.as_ref());
+                self.issued_seen.store(0, Ordering::Relaxed);
+                *room.seed.lock().unwrap_or_else(|p| p.into_inner()) = seed;
+                room.lock().queue = queue;
+                room.publish_snapshot(snap);
+            }
+            Err(e) => tracing::error!(room = %room.id(), error = %e, "starting over failed"),
+        }
+    }
+
     // ---- the tick -------------------------------------------------------
 
     /// One tick: hand in signs of life, take or renew the lease; as lease
@@ -580,6 +648,10 @@ impl Shared {
         let role = int(reply.first());
         let epoch: u64 = text(reply.get(2)).parse().unwrap_or(0);
         let state = text(reply.get(3));
+        if epoch == 0 {
+            self.start_over(room).await;
+            return;
+        }
         if role == 0 {
             if self.leading.swap(false, Ordering::AcqRel) {
                 tracing::warn!(room = %room.id(), "drip lease taken over by another replica");
@@ -600,6 +672,10 @@ impl Shared {
         };
         if p.snapshot.epoch != epoch {
             return;
+        }
+        if room.snapshot().epoch != epoch {
+            // A new epoch (a reset elsewhere): its counter starts over.
+            self.issued_seen.store(0, Ordering::Relaxed);
         }
         self.issued_seen
             .fetch_max(p.snapshot.issued, Ordering::Relaxed);
@@ -946,27 +1022,6 @@ pub async fn open_room(
         .iter()
         .map(|name| format!("{key_prefix}:{{{}}}:{name}", config.id))
         .collect();
-    let candidate_seed = configured.opens_at.map(|_| Seed::random().to_hex());
-    let settings_json = to_json(&configured)?;
-    let mut inv = INIT.prepare_invoke();
-    for k in &keys {
-        inv.key(k);
-    }
-    inv.arg(crate::room::new_epoch())
-        .arg(&settings_json)
-        .arg(candidate_seed.unwrap_or_default());
-    let started = std::time::Instant::now();
-    let (epoch, settings, seed, opened, state): (u64, String, String, String, String) = loop {
-        let mut c = con.clone();
-        match inv.invoke_async(&mut c).await {
-            Ok(v) => break v,
-            Err(e) if started.elapsed() < STARTUP_WAIT => {
-                tracing::warn!(room = %config.id, error = %e, "waiting for Redis");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(RoomError::Store(redis_err(e))),
-        }
-    };
     let shared = Shared {
         con,
         keys,
@@ -986,22 +1041,21 @@ pub async fn open_room(
         configured,
         upfail_sent: AtomicU64::new(0),
     };
-    let s = shared.settings_from(&settings).map_err(RoomError::Store)?;
-    let seed = if seed.is_empty() {
-        None
-    } else {
-        Some(Seed::from_hex(&seed).map_err(|e| {
-            RoomError::Store(StoreError::Corrupt(format!(
-                "room {}: seed: {e}",
-                config.id
-            )))
-        })?)
+    let started = std::time::Instant::now();
+    let joined = loop {
+        match shared.init(&config.id).await {
+            Ok(j) => break j,
+            Err(e) if started.elapsed() < STARTUP_WAIT => {
+                tracing::warn!(room = %config.id, error = %e, "waiting for Redis");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(RoomError::Store(e)),
+        }
     };
-    let mut queue = Queue::new(epoch, s);
-    if let (Ok(n), Some(seed)) = (opened.parse::<u32>(), &seed) {
-        queue.sync_issued(u64::from(n), clock.mono_ms());
-        queue.open_with(shuffle::order(seed, n));
-    }
+    let (epoch, state) = (joined.epoch, joined.state.clone());
+    let (queue, seed) = shared
+        .queue_of(clock.mono_ms(), joined)
+        .map_err(|e| RoomError::Store(StoreError::Corrupt(format!("room {}: {e}", config.id))))?;
     let shared = Arc::new(shared);
     let room = Room::assemble(
         config,

@@ -522,3 +522,42 @@ async fn open_mode_lets_requests_through_while_redis_is_down() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn redis_that_lost_its_data_starts_a_new_epoch_and_voids_old_places() {
+    let redis = OwnRedis::start();
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &redis.url(),
+        "wr",
+        "",
+        "admit_rate_per_min = 600",
+    );
+    let procs: Vec<Option<Proc>> = (0..2).map(|_| Some(Proc::start(&config))).collect();
+    paused(&procs, 0, true).await;
+    let fans = join_spread(&procs, 4).await;
+    // What a restart without persistence leaves: nothing.
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("FLUSHALL").query::<()>(&mut con).unwrap();
+    for p in procs.iter().flatten() {
+        eventually(5, "the old places are void everywhere", || async {
+            let res = client()
+                .get(format!("{}/_waitroom/status?room=demo", p.public))
+                .bearer_auth(&fans[0].token)
+                .send()
+                .await
+                .unwrap();
+            (res.status() == 401).then_some(())
+        })
+        .await;
+    }
+    // A number from the new epoch may repeat an old one: the epoch tells them apart.
+    let (_, seq) = join_ok(&procs[1].as_ref().unwrap().public).await;
+    assert_eq!(seq, 1);
+}
