@@ -454,6 +454,7 @@ impl Queue {
         }
         self.missed.clear();
         self.missed_order.clear();
+        missed.retain(|&(seq, _)| !self.claimed.get(seq));
         missed.sort_by_key(|&(seq, at)| (at, seq));
         for (seq, at) in missed {
             self.missed.insert(seq, at);
@@ -490,12 +491,16 @@ impl Queue {
         if seq == 0 || seq >= self.next_seq || !self.claimed.set(seq) {
             return;
         }
-        self.pending.remove(&seq);
+        let was_pending = self.pending.remove(&seq).is_some();
         self.restored.remove(&seq);
-        self.missed.remove(&seq);
+        let was_missed = self.missed.remove(&seq).is_some();
         self.rejoin_lane.retain(|&s| s != seq);
         self.active_sessions += 1;
         self.admitted_total += 1;
+        if was_pending || was_missed {
+            // A claim that raced this view's no-show: its outcome is settled.
+            self.record(Change::Gone(seq));
+        }
     }
 
     pub fn durable(&self) -> Durable {
@@ -1066,6 +1071,23 @@ mod tests {
             ]
         );
         assert!(q.take_changes().is_empty());
+    }
+
+    #[test]
+    fn a_claim_made_elsewhere_wins_over_a_no_show_seen_here() {
+        let mut q = queue_with(2);
+        q.record_changes();
+        q.call_head(0);
+        // The shared store took the claim just inside the window; this view
+        // expired the place in the same instant.
+        q.expire_pending(60_000);
+        q.take_changes();
+        q.force_claim(1);
+        assert_eq!(q.place(1, 60_001), Place::Claimed);
+        assert_eq!(q.take_changes(), vec![Change::Gone(1)]);
+        assert_eq!(q.admitted_total(), 1);
+        q.force_claim(1);
+        assert_eq!(q.admitted_total(), 1, "once");
     }
 
     #[test]
