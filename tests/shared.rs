@@ -103,6 +103,19 @@ async fn claim(base: &str, token: &str) -> reqwest::StatusCode {
         .status()
 }
 
+/// Claims and returns the access token.
+async fn claim_access(base: &str, token: &str) -> String {
+    let res = client()
+        .post(format!("{base}/_waitroom/claim?room=demo"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
 async fn metric(admin: &str, name: &str) -> Option<f64> {
     let text = client()
         .get(format!("{admin}/metrics"))
@@ -560,4 +573,94 @@ async fn redis_that_lost_its_data_starts_a_new_epoch_and_voids_old_places() {
     // A number from the new epoch may repeat an old one: the epoch tells them apart.
     let (_, seq) = join_ok(&procs[1].as_ref().unwrap().public).await;
     assert_eq!(seq, 1);
+}
+
+#[tokio::test]
+async fn a_session_taken_on_one_replica_is_honoured_by_the_others() {
+    let (_up, _dir, procs, fans) = paused_replicas(2, 600, 1).await;
+    paused(&procs, 1, false).await;
+    let (a, b) = (
+        procs[0].as_ref().unwrap().public.clone(),
+        procs[1].as_ref().unwrap().public.clone(),
+    );
+    eventually(10, "called", || async {
+        (status(&a, &fans[0].token).await["state"] == "admitted").then_some(())
+    })
+    .await;
+    let access = claim_access(&a, &fans[0].token).await;
+    for base in [&b, &a, &b] {
+        let res = client()
+            .get(format!("{base}/checkout"))
+            .header("x-waitroom-token", &access)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["upstream"], true, "let through on {base}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_scheduled_pre_queue_is_drawn_once_for_every_replica() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let opens_at = waitroom::rfc3339::format(now + 3);
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &shared_redis_url(),
+        &unique_prefix(),
+        "",
+        &format!("admit_rate_per_min = 600\nopens_at = \"{opens_at}\""),
+    );
+    let procs: Vec<Option<Proc>> = (0..2).map(|_| Some(Proc::start(&config))).collect();
+    paused(&procs, 0, true).await;
+    let fans = join_spread(&procs, 8).await;
+    for f in &fans {
+        let s = status(&procs[f.home].as_ref().unwrap().public, &f.token).await;
+        assert_eq!(s["state"], "prequeue", "{s}");
+    }
+    let bases: Vec<String> = procs.iter().flatten().map(|p| p.public.clone()).collect();
+    // After opening, both replicas show each fan the same drawn place...
+    let mut ranks = vec![0u64; fans.len()];
+    for (i, f) in fans.iter().enumerate() {
+        let pos = eventually(15, "opened", || async {
+            let s = status(&bases[0], &f.token).await;
+            (s["state"] == "paused").then(|| s["position"].as_u64().unwrap())
+        })
+        .await;
+        for base in &bases {
+            let s = eventually(5, "opened on every replica", || async {
+                let s = status(base, &f.token).await;
+                (s["state"] == "paused").then_some(s)
+            })
+            .await;
+            assert_eq!(
+                s["position"].as_u64(),
+                Some(pos),
+                "same place on {base}: {s}"
+            );
+        }
+        ranks[i] = pos;
+    }
+    // ...and it is the draw anyone can check from the revealed seed.
+    let shuffle: Value = client()
+        .get(format!("{}/_waitroom/shuffle?room=demo", bases[1]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shuffle["entries"], 8, "{shuffle}");
+    let seed = waitroom::shuffle::Seed::from_hex(shuffle["seed"].as_str().unwrap()).unwrap();
+    let order = waitroom::shuffle::order(&seed, 8);
+    for (i, f) in fans.iter().enumerate() {
+        let drawn = order.iter().position(|&s| u64::from(s) == f.seq).unwrap() as u64 + 1;
+        assert_eq!(ranks[i], drawn, "place of entry {}", f.seq);
+    }
 }
