@@ -109,6 +109,9 @@ impl From<RoomError> for GatewayError {
     }
 }
 
+/// `Retry-After` for answers that are only briefly unavailable.
+const STORE_RETRY_AFTER_SECS: u64 = 5;
+
 impl GatewayError {
     /// Status and machine-readable code.
     pub fn status_code(&self) -> (StatusCode, &'static str) {
@@ -169,11 +172,18 @@ impl GatewayError {
             }
             Origin::Internal => tracing::error!(code, error = %self, "internal error"),
         }
-        let message = self.to_string();
+        let message = match origin {
+            // The details are in the log line above; the public gets no
+            // infrastructure addresses or driver messages.
+            Origin::Store => "the queue is briefly unavailable; try again in a few seconds".into(),
+            _ => self.to_string(),
+        };
         let mut res =
             if let (GatewayError::RateLimited { retry_after_secs }, true) = (&self, as_html) {
                 // A browser on a protected route: a calm page that retries by itself.
                 http::html(status, crate::page::slow_down_page(*retry_after_secs))
+            } else if origin == Origin::Store && as_html {
+                http::html(status, crate::page::hold_page(STORE_RETRY_AFTER_SECS))
             } else if as_html {
                 http::html(status, crate::page::error_page(status, &message))
             } else {
@@ -213,7 +223,10 @@ impl GatewayError {
             | GatewayError::RoomClosed
             | GatewayError::Draining
             | GatewayError::TooManyStreams => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(STORE_RETRY_AFTER_SECS),
+                );
             }
             GatewayError::RateLimited { retry_after_secs } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

@@ -314,6 +314,21 @@ pub fn slow_down_page(retry_after_secs: u64) -> String {
     )
 }
 
+/// The state store does not answer for a moment (a shared Redis down,
+/// `on_store_failure = "hold"`): a calm page that retries by itself.
+pub fn hold_page(retry_after_secs: u64) -> String {
+    let retry = retry_after_secs.max(1);
+    shell(
+        "Just a moment",
+        &format!("<meta http-equiv=\"refresh\" content=\"{retry}\">"),
+        &format!(
+            "<h1>Just a moment</h1><p class=\"note\" aria-live=\"polite\">The line is catching its \
+             breath. This page tries again by itself in {retry} seconds; there is no need to refresh. \
+             If you already have a place in line, you keep it.</p>"
+        ),
+    )
+}
+
 /// A room with proof of work: the fan's browser does a second or so of
 /// arithmetic before it gets a place. The page says what is happening,
 /// never that anyone looks like a bot.

@@ -478,6 +478,18 @@ async fn redis_killed_mid_run_holds_the_line_and_reuses_no_number() {
     let res = join(p0_public).await;
     assert_eq!(res.status(), 503);
     assert!(res.headers().get("retry-after").is_some());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "store_unavailable");
+    assert!(
+        !body.to_string().to_lowercase().contains("redis"),
+        "no infrastructure details in public answers: {body}"
+    );
+    let page = Fan::new(p0_public).get("/checkout").await;
+    assert_eq!(page.status(), 503);
+    assert_eq!(page.headers()["retry-after"], "5");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("tries again by itself"), "{html}");
+    assert!(!html.to_lowercase().contains("redis"), "{html}");
     eventually(5, "the metric says so", || async {
         (metric(p0_admin, "waitroom_store_up{room=\"demo\"}").await == Some(0.0)).then_some(())
     })
