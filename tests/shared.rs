@@ -167,11 +167,19 @@ async fn admit_all(
                     .unwrap();
             }
         }
+        // One replica answers a whole round (a different one each round):
+        // replicas adopt the published line up to a tick apart, so order is
+        // only comparable within one replica's view.
+        let live: Vec<usize> = (0..procs.len()).filter(|&i| procs[i].is_some()).collect();
+        let checker = procs[live[round % live.len()]]
+            .as_ref()
+            .unwrap()
+            .public
+            .clone();
         let mut higher_admitted: Option<u64> = None;
         let mut admitted = 0u64;
         for f in fans.iter_mut() {
-            let base = &procs[f.home].as_ref().unwrap().public;
-            let s = status(base, &f.token).await;
+            let s = status(&checker, &f.token).await;
             let state = s["state"].as_str().unwrap_or_default().to_string();
             let let_in = matches!(state.as_str(), "admitted" | "claimed");
             if let Some(h) = higher_admitted {
@@ -185,7 +193,12 @@ async fn admit_all(
                 higher_admitted.get_or_insert(f.seq);
                 admitted += 1;
                 if !f.claimed {
-                    assert_eq!(claim(base, &f.token).await, 200, "claim of {}", f.seq);
+                    // On the fan's own replica, which may be a tick behind.
+                    let home = procs[f.home].as_ref().unwrap().public.clone();
+                    eventually(5, "claimed on the fan's replica", || async {
+                        (claim(&home, &f.token).await == 200).then_some(())
+                    })
+                    .await;
                     f.claimed = true;
                 }
             } else {
@@ -295,7 +308,7 @@ async fn paused_replicas(
 
 #[tokio::test]
 async fn three_replicas_admit_in_one_global_order_at_one_global_rate() {
-    let (_up, _dir, mut procs, mut fans) = paused_replicas(3, 1200, 90).await;
+    let (_up, _dir, mut procs, mut fans) = paused_replicas(3, 1200, 60).await;
 
     // An admin change on one replica applies on all.
     paused(&procs, 2, false).await;
@@ -318,7 +331,7 @@ async fn three_replicas_admit_in_one_global_order_at_one_global_rate() {
         }
         sum
     };
-    assert_eq!(admitted, 90.0, "every place admitted exactly once");
+    assert_eq!(admitted, 60.0, "every place admitted exactly once");
 }
 
 #[tokio::test]
