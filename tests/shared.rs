@@ -689,3 +689,41 @@ async fn a_scheduled_pre_queue_is_drawn_once_for_every_replica() {
         assert_eq!(ranks[i], drawn, "place of entry {}", f.seq);
     }
 }
+
+#[tokio::test]
+async fn max_active_caps_sessions_across_every_replica() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &shared_redis_url(),
+        &unique_prefix(),
+        "",
+        "admit_rate_per_min = 6000\nmax_active = 2",
+    );
+    let procs: Vec<Option<Proc>> = (0..3).map(|_| Some(Proc::start(&config))).collect();
+    paused(&procs, 0, true).await;
+    let mut fans = join_spread(&procs, 5).await;
+    fans.sort_by_key(|f| f.seq);
+    paused(&procs, 0, false).await;
+    // Places 1 and 2 take the two slots, on two different replicas.
+    for f in &fans[..2] {
+        let home = procs[f.home].as_ref().unwrap().public.clone();
+        eventually(10, "called and claimed", || async {
+            (claim(&home, &f.token).await == 200).then_some(())
+        })
+        .await;
+    }
+    // At 100 a second the rest would be in at once without the cap; with
+    // both sessions live, nobody else is let in, on any replica.
+    for round in 0..15 {
+        let base = &procs[round % 3].as_ref().unwrap().public;
+        for f in &fans[2..] {
+            let s = status(base, &f.token).await;
+            assert_eq!(s["state"], "waiting", "place {}: {s}", f.seq);
+            assert_eq!(s["eta_reason"], "checkout_full", "{s}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
