@@ -19,6 +19,11 @@ RUN groupadd --system --gid 10001 waitroom \
     && useradd --system --uid 10001 --gid waitroom --home-dir /nonexistent --shell /usr/sbin/nologin waitroom
 COPY --from=build /src/target/release/waitroom /usr/local/bin/waitroom
 COPY config/waitroom.toml /etc/waitroom/waitroom.toml
+# The embedded store's default path (./waitroom-state) lands here; mount a
+# volume to keep it. With the redis store nothing is written to disk (the
+# Kubernetes manifests run with a read-only root filesystem).
+RUN install -d -o 10001 -g 10001 /var/lib/waitroom
+WORKDIR /var/lib/waitroom
 USER 10001:10001
 EXPOSE 8080 8081
 # Liveness/readiness live on the admin port: /healthz and /readyz.
