@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
 
-use crate::config::{Config, StoreConfig, Upstream};
+use crate::config::{Config, OnStoreFailure, StoreConfig, Upstream};
 use crate::error::GatewayError;
 use crate::gate::{Ctx, Decision};
 use crate::http::{self, Body};
@@ -84,53 +84,55 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 impl App {
     pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
         let clock = Clock::default();
-        let mut rooms = Vec::new();
-        let store: Option<Arc<dyn Store>> = match &config.store {
+        let hold = config.proxy.upstream_hold;
+        /// How this process opens its rooms.
+        enum Opener<'a> {
+            Local(Arc<dyn Store>, u64),
+            Shared(redis::aio::ConnectionManager, &'a str, OnStoreFailure, u64),
+        }
+        let opener = match &config.store {
             StoreConfig::Embedded { path, seq_block } => {
-                let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(path)?);
-                for rc in &config.rooms {
-                    let room = Room::open(
-                        rc.clone(),
-                        store.clone(),
-                        clock,
-                        *seq_block,
-                        config.proxy.upstream_hold,
-                    )
-                    .await
-                    .map_err(|source| AppError::Room {
-                        room: rc.id.clone(),
-                        source,
-                    })?;
-                    rooms.push(room);
-                }
-                Some(store)
+                Opener::Local(Arc::new(EmbeddedStore::open(path)?), *seq_block)
             }
             StoreConfig::Redis {
                 url,
                 key_prefix,
                 on_failure,
                 lease_ms,
-            } => {
-                let con = crate::shared::connect(url)?;
-                for rc in &config.rooms {
-                    let room = crate::shared::open_room(
+            } => Opener::Shared(
+                crate::shared::connect(url)?,
+                key_prefix,
+                *on_failure,
+                *lease_ms,
+            ),
+        };
+        let mut rooms = Vec::new();
+        for rc in &config.rooms {
+            let opened = match &opener {
+                Opener::Local(store, seq_block) => {
+                    Room::open(rc.clone(), store.clone(), clock, *seq_block, hold).await
+                }
+                Opener::Shared(con, key_prefix, on_failure, lease_ms) => {
+                    crate::shared::open_room(
                         rc.clone(),
                         con.clone(),
                         key_prefix,
                         *on_failure,
                         *lease_ms,
                         clock,
-                        config.proxy.upstream_hold,
+                        hold,
                     )
                     .await
-                    .map_err(|source| AppError::Room {
-                        room: rc.id.clone(),
-                        source,
-                    })?;
-                    rooms.push(room);
                 }
-                None
-            }
+            };
+            rooms.push(opened.map_err(|source| AppError::Room {
+                room: rc.id.clone(),
+                source,
+            })?);
+        }
+        let store = match opener {
+            Opener::Local(store, _) => Some(store),
+            Opener::Shared(..) => None,
         };
         let is_https = |u: &Upstream| u.scheme == hyper::http::uri::Scheme::HTTPS;
         let https_upstreams = config.rooms.iter().any(|r| is_https(&r.upstream))
