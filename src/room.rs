@@ -36,8 +36,11 @@ impl Default for Clock {
 }
 
 impl Clock {
+    /// Monotonic milliseconds, counted from a day before the process
+    /// started, so times from before a restart (a shared line's calls and
+    /// misses) stay representable.
     pub fn mono_ms(&self) -> Millis {
-        self.start.elapsed().as_millis() as Millis
+        MONO_BASE_MS + self.start.elapsed().as_millis() as Millis
     }
     pub fn wall_secs(&self) -> u64 {
         SystemTime::now()
@@ -46,6 +49,9 @@ impl Clock {
             .unwrap_or(0)
     }
 }
+
+/// Where the monotonic clock starts (see [`Clock::mono_ms`]).
+const MONO_BASE_MS: Millis = 86_400_000;
 
 /// How long an arrival may wait for a sequence-number reservation.
 pub const RESERVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -351,6 +357,13 @@ impl Room {
             .store(self.clock.mono_ms() + 1, Ordering::Relaxed);
     }
 
+    /// Holds the drip until `end` (monotonic ms): another replica saw the
+    /// upstream fail and the hold it started has that long to run.
+    pub(crate) fn hold_upstream_until(&self, end: Millis) {
+        let failed = end.saturating_sub(self.upstream_hold_ms) + 1;
+        self.upstream_failed_at.fetch_max(failed, Ordering::Relaxed);
+    }
+
     pub(crate) fn note_rate_cut(&self) {
         self.rate_lowered_at
             .store(self.clock.mono_ms() + 1, Ordering::Relaxed);
@@ -401,23 +414,18 @@ impl Room {
     }
 
     pub(crate) fn publish(&self, q: &Queue, now: Millis) {
-        let lowered = self.rate_lowered_at.load(Ordering::Relaxed);
+        self.publish_snapshot(self.snapshot_for(q, now));
+    }
+
+    /// What readers would see of `q` now (not yet published).
+    pub(crate) fn snapshot_for(&self, q: &Queue, now: Millis) -> Snapshot {
         let seed = self.seed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut snap = snapshot_of(
+        snapshot_of(
             &self.config.id,
             q,
             self.upstream_healthy(now),
             seed.as_ref(),
-        );
-        snap.rate_lowered_recently = lowered != 0 && now + 1 < lowered + RATE_CUT_NOTICE_MS;
-        self.snapshot.send_if_modified(|s| {
-            if *s != snap {
-                *s = snap;
-                true
-            } else {
-                false
-            }
-        });
+        )
     }
 
     /// Gives an arrival the next place. In `over_capacity` rooms with room

@@ -63,6 +63,12 @@ const SESSION_FLUSH_EVERY_TICKS: u64 = 10;
 const OVER_CAPACITY_WAIT: Duration = Duration::from_millis(400);
 /// At most this many rejoin-lane entries are published to the replicas.
 const LANE_PUBLISHED: usize = 10_000;
+/// The lease holder expires a call this much after Redis stops accepting
+/// its claim, so a claim taken at the last moment always reaches it first
+/// (no refunded token, no freed slot for a place that did come in).
+const CLAIM_MARGIN_SECS: u64 = 1;
+/// How long a replica whose lead failed leaves the lease to others.
+const LEAD_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Opens the connection to Redis. Lazy: it connects on first use and
 /// reconnects by itself after a failure.
@@ -138,9 +144,14 @@ pub struct Shared {
     leading: AtomicBool,
     /// Redis milliseconds minus this process's monotonic milliseconds.
     offset: AtomicI64,
-    /// The highest sequence number this replica has seen issued (raises the
-    /// counter again if Redis lost its last writes).
-    issued_seen: AtomicU64,
+    /// (epoch, the highest sequence number this replica has seen issued in
+    /// it): raises the counter again if Redis lost its last writes.
+    issued: Mutex<(u64, u64)>,
+    /// After a failed lead, this replica does not take the lease again
+    /// before this (monotonic ms), so a replica that cannot lead does not
+    /// hold the line up.
+    lead_backoff_until: AtomicU64,
+    clock: Clock,
     touches: Mutex<HashSet<u64>>,
     rejoins: Mutex<HashSet<u64>>,
     session_activity: Mutex<HashSet<u64>>,
@@ -209,6 +220,36 @@ impl Shared {
         }
     }
 
+    /// The counter floor this replica vouches for in `epoch`.
+    fn floor_for(&self, epoch: u64) -> u64 {
+        let g = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 == epoch { g.1 } else { 0 }
+    }
+
+    fn saw_issued(&self, epoch: u64, seq: u64) {
+        let mut g = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 == epoch {
+            g.1 = g.1.max(seq);
+        }
+    }
+
+    /// This replica meets `epoch` for the first time (start, a reset, Redis
+    /// starting over): nothing of the previous epoch carries over.
+    fn enter_epoch(&self, room: &Room, epoch: u64) {
+        let mut g = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 == epoch {
+            return;
+        }
+        *g = (epoch, 0);
+        drop(g);
+        room.sessions.clear();
+        for set in [&self.touches, &self.rejoins, &self.session_activity] {
+            set.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+        self.lane.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.order.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn redis_ms(&self, mono: Millis) -> i64 {
         mono as i64 + self.offset.load(Ordering::Relaxed)
     }
@@ -225,10 +266,9 @@ impl Shared {
             return Err(RoomError::Closed);
         }
         let mut inv = self.key_args(&ARRIVE);
-        inv.arg(snap.epoch)
-            .arg(self.issued_seen.load(Ordering::Relaxed));
+        inv.arg(snap.epoch).arg(self.floor_for(snap.epoch));
         let (seq, epoch): (u64, u64) = self.call(room.id(), &inv).await?;
-        self.issued_seen.fetch_max(seq, Ordering::Relaxed);
+        self.saw_issued(epoch, seq);
         self.touches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -318,7 +358,7 @@ impl Shared {
         }
         Ok(match parse_fate(&fate) {
             Some(Fate::Called(at)) => {
-                let by = at + snap.claim_grace_secs as i64 * 1000;
+                let by = at + self.configured.claim_grace_secs as i64 * 1000;
                 if now < by {
                     Place::Called {
                         claim_by: self.mono_ms(by),
@@ -372,7 +412,7 @@ impl Shared {
         inv.arg(epoch)
             .arg(seq)
             .arg(vid)
-            .arg(snap.claim_grace_secs * 1000)
+            .arg(self.configured.claim_grace_secs * 1000)
             .arg(snap.session_secs * 1000)
             .arg(snap.session_max_secs * 1000);
         let (outcome, _now): (i64, i64) = self.call(room.id(), &inv).await?;
@@ -472,27 +512,27 @@ impl Shared {
         change: impl FnOnce(&mut Settings),
     ) -> Result<Settings, RoomError> {
         let snap = room.snapshot();
-        let mut s = settings_of(&snap, &self.configured);
-        change(&mut s);
-        s.session_max_secs = s.session_max_secs.max(s.session_secs);
-        let json = to_json(&s)?;
+        let before = settings_of(&snap, &self.configured);
+        let mut after = before.clone();
+        change(&mut after);
+        after.session_max_secs = after.session_max_secs.max(after.session_secs);
+        // Only what this change changes: Redis merges it into the current
+        // settings, so two changes made at once on two replicas both hold.
+        let patch = settings_patch(&before, &after)?;
         let mut inv = self.key_args(&SETTINGS);
-        inv.arg(snap.epoch).arg(&json);
-        let applied: i64 = self.call(room.id(), &inv).await?;
+        inv.arg(snap.epoch).arg(&patch);
+        let (applied, merged): (i64, String) = self.call(room.id(), &inv).await?;
         if applied != 1 {
             return Err(RoomError::Store(StoreError::Io(
                 "the room was reset meanwhile; try again".into(),
             )));
         }
+        let s = self.settings_from(&merged).map_err(RoomError::Store)?;
         if s.admit_rate_per_min < snap.admit_rate_per_min {
             room.note_rate_cut();
         }
-        // Shown here at once; everywhere else with the next tick.
-        let mut st = room.lock();
-        if st.queue.epoch() == snap.epoch {
-            st.queue.settings = s.clone();
-        }
-        drop(st);
+        // Shown here at once; everywhere else (and to the lease holder's
+        // drip) with the next tick.
         let mut next = snap;
         apply_settings_to_snapshot(&mut next, &s);
         room.publish_snapshot(next);
@@ -519,7 +559,7 @@ impl Shared {
             .arg(seed.as_ref().map(Seed::to_hex).unwrap_or_default())
             .arg(to_json(&published)?);
         let _: i64 = self.call(room.id(), &inv).await?;
-        room.sessions.clear();
+        self.enter_epoch(room, epoch);
         *room.seed.lock().unwrap_or_else(|p| p.into_inner()) = seed;
         room.publish_snapshot(fresh);
         Ok(epoch)
@@ -560,7 +600,17 @@ impl Shared {
         inv.arg(crate::room::new_epoch())
             .arg(to_json(&self.configured)?)
             .arg(candidate_seed.unwrap_or_default());
-        let (epoch, settings, seed, opened, state) = self.call(room, &inv).await?;
+        let (epoch, settings, seed, opened, state, now): (
+            u64,
+            String,
+            String,
+            String,
+            String,
+            i64,
+        ) = self.call(room, &inv).await?;
+        // Redis time from the first answer on, not only from the first tick.
+        self.offset
+            .store(now - self.clock.mono_ms() as i64, Ordering::Relaxed);
         Ok(Joined {
             epoch,
             settings,
@@ -603,7 +653,7 @@ impl Shared {
         match self.queue_of(room.clock.mono_ms(), joined) {
             Ok((queue, seed)) => {
                 let snap = crate::room::snapshot_of(room.id(), &queue, true, seed.as_ref());
-                self.issued_seen.store(0, Ordering::Relaxed);
+                self.enter_epoch(room, queue.epoch());
                 *room.seed.lock().unwrap_or_else(|p| p.into_inner()) = seed;
                 room.lock().queue = queue;
                 room.publish_snapshot(snap);
@@ -620,12 +670,17 @@ impl Shared {
     async fn tick(&self, room: &Arc<Room>) {
         let touches = take(&self.touches);
         let rejoins = take(&self.rejoins);
+        let known = room.snapshot().epoch;
+        let before = room.clock.mono_ms();
+        let may_lead = before >= self.lead_backoff_until.load(Ordering::Relaxed);
         let mut inv = self.key_args(&PULL);
         inv.arg(&self.node)
             .arg(self.lease_ms)
             .arg(csv(&touches))
-            .arg(csv(&rejoins));
-        let before = room.clock.mono_ms();
+            .arg(csv(&rejoins))
+            .arg(known)
+            .arg(self.floor_for(known))
+            .arg(u8::from(may_lead));
         let reply: Vec<Value> = match self.call(room.id(), &inv).await {
             Ok(v) => v,
             Err(_) => {
@@ -660,33 +715,43 @@ impl Shared {
             return;
         }
         if let Err(e) = self.lead(room, role == 2, epoch, &state, &reply).await {
-            tracing::warn!(room = %room.id(), error = %e, "drip tick not committed");
+            tracing::warn!(room = %room.id(), error = %e, "drip tick not committed; leaving the lease to another replica");
             self.leading.store(false, Ordering::Release);
+            self.lead_backoff_until.store(
+                room.clock.mono_ms() + LEAD_BACKOFF.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            let mut inv = self.key_args(&RELEASE);
+            inv.arg(&self.node).arg("").arg("");
+            let _: Result<i64, _> = self.call(room.id(), &inv).await;
         }
     }
 
     /// A replica without the lease shows what the holder published.
     fn adopt(&self, room: &Room, epoch: u64, state: &str) {
-        let Ok(p) = serde_json::from_str::<Published>(state) else {
-            return;
+        let p = match serde_json::from_str::<Published>(state) {
+            Ok(p) => p,
+            Err(e) if !state.is_empty() => {
+                // A replica of another version wrote it: say so, never freeze silently.
+                tracing::warn!(room = %room.id(), error = %e, "published state not understood");
+                return;
+            }
+            Err(_) => return,
         };
         if p.snapshot.epoch != epoch {
             return;
         }
-        if room.snapshot().epoch != epoch {
-            // A new epoch (a reset elsewhere): its counter starts over.
-            self.issued_seen.store(0, Ordering::Relaxed);
-        }
-        self.issued_seen
-            .fetch_max(p.snapshot.issued, Ordering::Relaxed);
+        self.enter_epoch(room, epoch);
+        self.saw_issued(epoch, p.snapshot.issued);
         *self.lane.lock().unwrap_or_else(|e| e.into_inner()) = p.lane;
         let mut snap = p.snapshot;
-        snap.shuffled = self.order_for(room, epoch, p.opened_entries);
+        snap.shuffled = self.order_for(epoch, p.opened_entries, snap.revealed_seed.as_deref());
         room.publish_snapshot(snap);
     }
 
-    /// The drawn pre-queue order for `entries`, drawn once per replica.
-    fn order_for(&self, room: &Room, epoch: u64, entries: Option<u64>) -> Option<Shuffled> {
+    /// The drawn pre-queue order for `entries` from the revealed seed,
+    /// drawn once per replica.
+    fn order_for(&self, epoch: u64, entries: Option<u64>, seed: Option<&str>) -> Option<Shuffled> {
         let entries = entries.filter(|&n| n > 0)?;
         let mut cache = self.order.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((e, n, s)) = cache.as_ref()
@@ -695,11 +760,7 @@ impl Shared {
         {
             return Some(s.clone());
         }
-        let seed = room
-            .seed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
+        let seed = Seed::from_hex(seed?).ok()?;
         let s = Shuffled::new(shuffle::order(
             &seed,
             u32::try_from(entries).unwrap_or(u32::MAX),
@@ -727,11 +788,13 @@ impl Shared {
         let active = int(reply.get(11)).max(0) as u64;
         let upfail_ms = int(reply.get(12));
         if upfail_ms > 0 {
-            room.note_upstream_failure_local();
+            // Held until the hold another replica started ends, not longer.
+            room.hold_upstream_until(room.clock.mono_ms() + upfail_ms as u64);
         }
         let fresh = !self.leading.load(Ordering::Acquire) || acquired;
         let now = room.clock.mono_ms();
         if fresh || room.lock().queue.epoch() != epoch {
+            self.enter_epoch(room, epoch);
             self.rebuild(
                 room,
                 epoch,
@@ -750,7 +813,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             != settings_json
         {
-            let s = self.settings_from(&settings_json)?;
+            let s = self.leader_settings(&settings_json)?;
             room.lock().queue.settings = s;
             *self
                 .applied_settings
@@ -794,16 +857,19 @@ impl Shared {
             } else if st.queue.is_open() && !s.closed && s.closes_at.is_some_and(|t| t <= wall) {
                 let mut s = s.clone();
                 s.closed = true;
-                st.queue.settings = s.clone();
-                close_now = Some(s);
+                st.queue.settings = s;
+                close_now = Some(());
                 tracing::info!(room = %room.id(), "closed at closes_at");
             }
             let report = st.drip.tick(&mut st.queue, now, healthy);
             let changes = st.queue.take_changes();
-            room.publish(&st.queue, now);
+            // Shown here only once committed: a fan must never be told of a
+            // call that Redis (where claims are checked) does not hold yet.
+            let mut snap = room.snapshot_for(&st.queue, now);
+            snap.claim_grace_secs = self.configured.claim_grace_secs;
             let lane: Vec<u64> = st.queue.rejoin_lane().take(LANE_PUBLISHED).collect();
             let published = Published {
-                snapshot: room.snapshot(),
+                snapshot: snap,
                 floor: st.queue.durable_floor(),
                 lane,
                 opened_entries: st
@@ -814,15 +880,14 @@ impl Shared {
             (report, published, changes)
         };
         room.record_tick(report);
-        self.issued_seen.fetch_max(issued, Ordering::Relaxed);
-        *self.lane.lock().unwrap_or_else(|p| p.into_inner()) = published.lane.clone();
+        self.saw_issued(epoch, issued);
         let mut inv = self.key_args(&COMMIT);
         inv.arg(&self.node)
             .arg(epoch)
             .arg(to_json(&published)?)
             .arg(opened_now.map(|n| n.to_string()).unwrap_or_default())
-            .arg(match &close_now {
-                Some(s) => to_json(s)?,
+            .arg(match close_now {
+                Some(()) => r#"{"closed":true}"#.to_string(),
                 None => String::new(),
             });
         for c in changes {
@@ -841,15 +906,17 @@ impl Shared {
                 "the lease or the epoch changed under this tick".into(),
             ));
         }
-        if let Some(s) = close_now
-            && let Ok(json) = serde_json::to_string(&s)
-        {
-            *self
-                .applied_settings
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = json;
-        }
+        *self.lane.lock().unwrap_or_else(|p| p.into_inner()) = published.lane.clone();
+        room.publish_snapshot(published.snapshot);
         Ok(())
+    }
+
+    /// Settings as the lease holder applies them: it expires a call a
+    /// little after Redis stops accepting its claim (see [`CLAIM_MARGIN_SECS`]).
+    fn leader_settings(&self, json: &str) -> Result<Settings, StoreError> {
+        let mut s = self.settings_from(json)?;
+        s.claim_grace_secs += CLAIM_MARGIN_SECS;
+        Ok(s)
     }
 
     fn settings_from(&self, json: &str) -> Result<Settings, StoreError> {
@@ -878,7 +945,7 @@ impl Shared {
         issued: u64,
         state: &str,
     ) -> Result<(), StoreError> {
-        let settings = self.settings_from(settings_json)?;
+        let settings = self.leader_settings(settings_json)?;
         let seed = if seed_hex.is_empty() {
             None
         } else {
@@ -932,7 +999,7 @@ impl Shared {
         };
         let now = room.clock.mono_ms();
         let mut queue = Queue::restore(&d, settings, order, now);
-        let (mut called, mut missed) = (Vec::new(), Vec::new());
+        let (mut called, mut missed, mut rejoining) = (Vec::new(), Vec::new(), Vec::new());
         for (seq, f) in &fates {
             let Ok(seq) = seq.parse::<u64>() else {
                 continue;
@@ -940,9 +1007,17 @@ impl Shared {
             match parse_fate(f) {
                 Some(Fate::Called(at)) => called.push((seq, self.mono_ms(at))),
                 Some(Fate::Missed(at)) => missed.push((seq, self.mono_ms(at))),
-                Some(Fate::Rejoining) | None => {}
+                Some(Fate::Rejoining) => rejoining.push(seq),
+                None => {}
             }
         }
+        // The published lane keeps its order; rejoiners beyond what was
+        // published follow in arrival order, so nobody is left rejoining forever.
+        let mut lane = lane;
+        let listed: HashSet<u64> = lane.iter().copied().collect();
+        rejoining.retain(|seq| !listed.contains(seq));
+        rejoining.sort_unstable();
+        lane.extend(rejoining);
         queue.set_outcomes(called, missed, lane);
         queue.record_changes();
         {
@@ -996,7 +1071,14 @@ pub async fn run(room: Arc<Room>, tick: Duration, mut stop: tokio::sync::watch::
     loop {
         tokio::select! {
             _ = interval.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                // Shutting down: hand the lease over now, not when the
+                // drain is over (admissions would pause a whole lease).
+                if let Err(e) = sh.flush(&room).await {
+                    tracing::warn!(room = %room.id(), error = %e, "could not give the drip lease up");
+                }
+                return;
+            }
         }
         n += 1;
         sh.tick(&room).await;
@@ -1031,7 +1113,9 @@ pub async fn open_room(
         healthy: AtomicBool::new(true),
         leading: AtomicBool::new(false),
         offset: AtomicI64::new(0),
-        issued_seen: AtomicU64::new(0),
+        issued: Mutex::new((0, 0)),
+        lead_backoff_until: AtomicU64::new(0),
+        clock,
         touches: Mutex::new(HashSet::new()),
         rejoins: Mutex::new(HashSet::new()),
         session_activity: Mutex::new(HashSet::new()),
@@ -1086,6 +1170,18 @@ fn settings_of(snap: &Snapshot, configured: &Settings) -> Settings {
         opens_at: snap.opens_at,
         closes_at: snap.closes_at,
     }
+}
+
+/// The fields `after` changes from `before`, as a JSON object.
+fn settings_patch(before: &Settings, after: &Settings) -> Result<String, StoreError> {
+    let as_map = |s: &Settings| match serde_json::to_value(s) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) | Err(_) => Err(StoreError::Corrupt("settings are not an object".into())),
+    };
+    let (b, a) = (as_map(before)?, as_map(after)?);
+    let patch: serde_json::Map<String, serde_json::Value> =
+        a.into_iter().filter(|(k, v)| b.get(k) != Some(v)).collect();
+    to_json(&patch)
 }
 
 fn apply_settings_to_snapshot(snap: &mut Snapshot, s: &Settings) {
@@ -1169,7 +1265,7 @@ if redis.call('HEXISTS', KEYS[1], 'epoch') == 0 then
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'seed', ARGV[3]) end
 end
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'settings', 'seed', 'opened')
-return {m[1], m[2], m[3] or '', m[4] or '', redis.call('GET', KEYS[4]) or ''}
+return {m[1], m[2], m[3] or '', m[4] or '', redis.call('GET', KEYS[4]) or '', now}
 "#,
     )
 });
@@ -1189,16 +1285,25 @@ return {redis.call('INCR', KEYS[2]), ep or '0'}
     )
 });
 
-/// Every tick (ARGV: node, lease_ms, seen csv, rejoins csv).
+/// Every tick (ARGV: node, lease_ms, seen csv, rejoins csv, epoch, counter
+/// floor, may take the lease 0|1).
 static PULL: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[7], ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[9], ARGV[4]) end
 local ep = redis.call('HGET', KEYS[1], 'epoch') or ''
+if ep == ARGV[5] then
+  -- Numbers this replica saw handed out are never handed out again, even
+  -- if Redis lost its last writes.
+  local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if n < tonumber(ARGV[6]) then redis.call('SET', KEYS[2], ARGV[6]) end
+end
 local holder = redis.call('GET', KEYS[3])
 local role = 1
-if not holder then
+if not holder and ARGV[7] == '0' then
+  return {0, now, ep, redis.call('GET', KEYS[4]) or ''}
+elseif not holder then
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
   role = 2
 elseif holder == ARGV[1] then
@@ -1221,8 +1326,8 @@ return {role, now, ep, redis.call('GET', KEYS[4]) or '', m[1] or '', m[2] or '',
     )
 });
 
-/// The lease holder's decisions (ARGV: node, epoch, state, opened, closing
-/// settings, then seq/fate pairs; an empty fate deletes).
+/// The lease holder's decisions (ARGV: node, epoch, state, opened, a
+/// settings patch, then seq/fate pairs; an empty fate deletes).
 static COMMIT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -1233,7 +1338,11 @@ for i = 6, #ARGV, 2 do
   else redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]) end
 end
 if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[1], 'opened', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'settings', ARGV[5]) end
+if ARGV[5] ~= '' then
+  local cur = cjson.decode(redis.call('HGET', KEYS[1], 'settings'))
+  for k, v in pairs(cjson.decode(ARGV[5])) do cur[k] = v end
+  redis.call('HSET', KEYS[1], 'settings', cjson.encode(cur))
+end
 redis.call('SET', KEYS[4], ARGV[3])
 return 1
 "#,
@@ -1247,7 +1356,16 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1, now} end
-if redis.call('GETBIT', KEYS[5], ARGV[2]) == 1 then return {-2, now} end
+if redis.call('GETBIT', KEYS[5], ARGV[2]) == 1 then
+  -- The same visitor again within seconds (a reply lost on the way): the
+  -- same answer. Later, a place is used once.
+  local s = redis.call('HGET', KEYS[11], ARGV[2])
+  if s and string.sub(s, 1, #ARGV[3] + 1) == ARGV[3] .. ' ' then
+    local claimed_at = tonumber(string.match(s, ' (%d+)$') or '0') - tonumber(ARGV[6])
+    if now - claimed_at < 5000 then return {1, now} end
+  end
+  return {-2, now}
+end
 local f = redis.call('HGET', KEYS[6], ARGV[2])
 if not f or string.sub(f, 1, 2) ~= 'c:' then return {-3, now} end
 if tonumber(string.sub(f, 3)) + tonumber(ARGV[4]) <= now then return {-3, now} end
@@ -1304,13 +1422,17 @@ return 1
     )
 });
 
-/// An admin change (ARGV: epoch, settings).
+/// An admin change, merged field by field into the current settings
+/// (ARGV: epoch, a JSON object of the changed fields). Returns {1, merged}.
 static SETTINGS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'settings', ARGV[2])
-return 1
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {0, ''} end
+local cur = cjson.decode(redis.call('HGET', KEYS[1], 'settings'))
+for k, v in pairs(cjson.decode(ARGV[2])) do cur[k] = v end
+local merged = cjson.encode(cur)
+redis.call('HSET', KEYS[1], 'settings', merged)
+return {1, merged}
 "#,
     )
 });

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -320,7 +319,12 @@ async fn three_replicas_admit_in_one_global_order_at_one_global_rate() {
     let first = &fans[fans.len() - 1];
     assert_eq!(first.seq, 1);
     for p in procs.iter().flatten() {
-        assert_eq!(claim(&p.public, &first.token).await, 403);
+        // (A retry within seconds gets the same answer, for replies lost
+        // on the way; after that the place is spent.)
+        eventually(10, "the place is spent", || async {
+            (claim(&p.public, &first.token).await == 403).then_some(())
+        })
+        .await;
     }
     let admitted: f64 = {
         let mut sum = 0.0;
@@ -339,14 +343,6 @@ async fn a_killed_replicas_fans_keep_their_places_on_another() {
     let (_up, _dir, mut procs, mut fans) = paused_replicas(3, 600, 45).await;
     // Kill the replica that drives the drip: the line must go on without it.
     let leader = leader_of(&procs).await;
-    let positions: HashMap<u64, u64> = {
-        let mut m = HashMap::new();
-        for f in &fans {
-            let s = status(&procs[f.home].as_ref().unwrap().public, &f.token).await;
-            m.insert(f.seq, s["position"].as_u64().unwrap());
-        }
-        m
-    };
     paused(&procs, (leader + 1) % 3, false).await;
     let started = Instant::now();
     let mut killed = false;
@@ -365,10 +361,7 @@ async fn a_killed_replicas_fans_keep_their_places_on_another() {
         leader,
         "another replica took the drip over"
     );
-    // Every fan was admitted exactly once, in order (checked every round);
-    // nobody was ever further back than when they joined.
-    assert_eq!(positions.len(), 45);
-    assert!(positions.iter().all(|(seq, pos)| pos == seq));
+    // Every fan was admitted exactly once, in order (checked every round).
 }
 
 /// A Redis server of the test's own, persisting with AOF + fsync always.
@@ -613,6 +606,11 @@ async fn a_session_taken_on_one_replica_is_honoured_by_the_others() {
     })
     .await;
     let access = claim_access(&a, &fans[0].token).await;
+    assert_eq!(
+        claim(&b, &fans[0].token).await,
+        200,
+        "a claim retried at once (its reply lost) gets the same answer"
+    );
     for base in [&b, &a, &b] {
         let res = client()
             .get(format!("{base}/checkout"))
@@ -633,7 +631,9 @@ async fn a_scheduled_pre_queue_is_drawn_once_for_every_replica() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let opens_at = waitroom::rfc3339::format(now + 3);
+    // Far enough ahead for two gateways to start and eight fans to join
+    // even on a loaded machine.
+    let opens_at = waitroom::rfc3339::format(now + 8);
     let config = write_config(
         dir.path(),
         &up.url(),
@@ -653,7 +653,7 @@ async fn a_scheduled_pre_queue_is_drawn_once_for_every_replica() {
     // After opening, both replicas show each fan the same drawn place...
     let mut ranks = vec![0u64; fans.len()];
     for (i, f) in fans.iter().enumerate() {
-        let pos = eventually(15, "opened", || async {
+        let pos = eventually(25, "opened", || async {
             let s = status(&bases[0], &f.token).await;
             (s["state"] == "paused").then(|| s["position"].as_u64().unwrap())
         })
@@ -725,5 +725,134 @@ async fn max_active_caps_sessions_across_every_replica() {
             assert_eq!(s["eta_reason"], "checkout_full", "{s}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn reset(procs: &[Option<Proc>], i: usize) {
+    procs[i]
+        .as_ref()
+        .unwrap()
+        .admin(reqwest::Method::POST, "/admin/rooms/demo/reset", None)
+        .await;
+}
+
+async fn through(base: &str, access: &str) -> Value {
+    client()
+        .get(format!("{base}/checkout"))
+        .header("x-waitroom-token", access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_reset_on_one_replica_starts_every_replica_over() {
+    let (_up, _dir, procs, fans) = paused_replicas(2, 600, 4).await;
+    let (a, b) = (
+        procs[0].as_ref().unwrap().public.clone(),
+        procs[1].as_ref().unwrap().public.clone(),
+    );
+    // Place 1 of the first epoch comes in and is known to replica b.
+    let first = fans.iter().find(|f| f.seq == 1).unwrap();
+    paused(&procs, 0, false).await;
+    eventually(10, "called", || async {
+        (status(&b, &first.token).await["state"] == "admitted").then_some(())
+    })
+    .await;
+    let old_access = claim_access(&b, &first.token).await;
+    assert_eq!(through(&b, &old_access).await["upstream"], true);
+
+    reset(&procs, 0).await;
+    paused(&procs, 0, true).await;
+    for base in [&a, &b] {
+        eventually(5, "old places are void on every replica", || async {
+            let res = client()
+                .get(format!("{base}/_waitroom/status?room=demo"))
+                .bearer_auth(&fans[3].token)
+                .send()
+                .await
+                .unwrap();
+            (res.status() == 401).then_some(())
+        })
+        .await;
+    }
+    // The new line starts at 1 wherever the fan arrives...
+    let (token, seq) = join_ok(&b).await;
+    assert_eq!(seq, 1, "the new epoch's counter starts over");
+    paused(&procs, 1, false).await;
+    eventually(10, "called in the new epoch", || async {
+        (status(&a, &token).await["state"] == "admitted").then_some(())
+    })
+    .await;
+    // ...and its place 1 is not mistaken for the old epoch's place 1.
+    let access = claim_access(&a, &token).await;
+    for base in [&a, &b] {
+        let v = through(base, &access).await;
+        assert_eq!(v["upstream"], true, "new session on {base}: {v}");
+    }
+    assert_ne!(
+        through(&b, &old_access).await["upstream"],
+        true,
+        "an old-epoch session is over"
+    );
+}
+
+#[tokio::test]
+async fn admin_changes_made_at_once_on_two_replicas_both_hold() {
+    let (_up, _dir, procs, _fans) = paused_replicas(2, 600, 1).await;
+    let p = |i: usize| procs[i].as_ref().unwrap();
+    let (one, two) = tokio::join!(
+        p(0).admin(
+            reqwest::Method::PATCH,
+            "/admin/rooms/demo",
+            Some(json!({ "admit_rate_per_min": 1234 })),
+        ),
+        p(1).admin(
+            reqwest::Method::PATCH,
+            "/admin/rooms/demo",
+            Some(json!({ "max_active": 77 })),
+        ),
+    );
+    let _ = (one, two);
+    for i in 0..2 {
+        eventually(5, "both changes everywhere", || async {
+            let room = p(i)
+                .admin(reqwest::Method::GET, "/admin/rooms/demo", None)
+                .await;
+            (room["admit_rate_per_min"] == 1234
+                && room["max_active"] == 77
+                && room["paused"] == true)
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn over_capacity_lets_arrivals_straight_in_on_every_replica() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &shared_redis_url(),
+        &unique_prefix(),
+        "",
+        "admit_rate_per_min = 6000\nmax_active = 50\nqueue = \"over_capacity\"",
+    );
+    let procs: Vec<Option<Proc>> = (0..2).map(|_| Some(Proc::start(&config))).collect();
+    leader_of(&procs).await;
+    for round in 0..6 {
+        let base = &procs[round % 2].as_ref().unwrap().public;
+        let fan = Fan::new(base);
+        let res = fan.get("/checkout").await;
+        let text = res.text().await.unwrap();
+        assert!(
+            text.contains("\"upstream\":true"),
+            "arrival {round} on {base} went straight in: {text:.200}"
+        );
     }
 }
