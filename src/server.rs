@@ -602,7 +602,10 @@ async fn serve_connection<S, F, Fut>(
         let h = handler.clone();
         let in_flight = tracker.begin_request();
         async move {
-            let res = h(req, peer).await;
+            // Boxed: hyper keeps a slot the size of this future for the whole
+            // connection (≈4 KiB with the handler's state inline), which an
+            // idle event stream would otherwise carry for its lifetime.
+            let res = Box::pin(h(req, peer)).await;
             // The request stays in flight until its body is sent (or dropped).
             Ok::<_, Infallible>(res.map(|body| {
                 body.map_frame(move |frame| {
