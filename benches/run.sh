@@ -156,12 +156,16 @@ nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 && break; sleep 0.1; done
 
 # An admitted fan's access token for the passthrough runs (one per gateway).
+# Access tokens are bound to the claiming client's User-Agent (the rooms'
+# default access_binding): the claim and every wrk request send the same one.
+UA="waitroom-bench/1"
 access_token() {
-python3 - "$1" <<'PY'
+python3 - "$1" "$UA" <<'PY'
 import json, sys, time, urllib.request
 base = f"http://127.0.0.1:{sys.argv[1]}"
 def call(method, path, token=None):
     req = urllib.request.Request(base + path, method=method)
+    req.add_header("User-Agent", sys.argv[2])
     if token: req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req) as r: return json.load(r)
 token = call("POST", "/_waitroom/join?room=bench")["token"]
@@ -173,6 +177,16 @@ PY
 }
 ACCESS=$(access_token "$PUB")
 RACCESS=$(access_token "$RPUB")
+# The passthrough runs must reach the upstream (its body is "ok"), not a
+# waiting page: a refused token would quietly measure arrivals instead.
+for pair in "$PUB $ACCESS" "$RPUB $RACCESS"; do
+  read -r port tok <<<"$pair"
+  got=$(curl -s "http://127.0.0.1:$port/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $tok")
+  if [ "$got" != "ok" ]; then
+    echo "benches/run.sh: the access token was not let through on port $port (got: ${got:0:80})" >&2
+    exit 1
+  fi
+done
 
 FMT="python3 benches/fmt.py"
 # wrk → "rps p50_ms p99_ms non2xx"
@@ -189,9 +203,9 @@ run_wrk() {
 # Redis/embedded pair is side by side too.
 : > "$WORK/n"; : > "$WORK/w"; : > "$WORK/s"; : > "$WORK/a"; : > "$WORK/wr"; : > "$WORK/ar"
 for _ in $(seq "$REPS"); do
-  run_wrk "http://127.0.0.1:$PROXY/" >> "$WORK/n"
-  run_wrk "http://127.0.0.1:$PUB/" -H "X-Waitroom-Token: $ACCESS" >> "$WORK/w"
-  run_wrk "http://127.0.0.1:$RPUB/" -H "X-Waitroom-Token: $RACCESS" >> "$WORK/wr"
+  run_wrk "http://127.0.0.1:$PROXY/" -H "User-Agent: $UA" >> "$WORK/n"
+  run_wrk "http://127.0.0.1:$PUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $ACCESS" >> "$WORK/w"
+  run_wrk "http://127.0.0.1:$RPUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $RACCESS" >> "$WORK/wr"
   run_wrk "http://127.0.0.1:$STATIC/" >> "$WORK/s"
   run_wrk "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' >> "$WORK/a"
   run_wrk "http://127.0.0.1:$RPUB/spike/" -H 'Accept: text/html' >> "$WORK/ar"
