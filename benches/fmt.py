@@ -2,6 +2,7 @@
 import json
 import math
 import re
+import statistics
 import sys
 
 
@@ -26,17 +27,23 @@ def _rows(path):
 
 
 def median(path):
-    """Column-wise median of `wrk` lines (rps p50 p99 non2xx)."""
+    """Column-wise median of `wrk` lines (rps p50 p99); non-2xx are summed."""
     rows = _rows(path)
     cols = list(zip(*rows))
-    med = [sorted(c)[len(c) // 2] for c in cols]
-    print(f"{med[0]:.0f} {med[1]:.2f} {med[2]:.2f} {med[3]:.0f}")
+    med = [statistics.median(c) for c in cols[:3]]
+    print(f"{med[0]:.0f} {med[1]:.2f} {med[2]:.2f} {sum(cols[3]):.0f}")
 
 
 def spread(path_a, path_b):
     """Min-max of the per-pair throughput ratios a/b."""
     rs = [a[0] / b[0] for a, b in zip(_rows(path_a), _rows(path_b)) if b[0]]
     print(f"{min(rs):.2f}-{max(rs):.2f}" if rs else "n/a")
+
+
+def pair_median(path_a, path_b):
+    """Median of the per-pair throughput ratios a/b."""
+    rs = [a[0] / b[0] for a, b in zip(_rows(path_a), _rows(path_b)) if b[0]]
+    print(f"{statistics.median(rs):.2f}" if rs else "n/a")
 
 
 def ratio(a, b):
@@ -67,8 +74,8 @@ def _sse_runs(path):
 
 
 def _med(values):
-    values = sorted(v for v in values if v is not None and not math.isnan(v))
-    return values[len(values) // 2] if values else float("nan")
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(values) if values else float("nan")
 
 
 def _sse_summary(path):
@@ -128,5 +135,5 @@ def sse_vs(path_a, path_b):
 
 
 if __name__ == "__main__":
-    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_vs": sse_vs, "median": median, "spread": spread}
+    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_vs": sse_vs, "median": median, "spread": spread, "pair_median": pair_median}
     commands[sys.argv[1]](*sys.argv[2:])

@@ -36,9 +36,9 @@ if ! command -v redis-server >/dev/null 2>&1 && ! python3 benches/redis.py ping 
 fi
 
 if [ "$QUICK" = 1 ]; then
-  DUR=3; REPS=1; CONNS=64; SSE_N=2000; SSE_REPS=1; DRIP_SECS=8; DRIP_RATES="600 6000"; REDIS_DRIP_RATE=6000
+  DUR=3; REPS=2; CONNS=64; SSE_N=2000; SSE_REPS=1; DRIP_SECS=8; DRIP_RATES="600 6000"; REDIS_DRIP_RATE=6000
 else
-  DUR=10; REPS=3; CONNS=64; SSE_N=$(( $(ulimit -n) - 1500 )); SSE_REPS=3; DRIP_SECS=60; DRIP_RATES="600 3000 12000"; REDIS_DRIP_RATE=3000
+  DUR=10; REPS=4; CONNS=64; SSE_N=$(( $(ulimit -n) - 1500 )); SSE_REPS=3; DRIP_SECS=60; DRIP_RATES="600 3000 12000"; REDIS_DRIP_RATE=3000
 fi
 
 cargo build --release --quiet
@@ -196,19 +196,26 @@ run_wrk() {
   $FMT wrk "$WORK/wrk.out"
 }
 
-# Interleaved repetitions (nginx, waitroom, nginx, waitroom, …): on a
-# shared 2-core VM throughput drifts within seconds, so each ratio is the
-# median of REPS side-by-side pairs, and the spread is printed too.
-# The Redis-store gateway runs right after its embedded twin, so each
-# Redis/embedded pair is side by side too.
+# Interleaved repetitions: on a shared 2-core VM throughput drifts within
+# seconds, so each ratio is the median of REPS side-by-side pairs, and the
+# spread is printed too. The order flips every repetition (nginx, embedded,
+# Redis, then Redis, embedded, nginx): a run right after another one tends
+# to do a few percent better, and a fixed order would bias every ratio.
 : > "$WORK/n"; : > "$WORK/w"; : > "$WORK/s"; : > "$WORK/a"; : > "$WORK/wr"; : > "$WORK/ar"
-for _ in $(seq "$REPS"); do
-  run_wrk "http://127.0.0.1:$PROXY/" -H "User-Agent: $UA" >> "$WORK/n"
-  run_wrk "http://127.0.0.1:$PUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $ACCESS" >> "$WORK/w"
-  run_wrk "http://127.0.0.1:$RPUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $RACCESS" >> "$WORK/wr"
-  run_wrk "http://127.0.0.1:$STATIC/" >> "$WORK/s"
-  run_wrk "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' >> "$WORK/a"
-  run_wrk "http://127.0.0.1:$RPUB/spike/" -H 'Accept: text/html' >> "$WORK/ar"
+pass_nginx() { run_wrk "http://127.0.0.1:$PROXY/" -H "User-Agent: $UA" >> "$WORK/n"; }
+pass_embedded() { run_wrk "http://127.0.0.1:$PUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $ACCESS" >> "$WORK/w"; }
+pass_redis() { run_wrk "http://127.0.0.1:$RPUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $RACCESS" >> "$WORK/wr"; }
+spike_static() { run_wrk "http://127.0.0.1:$STATIC/" >> "$WORK/s"; }
+spike_embedded() { run_wrk "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' >> "$WORK/a"; }
+spike_redis() { run_wrk "http://127.0.0.1:$RPUB/spike/" -H 'Accept: text/html' >> "$WORK/ar"; }
+for rep in $(seq "$REPS"); do
+  if [ $((rep % 2)) = 1 ]; then
+    pass_nginx; pass_embedded; pass_redis
+    spike_static; spike_embedded; spike_redis
+  else
+    pass_redis; pass_embedded; pass_nginx
+    spike_redis; spike_embedded; spike_static
+  fi
 done
 read -r N_RPS N_P50 N_P99 N_BAD <<<"$($FMT median "$WORK/n")"
 read -r W_RPS W_P50 W_P99 W_BAD <<<"$($FMT median "$WORK/w")"
@@ -258,24 +265,24 @@ RDRIP_JSON=$("$BIN" loadgen drip --public "127.0.0.1:$RPUB" --also-public "127.0
 SSE_ROW=$($FMT sse "$WORK/sse_e")
 
 echo
-echo "## waitroom vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DUR}s, median of $REPS interleaved pair(s)$([ $QUICK = 1 ] && echo ', quick run')"
+echo "## waitroom vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DUR}s, rps: median, and median (min–max) of the ratios of $REPS interleaved pairs in alternating order$([ $QUICK = 1 ] && echo ', quick run')"
 echo
 echo "| scenario | waitroom | nginx | ratio |"
 echo "| --- | --- | --- | --- |"
-echo "| a. admitted passthrough rps | $W_RPS | $N_RPS | $(ratio "$W_RPS" "$N_RPS") (pairs: $PASS_SPREAD; goal ≥ 0.9) |"
+echo "| a. admitted passthrough rps | $W_RPS | $N_RPS | $($FMT pair_median "$WORK/w" "$WORK/n") (pairs: $PASS_SPREAD; goal ≥ 0.9) |"
 echo "| a. admitted passthrough p50 / p99 ms | $W_P50 / $W_P99 | $N_P50 / $N_P99 | p99 $(ratio "$W_P99" "$N_P99") (goal ≤ 1.2) |"
-echo "| b. arrival spike rps (new place + ${PAGE_BYTES}-byte page) | $A_RPS | $S_RPS (static page) | $(ratio "$A_RPS" "$S_RPS") (pairs: $SPIKE_SPREAD; goal ≥ 0.5) |"
+echo "| b. arrival spike rps (new place + ${PAGE_BYTES}-byte page) | $A_RPS | $S_RPS (static page) | $($FMT pair_median "$WORK/a" "$WORK/s") (pairs: $SPIKE_SPREAD; goal ≥ 0.5) |"
 echo "| b. arrival spike p50 / p99 ms | $A_P50 / $A_P99 | $S_P50 / $S_P99 | p99 $(ratio "$A_P99" "$S_P99") |"
 echo "$SSE_ROW"
 printf '%s' "$DRIP_ROWS"
 echo
-echo "## waitroom: Redis store vs embedded store — same run, median of $REPS interleaved pair(s) (SSE: $SSE_REPS)"
+echo "## waitroom: Redis store vs embedded store — same run, $REPS interleaved pairs in alternating order (SSE: $SSE_REPS)"
 echo
 echo "| scenario | Redis store | embedded store | ratio Redis/embedded |"
 echo "| --- | --- | --- | --- |"
-echo "| a. admitted passthrough rps | $WR_RPS | $W_RPS | $(ratio "$WR_RPS" "$W_RPS") (pairs: $RPASS_SPREAD) |"
+echo "| a. admitted passthrough rps | $WR_RPS | $W_RPS | $($FMT pair_median "$WORK/wr" "$WORK/w") (pairs: $RPASS_SPREAD) |"
 echo "| a. admitted passthrough p50 / p99 ms | $WR_P50 / $WR_P99 | $W_P50 / $W_P99 | p99 $(ratio "$WR_P99" "$W_P99") |"
-echo "| b. arrival spike rps | $AR_RPS | $A_RPS | $(ratio "$AR_RPS" "$A_RPS") (pairs: $RSPIKE_SPREAD) |"
+echo "| b. arrival spike rps | $AR_RPS | $A_RPS | $($FMT pair_median "$WORK/ar" "$WORK/a") (pairs: $RSPIKE_SPREAD) |"
 echo "| b. arrival spike p50 / p99 ms | $AR_P50 / $AR_P99 | $A_P50 / $A_P99 | p99 $(ratio "$AR_P99" "$A_P99") |"
 $FMT sse_vs "$WORK/sse_r" "$WORK/sse_e"
 $FMT drip "$RDRIP_JSON"
