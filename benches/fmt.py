@@ -2,6 +2,7 @@
 import json
 import math
 import re
+import statistics
 import sys
 
 
@@ -26,17 +27,23 @@ def _rows(path):
 
 
 def median(path):
-    """Column-wise median of `wrk` lines (rps p50 p99 non2xx)."""
+    """Column-wise median of `wrk` lines (rps p50 p99); non-2xx are summed."""
     rows = _rows(path)
     cols = list(zip(*rows))
-    med = [sorted(c)[len(c) // 2] for c in cols]
-    print(f"{med[0]:.0f} {med[1]:.2f} {med[2]:.2f} {med[3]:.0f}")
+    med = [statistics.median(c) for c in cols[:3]]
+    print(f"{med[0]:.0f} {med[1]:.2f} {med[2]:.2f} {sum(cols[3]):.0f}")
 
 
 def spread(path_a, path_b):
     """Min-max of the per-pair throughput ratios a/b."""
     rs = [a[0] / b[0] for a, b in zip(_rows(path_a), _rows(path_b)) if b[0]]
     print(f"{min(rs):.2f}-{max(rs):.2f}" if rs else "n/a")
+
+
+def pair_median(path_a, path_b):
+    """Median of the per-pair throughput ratios a/b."""
+    rs = [a[0] / b[0] for a, b in zip(_rows(path_a), _rows(path_b)) if b[0]]
+    print(f"{statistics.median(rs):.2f}" if rs else "n/a")
 
 
 def ratio(a, b):
@@ -46,26 +53,87 @@ def ratio(a, b):
 
 def drip(raw):
     d = json.loads(raw)
+    replicas = d.get("replicas", 1)
+    where = f", Redis store, {replicas} replicas" if replicas > 1 else ""
+    retried = d.get("claims_not_yet", 0)
+    retried = f" ({retried} claim attempts answered not-yet, then retried)" if retried else ""
     print(
-        f"| d. drip {d['rate_per_min']}/min over {d['secs']} s | {d['entries']:.0f} entries, "
-        f"{d['per_sec']}/s | expected {d['expected']} | error {d['error_pct']}% |"
+        f"| d. drip {d['rate_per_min']}/min over {d['secs']} s{where} | {d['entries']:.0f} entries, "
+        f"{d['per_sec']}/s{retried} | expected {d['expected']} | error {d['error_pct']}% |"
     )
 
 
-def sse(raw):
-    d = json.loads(raw)
-    per = d.get("rss_bytes_per_connection")
-    per = f"{per / 1024:.1f} KiB/conn" if per else "n/a"
-    rss = (d.get("gateway_rss_bytes") or 0) / 2**20
-    cpu = d.get("gateway_cpu_secs_fanout") or 0
-    last = d.get("delay_ms_max") or 0
+def _sse_runs(path):
+    runs = []
+    for line in open(path):
+        try:
+            runs.append(json.loads(line))
+        except ValueError:
+            print(f"(an SSE run failed: {line.strip()[:200]})", file=sys.stderr)
+    return runs
+
+
+def _med(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(values) if values else float("nan")
+
+
+def _sse_summary(path):
+    """Median delays over runs; memory from the first run (a gateway's later
+    runs reuse memory its allocator kept, so their RSS growth reads low)."""
+    runs = _sse_runs(path)
+    if not runs:
+        return None
+    first = runs[0]
+    return {
+        "runs": len(runs),
+        "open": min(r["connections_open"] for r in runs),
+        "requested": first["connections_requested"],
+        "delivered": min(r["delivered"] for r in runs),
+        "p50": _med([r["delay_ms_p50"] for r in runs]),
+        "p99": _med([r["delay_ms_p99"] for r in runs]),
+        "last": _med([r.get("delay_ms_max") for r in runs]),
+        "cpu": _med([r.get("gateway_cpu_secs_fanout") for r in runs]),
+        "rss": (first.get("gateway_rss_bytes") or 0) / 2**20,
+        "per_conn": first.get("rss_bytes_per_connection"),
+        "p99s": [r["delay_ms_p99"] for r in runs],
+    }
+
+
+def sse(path):
+    d = _sse_summary(path)
+    if d is None:
+        print("| c. SSE waiters | failed | | |")
+        return
+    per = f"{d['per_conn'] / 1024:.1f} KiB/conn" if d["per_conn"] else "n/a"
     print(
-        f"| c. SSE waiters | {d['connections_open']}/{d['connections_requested']} open, RSS {rss:.0f} MiB ({per}) "
-        f"| update delay p50 {d['delay_ms_p50']:.0f} ms, p99 {d['delay_ms_p99']:.0f} ms, last {last:.0f} ms "
-        f"({d['delivered']} delivered) | fan-out CPU {cpu:.2f} s |"
+        f"| c. SSE waiters (median of {d['runs']}) | {d['open']}/{d['requested']} open, RSS {d['rss']:.0f} MiB ({per}) "
+        f"| update delay p50 {d['p50']:.0f} ms, p99 {d['p99']:.0f} ms, last {d['last']:.0f} ms "
+        f"({d['delivered']} delivered) | fan-out CPU {d['cpu']:.2f} s |"
     )
+
+
+def sse_vs(path_a, path_b):
+    """Row comparing SSE runs of gateway a (Redis) with gateway b (embedded)."""
+    a, b = _sse_summary(path_a), _sse_summary(path_b)
+    if a is None or b is None:
+        print("| c. SSE waiters | failed | | |")
+        return
+    pairs = [x / y for x, y in zip(a["p99s"], b["p99s"]) if y]
+    spread = f"{min(pairs):.2f}-{max(pairs):.2f}" if pairs else "n/a"
+    p99 = "n/a" if not b["p99"] else f"{a['p99'] / b['p99']:.2f}"
+    mem = "n/a" if not (a["per_conn"] and b["per_conn"]) else f"{a['per_conn'] / b['per_conn']:.2f}"
+
+    def cell(d):
+        per = f"{d['per_conn'] / 1024:.1f} KiB/conn" if d["per_conn"] else "n/a"
+        return (
+            f"{d['open']}/{d['requested']} open, {d['delivered']} delivered; delay p50 {d['p50']:.0f} / "
+            f"p99 {d['p99']:.0f} / last {d['last']:.0f} ms; {per}"
+        )
+
+    print(f"| c. SSE waiters | {cell(a)} | {cell(b)} | p99 delay {p99} (pairs: {spread}); RSS/conn {mem} |")
 
 
 if __name__ == "__main__":
-    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "median": median, "spread": spread}
+    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_vs": sse_vs, "median": median, "spread": spread, "pair_median": pair_median}
     commands[sys.argv[1]](*sys.argv[2:])

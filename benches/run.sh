@@ -2,8 +2,13 @@
 # The benchmark harness: waitroom against nginx on this machine, in one run.
 #   bash benches/run.sh           full run (several minutes)
 #   bash benches/run.sh --quick   smoke run (under 2 minutes; what CI runs)
-# Installs wrk and nginx (Debian packages) when missing. Loopback only.
-# Prints one markdown table; numbers are ratios against nginx in the same run.
+# Installs wrk, nginx and redis-server (Debian packages) when missing.
+# Loopback only. Prints two markdown tables: waitroom (embedded store)
+# against nginx, and waitroom with the shared Redis store against the
+# embedded store, every ratio from runs interleaved in the same minute.
+# Redis: the one answering at 127.0.0.1:6379 (keys under a fresh
+# bench-<pid>-<random> prefix, deleted at the end), else its own
+# redis-server on a free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
@@ -20,28 +25,55 @@ if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
 fi
 ulimit -n "$(ulimit -Hn)" || true
 
+if ! command -v redis-server >/dev/null 2>&1 && ! python3 benches/redis.py ping 6379; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "benches/run.sh: needs a Redis at 127.0.0.1:6379 or redis-server (apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
+
 if [ "$QUICK" = 1 ]; then
-  DUR=3; REPS=1; CONNS=64; SSE_N=2000; DRIP_SECS=8; DRIP_RATES="600 6000"
+  DUR=3; REPS=2; CONNS=64; SSE_N=2000; SSE_REPS=1; DRIP_SECS=8; DRIP_RATES="600 6000"; REDIS_DRIP_RATE=6000
 else
-  DUR=10; REPS=3; CONNS=64; SSE_N=$(( $(ulimit -n) - 1500 )); DRIP_SECS=60; DRIP_RATES="600 3000 12000"
+  DUR=10; REPS=4; CONNS=64; SSE_N=$(( $(ulimit -n) - 1500 )); SSE_REPS=3; DRIP_SECS=60; DRIP_RATES="600 3000 12000"; REDIS_DRIP_RATE=3000
 fi
 
 cargo build --release --quiet
 BIN=target/release/waitroom
 WORK=$(mktemp -d /tmp/waitroom-bench.XXXXXX)
 PIDS=()
+REDIS_PORT=""; REDIS_OURS=0; KEY_PREFIX="bench-$$-$RANDOM"
 cleanup() {
   [ -n "${KEEP_WORK:-}" ] && cp -r "$WORK" /tmp/bench-last || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
+  # Somebody else's Redis: take our keys away (never FLUSHALL). Ours died above.
+  if [ -n "$REDIS_PORT" ] && [ "$REDIS_OURS" = 0 ]; then
+    python3 benches/redis.py drop "$REDIS_PORT" "$KEY_PREFIX" >/dev/null 2>&1 || true
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 UP=$(free_port); PROXY=$(free_port); STATIC=$(free_port); PUB=$(free_port); ADM=$(free_port)
+RPUB=$(free_port); RADM=$(free_port); R2PUB=$(free_port); R2ADM=$(free_port)
 TOKEN=bench-admin-token-0123456789abcdef
+
+# --- Redis for the shared store: an existing one on 6379, else our own.
+if python3 benches/redis.py ping 6379; then
+  REDIS_PORT=6379
+else
+  REDIS_PORT=$(free_port); REDIS_OURS=1
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+    > "$WORK/redis.out" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 50); do python3 benches/redis.py ping "$REDIS_PORT" && break; sleep 0.1; done
+fi
 
 # --- nginx: upstream, reverse-proxy baseline, static baseline
 mkdir -p "$WORK/static"
@@ -50,16 +82,17 @@ sed -e "s#@WORK@#$WORK#g" -e "s#@UPSTREAM@#$UP#g" -e "s#@PROXY@#$PROXY#g" -e "s#
   benches/nginx/nginx.conf.template > "$WORK/nginx.conf"
 
 # --- waitroom
-cat > "$WORK/waitroom.toml" <<TOML
+gateway_config() { # FILE PUBLIC ADMIN STORE-TABLE-LINES
+  cat > "$1" <<TOML
 [listen]
-public = "127.0.0.1:$PUB"
-admin = "127.0.0.1:$ADM"
+public = "127.0.0.1:$2"
+admin = "127.0.0.1:$3"
 [admin]
 token = "$TOKEN"
 [signing]
 keys = [{ kid = "b1", secret = "bench-secret-bench-secret-bench-secret-0123" }]
 [store]
-path = "$WORK/state"
+$4
 [sse]
 max_connections = 100000
 # All load comes from 127.0.0.x: the per-client join limit would turn the
@@ -92,9 +125,29 @@ admit_rate_per_min = 600
 abandon_after_secs = 3600
 claim_grace_secs = 600
 TOML
+}
+# wait_ready ADMIN-PORT
+wait_ready() {
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "benches/run.sh: a gateway did not start (admin port $1); see its stderr:" >&2
+  cat "$WORK"/waitroom*.err >&2
+  exit 1
+}
+gateway_config "$WORK/waitroom.toml" "$PUB" "$ADM" "path = \"$WORK/state\""
+# The same rooms on the shared store, under a key prefix no earlier run used.
+REDIS_STORE="kind = \"redis\"
+url = \"redis://127.0.0.1:$REDIS_PORT\"
+key_prefix = \"$KEY_PREFIX\"
+on_store_failure = \"hold\"
+lease_ms = 2000"
+gateway_config "$WORK/waitroom-redis.toml" "$RPUB" "$RADM" "$REDIS_STORE"
+gateway_config "$WORK/waitroom-redis2.toml" "$R2PUB" "$R2ADM" "$REDIS_STORE"
 RUST_LOG=warn "$BIN" run --config "$WORK/waitroom.toml" > "$WORK/waitroom.out" 2> "$WORK/waitroom.err" &
 WPID=$!; PIDS+=("$WPID")
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+RUST_LOG=warn "$BIN" run --config "$WORK/waitroom-redis.toml" > "$WORK/waitroom-redis.out" 2> "$WORK/waitroom-redis.err" &
+RPID=$!; PIDS+=("$RPID")
+wait_ready "$ADM"
+wait_ready "$RADM"
 
 # The static baseline page: exactly the size of waitroom's waiting page.
 curl -s "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' > "$WORK/static/waiting.html"
@@ -102,12 +155,17 @@ PAGE_BYTES=$(wc -c < "$WORK/static/waiting.html")
 nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 && break; sleep 0.1; done
 
-# An admitted fan's access token for the passthrough runs.
-ACCESS=$(python3 - "$PUB" <<'PY'
+# An admitted fan's access token for the passthrough runs (one per gateway).
+# Access tokens are bound to the claiming client's User-Agent (the rooms'
+# default access_binding): the claim and every wrk request send the same one.
+UA="waitroom-bench/1"
+access_token() {
+python3 - "$1" "$UA" <<'PY'
 import json, sys, time, urllib.request
 base = f"http://127.0.0.1:{sys.argv[1]}"
 def call(method, path, token=None):
     req = urllib.request.Request(base + path, method=method)
+    req.add_header("User-Agent", sys.argv[2])
     if token: req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req) as r: return json.load(r)
 token = call("POST", "/_waitroom/join?room=bench")["token"]
@@ -116,7 +174,19 @@ for _ in range(100):
     time.sleep(0.1)
 print(call("POST", "/_waitroom/claim?room=bench", token)["access_token"])
 PY
-)
+}
+ACCESS=$(access_token "$PUB")
+RACCESS=$(access_token "$RPUB")
+# The passthrough runs must reach the upstream (its body is "ok"), not a
+# waiting page: a refused token would quietly measure arrivals instead.
+for pair in "$PUB $ACCESS" "$RPUB $RACCESS"; do
+  read -r port tok <<<"$pair"
+  got=$(curl -s "http://127.0.0.1:$port/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $tok")
+  if [ "$got" != "ok" ]; then
+    echo "benches/run.sh: the access token was not let through on port $port (got: ${got:0:80})" >&2
+    exit 1
+  fi
+done
 
 FMT="python3 benches/fmt.py"
 # wrk → "rps p50_ms p99_ms non2xx"
@@ -126,26 +196,55 @@ run_wrk() {
   $FMT wrk "$WORK/wrk.out"
 }
 
-# Interleaved repetitions (nginx, waitroom, nginx, waitroom, …): on a
-# shared 2-core VM throughput drifts within seconds, so each ratio is the
-# median of REPS side-by-side pairs, and the spread is printed too.
-: > "$WORK/n"; : > "$WORK/w"; : > "$WORK/s"; : > "$WORK/a"
-for _ in $(seq "$REPS"); do
-  run_wrk "http://127.0.0.1:$PROXY/" >> "$WORK/n"
-  run_wrk "http://127.0.0.1:$PUB/" -H "X-Waitroom-Token: $ACCESS" >> "$WORK/w"
-  run_wrk "http://127.0.0.1:$STATIC/" >> "$WORK/s"
-  run_wrk "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' >> "$WORK/a"
+# Interleaved repetitions: on a shared 2-core VM throughput drifts within
+# seconds, so each ratio is the median of REPS side-by-side pairs, and the
+# spread is printed too. The order flips every repetition (nginx, embedded,
+# Redis, then Redis, embedded, nginx): a run right after another one tends
+# to do a few percent better, and a fixed order would bias every ratio.
+: > "$WORK/n"; : > "$WORK/w"; : > "$WORK/s"; : > "$WORK/a"; : > "$WORK/wr"; : > "$WORK/ar"
+pass_nginx() { run_wrk "http://127.0.0.1:$PROXY/" -H "User-Agent: $UA" >> "$WORK/n"; }
+pass_embedded() { run_wrk "http://127.0.0.1:$PUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $ACCESS" >> "$WORK/w"; }
+pass_redis() { run_wrk "http://127.0.0.1:$RPUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $RACCESS" >> "$WORK/wr"; }
+spike_static() { run_wrk "http://127.0.0.1:$STATIC/" >> "$WORK/s"; }
+spike_embedded() { run_wrk "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' >> "$WORK/a"; }
+spike_redis() { run_wrk "http://127.0.0.1:$RPUB/spike/" -H 'Accept: text/html' >> "$WORK/ar"; }
+for rep in $(seq "$REPS"); do
+  if [ $((rep % 2)) = 1 ]; then
+    pass_nginx; pass_embedded; pass_redis
+    spike_static; spike_embedded; spike_redis
+  else
+    pass_redis; pass_embedded; pass_nginx
+    spike_redis; spike_embedded; spike_static
+  fi
 done
 read -r N_RPS N_P50 N_P99 N_BAD <<<"$($FMT median "$WORK/n")"
 read -r W_RPS W_P50 W_P99 W_BAD <<<"$($FMT median "$WORK/w")"
 read -r S_RPS S_P50 S_P99 S_BAD <<<"$($FMT median "$WORK/s")"
 read -r A_RPS A_P50 A_P99 A_BAD <<<"$($FMT median "$WORK/a")"
+read -r WR_RPS WR_P50 WR_P99 WR_BAD <<<"$($FMT median "$WORK/wr")"
+read -r AR_RPS AR_P50 AR_P99 AR_BAD <<<"$($FMT median "$WORK/ar")"
 PASS_SPREAD=$($FMT spread "$WORK/w" "$WORK/n")
 SPIKE_SPREAD=$($FMT spread "$WORK/a" "$WORK/s")
+RPASS_SPREAD=$($FMT spread "$WORK/wr" "$WORK/w")
+RSPIKE_SPREAD=$($FMT spread "$WORK/ar" "$WORK/a")
 ratio() { $FMT ratio "$1" "$2"; }
 
-SSE_JSON=$("$BIN" loadgen sse --public "127.0.0.1:$PUB" --admin "127.0.0.1:$ADM" --admin-token "$TOKEN" \
-  --room sse --connections "$SSE_N" --sources 8 --gateway-pid "$WPID" 2>&1 | tail -1)
+# SSE: embedded and Redis gateways alternately; one JSON line per run.
+sse_run() { # PUBLIC ADMIN PID
+  # The previous run's streams close within a second or so: let them, so
+  # no run starts near the file limit.
+  for _ in $(seq 100); do
+    [ "$(ls "/proc/$3/fd" | wc -l)" -lt 1000 ] && break
+    sleep 0.1
+  done
+  "$BIN" loadgen sse --public "127.0.0.1:$1" --admin "127.0.0.1:$2" --admin-token "$TOKEN" \
+    --room sse --connections "$SSE_N" --sources 8 --gateway-pid "$3" 2>&1 | tail -1
+}
+: > "$WORK/sse_e"; : > "$WORK/sse_r"
+for _ in $(seq "$SSE_REPS"); do
+  sse_run "$PUB" "$ADM" "$WPID" >> "$WORK/sse_e"
+  sse_run "$RPUB" "$RADM" "$RPID" >> "$WORK/sse_r"
+done
 
 DRIP_ROWS=""
 for rate in $DRIP_RATES; do
@@ -154,19 +253,41 @@ for rate in $DRIP_RATES; do
   DRIP_ROWS+=$($FMT drip "$J")$'\n'
 done
 
-SSE_ROW=$($FMT sse "$SSE_JSON")
+# The shared drip with two replicas: joins and claims alternate between
+# them; one global rate means entries must not add up to twice the rate.
+RUST_LOG=warn "$BIN" run --config "$WORK/waitroom-redis2.toml" > "$WORK/waitroom-redis2.out" 2> "$WORK/waitroom-redis2.err" &
+PIDS+=("$!")
+wait_ready "$R2ADM"
+RDRIP_JSON=$("$BIN" loadgen drip --public "127.0.0.1:$RPUB" --also-public "127.0.0.1:$R2PUB" \
+  --admin "127.0.0.1:$RADM" --admin-token "$TOKEN" \
+  --room drip --rate "$REDIS_DRIP_RATE" --secs "$DRIP_SECS" 2>&1 | tail -1)
+
+SSE_ROW=$($FMT sse "$WORK/sse_e")
 
 echo
-echo "## waitroom vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DUR}s, median of $REPS interleaved pair(s)$([ $QUICK = 1 ] && echo ', quick run')"
+echo "## waitroom vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DUR}s, rps: median, and median (min–max) of the ratios of $REPS interleaved pairs in alternating order$([ $QUICK = 1 ] && echo ', quick run')"
 echo
 echo "| scenario | waitroom | nginx | ratio |"
 echo "| --- | --- | --- | --- |"
-echo "| a. admitted passthrough rps | $W_RPS | $N_RPS | $(ratio "$W_RPS" "$N_RPS") (pairs: $PASS_SPREAD; goal ≥ 0.9) |"
+echo "| a. admitted passthrough rps | $W_RPS | $N_RPS | $($FMT pair_median "$WORK/w" "$WORK/n") (pairs: $PASS_SPREAD; goal ≥ 0.9) |"
 echo "| a. admitted passthrough p50 / p99 ms | $W_P50 / $W_P99 | $N_P50 / $N_P99 | p99 $(ratio "$W_P99" "$N_P99") (goal ≤ 1.2) |"
-echo "| b. arrival spike rps (new place + ${PAGE_BYTES}-byte page) | $A_RPS | $S_RPS (static page) | $(ratio "$A_RPS" "$S_RPS") (pairs: $SPIKE_SPREAD; goal ≥ 0.5) |"
+echo "| b. arrival spike rps (new place + ${PAGE_BYTES}-byte page) | $A_RPS | $S_RPS (static page) | $($FMT pair_median "$WORK/a" "$WORK/s") (pairs: $SPIKE_SPREAD; goal ≥ 0.5) |"
 echo "| b. arrival spike p50 / p99 ms | $A_P50 / $A_P99 | $S_P50 / $S_P99 | p99 $(ratio "$A_P99" "$S_P99") |"
 echo "$SSE_ROW"
 printf '%s' "$DRIP_ROWS"
 echo
-echo "non-2xx responses: waitroom passthrough $W_BAD, spike $A_BAD; nginx proxy $N_BAD, static $S_BAD"
-echo "fd limit $(ulimit -n); SSE raw: $SSE_JSON"
+echo "## waitroom: Redis store vs embedded store — same run, $REPS interleaved pairs in alternating order (SSE: $SSE_REPS)"
+echo
+echo "| scenario | Redis store | embedded store | ratio Redis/embedded |"
+echo "| --- | --- | --- | --- |"
+echo "| a. admitted passthrough rps | $WR_RPS | $W_RPS | $($FMT pair_median "$WORK/wr" "$WORK/w") (pairs: $RPASS_SPREAD) |"
+echo "| a. admitted passthrough p50 / p99 ms | $WR_P50 / $WR_P99 | $W_P50 / $W_P99 | p99 $(ratio "$WR_P99" "$W_P99") |"
+echo "| b. arrival spike rps | $AR_RPS | $A_RPS | $($FMT pair_median "$WORK/ar" "$WORK/a") (pairs: $RSPIKE_SPREAD) |"
+echo "| b. arrival spike p50 / p99 ms | $AR_P50 / $AR_P99 | $A_P50 / $A_P99 | p99 $(ratio "$AR_P99" "$A_P99") |"
+$FMT sse_vs "$WORK/sse_r" "$WORK/sse_e"
+$FMT drip "$RDRIP_JSON"
+echo
+echo "non-2xx responses: waitroom passthrough $W_BAD, spike $A_BAD; Redis-store passthrough $WR_BAD, spike $AR_BAD; nginx proxy $N_BAD, static $S_BAD"
+echo "Redis: 127.0.0.1:$REDIS_PORT ($([ $REDIS_OURS = 1 ] && echo "started by this run" || echo "already running")), key prefix $KEY_PREFIX"
+echo "fd limit $(ulimit -n); SSE raw (embedded): $(tr '\n' ' ' < "$WORK/sse_e")"
+echo "SSE raw (Redis): $(tr '\n' ' ' < "$WORK/sse_r")"

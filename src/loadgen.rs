@@ -7,6 +7,8 @@
 //!   stream takes to see the change (and the gateway's RSS and CPU).
 //! - `drip`: joins fans, resumes the room, claims every place the moment it
 //!   is called, and compares entries per second with the configured rate.
+//!   Given several replicas of a shared (Redis) room, it spreads joins and
+//!   claims over them: the rate is global, so it must not add up.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -304,9 +306,17 @@ fn expect_ok((status, body): (u16, Value)) -> Result<Value, LoadgenError> {
     }
 }
 
+/// A claim answered "not your turn" is tried again this often…
+const CLAIM_RETRY: Duration = Duration::from_millis(50);
+/// …at most this many times in all (a second: ten ticks).
+const CLAIM_ATTEMPTS: u32 = 20;
+
 #[derive(Debug, Clone)]
 pub struct DripOptions {
     pub public: SocketAddr,
+    /// Further replicas' public listeners: joins and claims go round-robin
+    /// over `public` and these.
+    pub also_public: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub admin_token: String,
     pub room: String,
@@ -318,9 +328,16 @@ pub struct DripOptions {
 pub async fn drip(opts: DripOptions) -> Result<Value, LoadgenError> {
     loopback(opts.public)?;
     loopback(opts.admin)?;
+    for a in &opts.also_public {
+        loopback(*a)?;
+    }
     let c = client();
     let admin = format!("http://{}", opts.admin);
-    let public = format!("http://{}", opts.public);
+    let publics: Vec<String> = std::iter::once(opts.public)
+        .chain(opts.also_public.iter().copied())
+        .map(|a| format!("http://{a}"))
+        .collect();
+    let public_for = |n: u64| &publics[(n % publics.len() as u64) as usize];
     let room_url = format!("{admin}/admin/rooms/{}", opts.room);
     // A fresh epoch: places left from an earlier run would be served first.
     expect_ok(
@@ -345,9 +362,9 @@ pub async fn drip(opts: DripOptions) -> Result<Value, LoadgenError> {
     let fans = (opts.rate_per_min * opts.secs / 60 + opts.rate_per_min / 30 + 20) as usize;
     let mut by_seq = std::collections::HashMap::with_capacity(fans);
     let mut joins = tokio::task::JoinSet::new();
-    for _ in 0..fans {
+    for n in 0..fans as u64 {
         let c = c.clone();
-        let url = format!("{public}/_waitroom/join?room={}", opts.room);
+        let url = format!("{}/_waitroom/join?room={}", public_for(n), opts.room);
         joins.spawn(async move { call(&c, "POST", url, None, None).await });
         while joins.len() >= 64 {
             if let Some(Ok(Ok((_, v)))) = joins.join_next().await
@@ -369,6 +386,7 @@ pub async fn drip(opts: DripOptions) -> Result<Value, LoadgenError> {
     let (_, room) = call(&c, "GET", room_url.clone(), Some(&opts.admin_token), None).await?;
     let mut serving = room["serving_counter"].as_u64().unwrap_or(0);
     let entries = Arc::new(AtomicU64::new(0));
+    let not_yet = Arc::new(AtomicU64::new(0));
     call(
         &c,
         "PATCH",
@@ -386,11 +404,26 @@ pub async fn drip(opts: DripOptions) -> Result<Value, LoadgenError> {
         let now_serving = room["serving_counter"].as_u64().unwrap_or(serving);
         for seq in serving + 1..=now_serving {
             if let Some(token) = by_seq.get(&seq).cloned() {
-                let (c, entries) = (c.clone(), entries.clone());
-                let url = format!("{public}/_waitroom/claim?room={}", opts.room);
+                let (c, entries, not_yet) = (c.clone(), entries.clone(), not_yet.clone());
+                let url = format!("{}/_waitroom/claim?room={}", public_for(seq), opts.room);
                 claims.spawn(async move {
-                    if let Ok((200, _)) = call(&c, "POST", url, Some(&token), None).await {
-                        entries.fetch_add(1, Ordering::Relaxed);
+                    // Another replica may not have seen the call yet (it
+                    // reads the shared state every tick): retry as a fan's
+                    // page would, for at most a few ticks.
+                    for attempt in 0..CLAIM_ATTEMPTS {
+                        match call(&c, "POST", url.clone(), Some(&token), None).await {
+                            Ok((200, _)) => {
+                                entries.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                            Ok((409, v)) if v["error"] == "not_your_turn" => {
+                                not_yet.fetch_add(1, Ordering::Relaxed);
+                                if attempt + 1 < CLAIM_ATTEMPTS {
+                                    tokio::time::sleep(CLAIM_RETRY).await;
+                                }
+                            }
+                            _ => return,
+                        }
                     }
                 });
             }
@@ -412,6 +445,8 @@ pub async fn drip(opts: DripOptions) -> Result<Value, LoadgenError> {
     let expected = opts.rate_per_min as f64 * elapsed / 60.0;
     Ok(json!({
         "rate_per_min": opts.rate_per_min,
+        "replicas": publics.len(),
+        "claims_not_yet": not_yet.load(Ordering::Relaxed),
         "secs": (elapsed * 100.0).round() / 100.0,
         "entries": got,
         "expected": (expected * 10.0).round() / 10.0,

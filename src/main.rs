@@ -85,6 +85,10 @@ enum Loadgen {
     Drip {
         #[arg(long)]
         public: std::net::SocketAddr,
+        /// Another replica's public listener (repeatable): joins and claims
+        /// are spread over all of them.
+        #[arg(long)]
+        also_public: Vec<std::net::SocketAddr>,
         #[arg(long)]
         admin: std::net::SocketAddr,
         #[arg(long)]
@@ -175,6 +179,7 @@ fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
             }
             Loadgen::Drip {
                 public,
+                also_public,
                 admin,
                 admin_token,
                 room,
@@ -183,6 +188,7 @@ fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
             } => {
                 loadgen::drip(loadgen::DripOptions {
                     public,
+                    also_public,
                     admin,
                     admin_token,
                     room,

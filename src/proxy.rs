@@ -1,5 +1,16 @@
-//! The upstream side: a pooled HTTP client and the header rewriting a
+//! The upstream side: the upstream connections and the header rewriting a
 //! reverse proxy owes both ends.
+//!
+//! **Connections.** A downstream HTTP/1 connection to a plain `http://`
+//! upstream owns one upstream HTTP/1.1 connection (an [`UpstreamLink`]),
+//! opened on its first request, reused for the next ones and driven by the
+//! downstream connection's own task: a request and its answer never cross
+//! to another task or thread. HTTP/1 answers one request at a time, so the
+//! link is never shared. Everything else (HTTP/2 clients, whose requests
+//! run concurrently; `https://` upstreams; a second upstream on the same
+//! connection) goes through the shared pooled client. A request that a
+//! reused connection never sent (the upstream had closed it) is sent once
+//! more on a new connection.
 //!
 //! Requests keep their method, path, query and body (streamed, never
 //! buffered). Hop-by-hop headers are dropped both ways; the gateway's own
@@ -8,18 +19,25 @@
 //! unless the peer is a configured trusted proxy, whose values are kept
 //! (and, for `-For`, appended to).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::client::conn::http1 as client_h1;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, Scheme};
 use hyper::{Request, Response, Uri, Version};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{ProxyConfig, Upstream};
 use crate::http::Body;
@@ -42,6 +60,7 @@ pub enum UpstreamError {
 pub struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
     trusted: Vec<IpNet>,
+    connect_timeout: Duration,
     response_timeout: Duration,
     /// What `X-Forwarded-Proto` says for direct clients.
     listener_scheme: &'static str,
@@ -87,6 +106,7 @@ impl Proxy {
         Proxy {
             client,
             trusted: config.trusted_proxies.clone(),
+            connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             listener_scheme: if config.listener_tls { "https" } else { "http" },
         }
@@ -111,30 +131,40 @@ impl Proxy {
                 .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
     }
 
-    /// Sends `req` to `upstream` and streams the answer back.
+    /// Sends `req` to `upstream` and streams the answer back. A request
+    /// carrying its connection's [`UpstreamLink`] (see the module docs)
+    /// goes over that link when it can.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         upstream: &Upstream,
         peer: SocketAddr,
     ) -> Result<Forwarded, UpstreamError> {
+        let link = req
+            .extensions_mut()
+            .remove::<UpstreamLink>()
+            .filter(|_| req.version() <= Version::HTTP_11 && upstream.scheme == Scheme::HTTP);
         let path_and_query = req
             .uri()
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/")
             .to_string();
-        let uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| UpstreamError::Exchange(format!("cannot build upstream URI: {e}")))?;
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
+        // The link speaks to one origin: origin-form is all it needs.
+        let uri = match link {
+            Some(_) => Uri::builder().path_and_query(path_and_query),
+            None => Uri::builder()
+                .scheme(upstream.scheme.clone())
+                .authority(upstream.authority.clone())
+                .path_and_query(path_and_query),
+        }
+        .build()
+        .map_err(|e| UpstreamError::Exchange(format!("cannot build upstream URI: {e}")))?;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         let trusted = self.is_trusted(peer.ip());
@@ -147,14 +177,21 @@ impl Proxy {
         );
 
         let started = Instant::now();
-        let response = match tokio::time::timeout(self.response_timeout, self.client.request(req))
-            .await
-        {
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) => return Err(UpstreamError::Exchange(error_chain(&e))),
-            Ok(Ok(r)) => r,
+        let exchange = async {
+            match &link {
+                Some(link) => self.send_on_link(link, req, &upstream.authority).await,
+                None => self.client.request(req).await.map_err(|e| {
+                    if e.is_connect() {
+                        UpstreamError::Connect(error_chain(&e))
+                    } else {
+                        UpstreamError::Exchange(error_chain(&e))
+                    }
+                }),
+            }
         };
+        let response = tokio::time::timeout(self.response_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
         let elapsed = started.elapsed();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -162,6 +199,176 @@ impl Proxy {
             response: Response::from_parts(parts, body.boxed_unsync()),
             elapsed,
         })
+    }
+
+    /// Sends over the link's connection, opening one when it has none (or
+    /// one to another upstream, or one the upstream closed unused).
+    async fn send_on_link(
+        &self,
+        link: &UpstreamLink,
+        mut req: Request<Incoming>,
+        authority: &Authority,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        req.headers_mut()
+            .entry(header::HOST)
+            .or_insert_with(|| host_value(authority));
+        let reused = link.try_send(req, authority);
+        let req = match reused {
+            Ok(sent) => match sent.await {
+                Ok(res) => return Ok(res),
+                // Never written (the connection had closed or was busy):
+                // safe to send again on a new one.
+                Err(mut e) => match e.take_message() {
+                    Some(req) => req,
+                    None => return Err(UpstreamError::Exchange(error_chain(&e.into_error()))),
+                },
+            },
+            Err(req) => req,
+        };
+        let (mut sender, conn) = self.open_link_connection(authority).await?;
+        let sent = sender.send_request(req);
+        link.install(authority.clone(), sender, conn);
+        sent.await
+            .map_err(|e| UpstreamError::Exchange(error_chain(&e)))
+    }
+
+    async fn open_link_connection(
+        &self,
+        authority: &Authority,
+    ) -> Result<(client_h1::SendRequest<Incoming>, LinkConnection), UpstreamError> {
+        let connect = async {
+            let port = authority.port_u16().unwrap_or(80);
+            // IPv6 literals keep their brackets in an authority.
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let mut last_error = None;
+            for addr in tokio::net::lookup_host((host, port)).await? {
+                match connect_tcp(addr).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            Err(last_error.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the upstream")
+            }))
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| UpstreamError::Connect("connect timed out".into()))?
+            .map_err(|e| UpstreamError::Connect(format!("{authority}: {e}")))?;
+        client_h1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))
+    }
+}
+
+async fn connect_tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_keepalive(true)?;
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+fn host_value(authority: &Authority) -> HeaderValue {
+    HeaderValue::from_str(authority.as_str())
+        .expect("a parsed URI authority is a valid header value")
+}
+
+type LinkConnection = client_h1::Connection<TokioIo<TcpStream>, Incoming>;
+
+/// One upstream HTTP/1.1 connection belonging to one downstream connection
+/// (see the module docs). The server puts a clone in every request's
+/// extensions and polls [`UpstreamLink::drive`] in the connection's task;
+/// dropping the downstream connection drops the upstream one.
+#[derive(Clone, Default)]
+pub struct UpstreamLink(Arc<Mutex<LinkState>>);
+
+#[derive(Default)]
+struct LinkState {
+    authority: Option<Authority>,
+    sender: Option<client_h1::SendRequest<Incoming>>,
+    connection: Option<Pin<Box<LinkConnection>>>,
+    /// The downstream task, to wake when a new connection needs driving.
+    waker: Option<Waker>,
+}
+
+type SendOutcome = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>>;
+
+impl UpstreamLink {
+    pub fn new() -> UpstreamLink {
+        UpstreamLink::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        // Nothing panics while holding it; a poisoned state is still consistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drives the link's connection (reads answers, writes requests).
+    /// Never resolves: poll it beside the downstream connection.
+    pub fn drive(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut state = self.lock();
+            if let Some(connection) = state.connection.as_mut() {
+                match connection.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "upstream connection ended with an error");
+                        }
+                        *state = LinkState::default();
+                    }
+                }
+            }
+            if !state
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Hands `req` to the open connection to `authority`, or gives it back.
+    // The request comes back by value (no copy, no allocation): it is large.
+    #[allow(clippy::result_large_err)]
+    fn try_send(
+        &self,
+        req: Request<Incoming>,
+        authority: &Authority,
+    ) -> Result<impl Future<Output = SendOutcome> + use<>, Request<Incoming>> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        match state.sender.as_mut() {
+            Some(sender) if state.authority.as_ref() == Some(authority) && !sender.is_closed() => {
+                Ok(sender.try_send_request(req))
+            }
+            _ => Err(req),
+        }
+    }
+
+    /// Makes a new connection the link's (the old one, if any, is dropped).
+    fn install(
+        &self,
+        authority: Authority,
+        sender: client_h1::SendRequest<Incoming>,
+        connection: LinkConnection,
+    ) {
+        let mut state = self.lock();
+        state.authority = Some(authority);
+        state.sender = Some(sender);
+        state.connection = Some(Box::pin(connection));
+        if let Some(w) = state.waker.take() {
+            w.wake();
+        }
     }
 }
 

@@ -598,7 +598,11 @@ async fn serve_connection<S, F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let tracker = activity.clone();
-    let service = service_fn(move |req| {
+    // This connection's own upstream connection, driven below in this task.
+    let link = crate::proxy::UpstreamLink::new();
+    let link_for_requests = link.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(link_for_requests.clone());
         let h = handler.clone();
         let in_flight = tracker.begin_request();
         async move {
@@ -622,6 +626,10 @@ async fn serve_connection<S, F, Fut>(
             .into_owned(),
     );
     tokio::select! {
+        // First: an upstream answer read here is handed to the request
+        // waiting for it in the same poll.
+        biased;
+        () = link.drive() => {}
         result = conn => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
