@@ -327,11 +327,13 @@ async fn claim(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>,
         }
         Err(e) => return Err(e.into()),
     };
-    ctx.app
-        .metrics
-        .admissions
-        .with_label_values(&[room.id()])
-        .inc();
+    if grant.first {
+        ctx.app
+            .metrics
+            .admissions
+            .with_label_values(&[room.id()])
+            .inc();
+    }
     let (token, cookie) = ctx.sign_access_token(claims.ep, &grant, &claims.vid);
     let snap = room.snapshot();
     let mut res = http::json(

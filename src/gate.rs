@@ -347,11 +347,13 @@ impl Ctx<'_> {
     ) -> Result<Decision, GatewayError> {
         match self.room.claim(epoch, seq, vid).await {
             Ok(grant) => {
-                self.app
-                    .metrics
-                    .admissions
-                    .with_label_values(&[self.room.id()])
-                    .inc();
+                if grant.first {
+                    self.app
+                        .metrics
+                        .admissions
+                        .with_label_values(&[self.room.id()])
+                        .inc();
+                }
                 let (_, c) = self.sign_access_token(epoch, &grant, vid);
                 set_cookies.push(c);
                 Ok(Decision::Proxy { set_cookies })
@@ -413,6 +415,7 @@ impl Ctx<'_> {
                         // Slide: re-issue once less than half the idle window is left on the token.
                         if c.exp < now + session_secs / 2 && now + ends_in_secs > c.exp {
                             let grant = Grant {
+                                first: false,
                                 seq: c.seq,
                                 session_started_wall: c.sat.unwrap_or(c.iat),
                                 expires_wall: now + ends_in_secs,

@@ -138,6 +138,9 @@ pub struct Grant {
     pub seq: u64,
     pub session_started_wall: u64,
     pub expires_wall: u64,
+    /// False for the same claim answered again (a shared store's reply
+    /// lost on the way): not a second admission.
+    pub first: bool,
 }
 
 pub(crate) struct State {
@@ -584,6 +587,7 @@ impl Room {
         );
         let wall = self.clock.wall_secs();
         Ok(Grant {
+            first: true,
             seq,
             session_started_wall: wall,
             expires_wall: wall + session_secs.min(session_max_secs),

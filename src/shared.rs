@@ -417,7 +417,7 @@ impl Shared {
             .arg(snap.session_max_secs * 1000);
         let (outcome, _now): (i64, i64) = self.call(room.id(), &inv).await?;
         match outcome {
-            1 => {}
+            1 | 2 => {}
             -1 => return Err(ClaimError::Unknown.into()),
             -2 => return Err(ClaimError::AlreadyClaimed.into()),
             _ => return Err(ClaimError::Missed.into()),
@@ -433,6 +433,7 @@ impl Shared {
         );
         let wall = room.clock.wall_secs();
         Ok(Grant {
+            first: outcome == 1,
             seq,
             session_started_wall: wall,
             expires_wall: wall + snap.session_secs.min(snap.session_max_secs),
@@ -1362,7 +1363,7 @@ if redis.call('GETBIT', KEYS[5], ARGV[2]) == 1 then
   local s = redis.call('HGET', KEYS[11], ARGV[2])
   if s and string.sub(s, 1, #ARGV[3] + 1) == ARGV[3] .. ' ' then
     local claimed_at = tonumber(string.match(s, ' (%d+)$') or '0') - tonumber(ARGV[6])
-    if now - claimed_at < 5000 then return {1, now} end
+    if now - claimed_at < 5000 then return {2, now} end
   end
   return {-2, now}
 end
