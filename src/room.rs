@@ -816,7 +816,7 @@ impl Room {
     /// Applies an admin change; durable before it returns.
     pub async fn update_settings(
         &self,
-        change: impl FnOnce(&mut Settings),
+        change: impl Fn(&mut Settings),
     ) -> Result<Settings, RoomError> {
         let store = match &self.backend {
             Backend::Local(store) => store,

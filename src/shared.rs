@@ -507,37 +507,57 @@ impl Shared {
         })
     }
 
+    /// Applies `change` to the room's shared settings. The change is made
+    /// to the settings as Redis holds them, not to this replica's view (a
+    /// pause set on another replica a moment ago may not have reached it):
+    /// read them, change them, and write back only what changed, provided
+    /// nobody wrote in between (else again with what they wrote).
     pub(crate) async fn update_settings(
         &self,
         room: &Room,
-        change: impl FnOnce(&mut Settings),
+        change: impl Fn(&mut Settings),
     ) -> Result<Settings, RoomError> {
         let snap = room.snapshot();
-        let before = settings_of(&snap, &self.configured);
-        let mut after = before.clone();
-        change(&mut after);
-        after.session_max_secs = after.session_max_secs.max(after.session_secs);
-        // Only what this change changes: Redis merges it into the current
-        // settings, so two changes made at once on two replicas both hold.
-        let patch = settings_patch(&before, &after)?;
-        let mut inv = self.key_args(&SETTINGS);
-        inv.arg(snap.epoch).arg(&patch);
-        let (applied, merged): (i64, String) = self.call(room.id(), &inv).await?;
-        if applied != 1 {
-            return Err(RoomError::Store(StoreError::Io(
-                "the room was reset meanwhile; try again".into(),
-            )));
+        // First round: nothing expected, so Redis answers with what it holds.
+        let (mut patch, mut expected) = ("{}".to_string(), String::new());
+        let mut before = settings_of(&snap, &self.configured);
+        for _ in 0..SETTINGS_ATTEMPTS {
+            let mut inv = self.key_args(&SETTINGS);
+            inv.arg(snap.epoch).arg(&patch).arg(&expected);
+            let (outcome, raw): (i64, String) = self.call(room.id(), &inv).await?;
+            match outcome {
+                1 => {
+                    let s = self.settings_from(&raw).map_err(RoomError::Store)?;
+                    if s.admit_rate_per_min < before.admit_rate_per_min {
+                        room.note_rate_cut();
+                    }
+                    // Shown here at once; everywhere else (and to the lease
+                    // holder's drip) with the next tick.
+                    let mut next = snap;
+                    apply_settings_to_snapshot(&mut next, &s);
+                    room.publish_snapshot(next);
+                    return Ok(s);
+                }
+                2 => {
+                    before = self.settings_from(&raw).map_err(RoomError::Store)?;
+                    let mut after = before.clone();
+                    change(&mut after);
+                    after.session_max_secs = after.session_max_secs.max(after.session_secs);
+                    // Only what this change changes, so a concurrent change to
+                    // another field is never undone.
+                    patch = settings_patch(&before, &after)?;
+                    expected = raw;
+                }
+                _ => {
+                    return Err(RoomError::Store(StoreError::Io(
+                        "the room was reset meanwhile; try again".into(),
+                    )));
+                }
+            }
         }
-        let s = self.settings_from(&merged).map_err(RoomError::Store)?;
-        if s.admit_rate_per_min < snap.admit_rate_per_min {
-            room.note_rate_cut();
-        }
-        // Shown here at once; everywhere else (and to the lease holder's
-        // drip) with the next tick.
-        let mut next = snap;
-        apply_settings_to_snapshot(&mut next, &s);
-        room.publish_snapshot(next);
-        Ok(s)
+        Err(RoomError::Store(StoreError::Io(
+            "the room's settings kept changing meanwhile; try again".into(),
+        )))
     }
 
     pub(crate) async fn reset(&self, room: &Room) -> Result<u64, RoomError> {
@@ -1423,13 +1443,22 @@ return 1
     )
 });
 
-/// An admin change, merged field by field into the current settings
-/// (ARGV: epoch, a JSON object of the changed fields). Returns {1, merged}.
+/// Rounds of read-change-write before an admin change gives up (each lost
+/// round means another replica changed the settings in between).
+const SETTINGS_ATTEMPTS: usize = 5;
+
+/// An admin change, merged field by field into the current settings if they
+/// are still exactly what the change was computed from (ARGV: epoch, a JSON
+/// object of the changed fields, the settings it was computed from).
+/// Returns {1, merged}; {2, current} when they differ; {0, ''} after a reset.
 static SETTINGS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {0, ''} end
-local cur = cjson.decode(redis.call('HGET', KEYS[1], 'settings'))
+local raw = redis.call('HGET', KEYS[1], 'settings')
+if not raw then return {0, ''} end
+if raw ~= ARGV[3] then return {2, raw} end
+local cur = cjson.decode(raw)
 for k, v in pairs(cjson.decode(ARGV[2])) do cur[k] = v end
 local merged = cjson.encode(cur)
 redis.call('HSET', KEYS[1], 'settings', merged)
