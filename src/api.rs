@@ -175,6 +175,7 @@ pub async fn handle(
             req.headers(),
             app.proxy.client_ip(peer.ip(), req.headers()),
         ),
+        memo: None,
     };
     match handler {
         Endpoint::Status => status(&ctx, &req).await,

@@ -330,6 +330,7 @@ impl App {
                 req.headers(),
                 self.proxy.client_ip(peer.ip(), req.headers()),
             ),
+            memo: req.extensions().get::<crate::token::TokenMemo>().cloned(),
             next: req
                 .uri()
                 .path_and_query()

@@ -29,7 +29,7 @@ use crate::http::{self, Body};
 use crate::page;
 use crate::queue::Place;
 use crate::room::{Grant, Room, SessionCheck, Snapshot};
-use crate::token::{Claims, Expect, Kind, TokenError};
+use crate::token::{Claims, Expect, Kind, TokenError, TokenMemo};
 
 /// Header carrying a solved proof-of-work challenge (`<challenge>:<n>`).
 pub const POW_HEADER: &str = "x-waitroom-pow";
@@ -182,6 +182,8 @@ pub struct Ctx<'a> {
     pub next: String,
     /// This client's access binding (see `binding`), if the room binds.
     pub binding: Option<String>,
+    /// The connection's last verified token (see `token::TokenMemo`).
+    pub memo: Option<TokenMemo>,
 }
 
 impl Ctx<'_> {
@@ -225,6 +227,13 @@ impl Ctx<'_> {
                     bits,
                 }
             })
+    }
+
+    fn verify(&self, token: &str, expect: Expect<'_>, now: u64) -> Result<Claims, TokenError> {
+        match &self.memo {
+            Some(memo) => self.app.keys.verify_with(memo, token, expect, now),
+            None => self.app.keys.verify(token, expect, now),
+        }
     }
 
     fn reject(&self, reason: &str) {
@@ -401,7 +410,7 @@ impl Ctx<'_> {
                 room: room_id,
                 epoch,
             };
-            match self.app.keys.verify(token, expect, now) {
+            match self.verify(token, expect, now) {
                 // Claimed by another client: a shared or resold access token.
                 Ok(c) if c.bnd != self.binding => self.reject("binding_mismatch"),
                 Ok(c) => match self
@@ -438,7 +447,7 @@ impl Ctx<'_> {
                 room: room_id,
                 epoch,
             };
-            match self.app.keys.verify(token, expect, now) {
+            match self.verify(token, expect, now) {
                 Ok(c) => match self.room.touch(epoch, c.seq).await? {
                     place @ (Place::PreQueue | Place::Waiting { .. } | Place::Rejoining { .. }) => {
                         let ttl = self.app.config.queue_token_ttl.as_secs();

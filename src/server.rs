@@ -601,8 +601,11 @@ async fn serve_connection<S, F, Fut>(
     // This connection's own upstream connection, driven below in this task.
     let link = crate::proxy::UpstreamLink::new();
     let link_for_requests = link.clone();
+    // The last token verified on this connection (see `token::TokenMemo`).
+    let memo = crate::token::TokenMemo::default();
     let service = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(link_for_requests.clone());
+        req.extensions_mut().insert(memo.clone());
         let h = handler.clone();
         let in_flight = tracker.begin_request();
         async move {

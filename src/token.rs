@@ -9,6 +9,8 @@
 //! Tokens hold no personal data: room, room epoch, sequence number, times and
 //! a random visitor id.
 
+use std::sync::{Arc, Mutex};
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -164,23 +166,29 @@ impl Keys {
         expect: Expect<'_>,
         now_secs: u64,
     ) -> Result<Claims, TokenError> {
-        let claims = self.verify_signature(token)?;
-        if claims.typ != expect.kind {
-            return Err(TokenError::WrongKind);
-        }
-        if claims.room != expect.room {
-            return Err(TokenError::WrongRoom);
-        }
-        if claims.ep != expect.epoch {
-            return Err(TokenError::StaleEpoch);
-        }
-        if claims.iat > now_secs + LEEWAY_SECS {
-            return Err(TokenError::IssuedInFuture);
-        }
-        if claims.exp + LEEWAY_SECS < now_secs {
-            return Err(TokenError::Expired);
-        }
-        Ok(claims)
+        check(self.verify_signature(token)?, expect, now_secs)
+    }
+
+    /// [`Keys::verify`], remembering the last token that verified on
+    /// `memo`: the same token again skips the signature and decoding (about
+    /// half the gateway's own CPU per admitted request, measured with
+    /// callgrind) but not the kind, room, epoch and time checks.
+    pub fn verify_with(
+        &self,
+        memo: &TokenMemo,
+        token: &str,
+        expect: Expect<'_>,
+        now_secs: u64,
+    ) -> Result<Claims, TokenError> {
+        let claims = match memo.recall(token) {
+            Some(claims) => claims,
+            None => {
+                let claims = self.verify_signature(token)?;
+                memo.remember(token, &claims);
+                claims
+            }
+        };
+        check(claims, expect, now_secs)
     }
 
     /// Checks only that the token is ours and intact; no time or room checks.
@@ -207,6 +215,51 @@ impl Keys {
                 _ => TokenError::Malformed,
             }),
         }
+    }
+}
+
+/// The checks that do not depend on the signature: kind, room, epoch, times.
+fn check(claims: Claims, expect: Expect<'_>, now_secs: u64) -> Result<Claims, TokenError> {
+    if claims.typ != expect.kind {
+        return Err(TokenError::WrongKind);
+    }
+    if claims.room != expect.room {
+        return Err(TokenError::WrongRoom);
+    }
+    if claims.ep != expect.epoch {
+        return Err(TokenError::StaleEpoch);
+    }
+    if claims.iat > now_secs + LEEWAY_SECS {
+        return Err(TokenError::IssuedInFuture);
+    }
+    if claims.exp + LEEWAY_SECS < now_secs {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// One connection's last verified token and its claims (see
+/// [`Keys::verify_with`]). A browser or app sends the same access token
+/// with every request on a keep-alive connection; only a byte-identical
+/// token is recalled, so a changed or tampered one is verified afresh.
+#[derive(Clone, Default)]
+pub struct TokenMemo(Arc<Mutex<Option<Remembered>>>);
+
+/// A token and what it verified to.
+type Remembered = (Box<str>, Claims);
+
+impl TokenMemo {
+    fn recall(&self, token: &str) -> Option<Claims> {
+        let last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*last {
+            Some((t, claims)) if **t == *token => Some(claims.clone()),
+            _ => None,
+        }
+    }
+
+    fn remember(&self, token: &str, claims: &Claims) {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some((token.into(), claims.clone()));
     }
 }
 
@@ -277,6 +330,62 @@ mod tests {
         let k = keys();
         let c = claims();
         assert_eq!(k.verify(&k.sign(&c), EXPECT, 1_500), Ok(c));
+    }
+
+    #[test]
+    fn a_remembered_token_is_still_checked_for_kind_room_epoch_and_time() {
+        let (k, memo) = (keys(), TokenMemo::default());
+        let c = claims();
+        let t = k.sign(&c);
+        assert_eq!(k.verify_with(&memo, &t, EXPECT, 1_500), Ok(c.clone()));
+        assert_eq!(k.verify_with(&memo, &t, EXPECT, 1_600), Ok(c.clone()));
+        let later_epoch = Expect { epoch: 8, ..EXPECT };
+        assert_eq!(
+            k.verify_with(&memo, &t, later_epoch, 1_600),
+            Err(TokenError::StaleEpoch)
+        );
+        let access = Expect {
+            kind: Kind::Access,
+            ..EXPECT
+        };
+        assert_eq!(
+            k.verify_with(&memo, &t, access, 1_600),
+            Err(TokenError::WrongKind)
+        );
+        let other_room = Expect {
+            room: "other",
+            ..EXPECT
+        };
+        assert_eq!(
+            k.verify_with(&memo, &t, other_room, 1_600),
+            Err(TokenError::WrongRoom)
+        );
+        assert_eq!(
+            k.verify_with(&memo, &t, EXPECT, 2_000 + LEEWAY_SECS + 1),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_token_differing_from_the_remembered_one_by_a_byte_is_verified_afresh() {
+        let (k, memo) = (keys(), TokenMemo::default());
+        let c = claims();
+        let t = k.sign(&c);
+        assert!(k.verify_with(&memo, &t, EXPECT, 1_500).is_ok());
+        // The last signature character changed: another token, refused.
+        let mut forged = t.clone();
+        let last = forged.pop().unwrap_or('A');
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert_eq!(
+            k.verify_with(&memo, &forged, EXPECT, 1_500),
+            Err(TokenError::BadSignature)
+        );
+        // A refused token is not remembered; the good one still is good.
+        assert_eq!(
+            k.verify_with(&memo, &forged, EXPECT, 1_500),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(k.verify_with(&memo, &t, EXPECT, 1_500), Ok(c.clone()));
     }
 
     #[test]
