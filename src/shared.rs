@@ -520,7 +520,8 @@ impl Shared {
         let snap = room.snapshot();
         // First round: nothing expected, so Redis answers with what it holds.
         let (mut patch, mut expected) = ("{}".to_string(), String::new());
-        let mut before = settings_of(&snap, &self.configured);
+        // The rate the change was made to, to tell a cut.
+        let mut rate_before = snap.admit_rate_per_min;
         for _ in 0..SETTINGS_ATTEMPTS {
             let mut inv = self.key_args(&SETTINGS);
             inv.arg(snap.epoch).arg(&patch).arg(&expected);
@@ -528,7 +529,7 @@ impl Shared {
             match outcome {
                 1 => {
                     let s = self.settings_from(&raw).map_err(RoomError::Store)?;
-                    if s.admit_rate_per_min < before.admit_rate_per_min {
+                    if s.admit_rate_per_min < rate_before {
                         room.note_rate_cut();
                     }
                     // Shown here at once; everywhere else (and to the lease
@@ -539,7 +540,8 @@ impl Shared {
                     return Ok(s);
                 }
                 2 => {
-                    before = self.settings_from(&raw).map_err(RoomError::Store)?;
+                    let before = self.settings_from(&raw).map_err(RoomError::Store)?;
+                    rate_before = before.admit_rate_per_min;
                     let mut after = before.clone();
                     change(&mut after);
                     after.session_max_secs = after.session_max_secs.max(after.session_secs);
