@@ -78,7 +78,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -87,6 +87,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::UPGRADE,
+    // The framing is this hop's own; hyper sets it again for the next.
+    header::TRANSFER_ENCODING,
 ];
 
 impl Proxy {
@@ -392,8 +394,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Usually there are none: one pass over the names is cheaper than nine
     // hashed removals.
-    let hop = |k: &HeaderName| *k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k);
-    if !h.keys().any(hop) {
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
     // Headers named in Connection are hop-by-hop too.
@@ -407,7 +408,6 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named.iter().chain(HOP_BY_HOP.iter()) {
         h.remove(n);
     }
-    h.remove(header::TRANSFER_ENCODING);
 }
 
 /// Roots for `https://` upstreams: the configured CA if any, else the system's.
