@@ -76,6 +76,16 @@ fn one_connection_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GETs an exempt static file through the gateway: status and body.
+async fn get_static(client: &reqwest::Client, gw: &Gateway, file: &str) -> (u16, String) {
+    let res = client
+        .get(format!("{}/shop/static/{file}", gw.public))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
 fn exempt_room(upstream: &str) -> String {
     room_toml(
         "shop",
@@ -90,13 +100,9 @@ async fn a_keep_alive_client_has_one_upstream_connection_for_all_its_requests() 
     let mut gw = Gateway::start(&exempt_room(&up.url)).await;
     let client = one_connection_client();
     for i in 0..5 {
-        let res = client
-            .get(format!("{}/shop/static/{i}.css", gw.public))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        assert_eq!(res.text().await.unwrap(), "ok");
+        let (status, body) = get_static(&client, &gw, &format!("{i}.css")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "ok");
     }
     assert_eq!(up.requests.load(Ordering::SeqCst), 5);
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
@@ -114,13 +120,9 @@ async fn a_request_after_the_upstream_closed_its_connection_goes_over_a_new_one(
         if i % 2 == 1 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let res = client
-            .get(format!("{}/shop/static/{i}.css", gw.public))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200, "request {i}");
-        assert_eq!(res.text().await.unwrap(), "ok");
+        let (status, body) = get_static(&client, &gw, &format!("{i}.css")).await;
+        assert_eq!(status, 200, "request {i}");
+        assert_eq!(body, "ok");
     }
     assert_eq!(up.requests.load(Ordering::SeqCst), 4);
     assert_eq!(up.connections.load(Ordering::SeqCst), 4);
@@ -134,13 +136,8 @@ async fn separate_clients_have_separate_upstream_connections() {
     for _ in 0..2 {
         let client = one_connection_client();
         for _ in 0..2 {
-            let res = client
-                .get(format!("{}/shop/static/a.css", gw.public))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
-            res.bytes().await.unwrap();
+            let (status, _) = get_static(&client, &gw, "a.css").await;
+            assert_eq!(status, 200);
         }
     }
     assert_eq!(up.requests.load(Ordering::SeqCst), 4);
