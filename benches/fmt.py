@@ -113,6 +113,27 @@ def sse(path):
     )
 
 
+def sse_big(path):
+    """Row for the SSE run spread over several replicas sharing one Redis."""
+    runs = _sse_runs(path)
+    if not runs:
+        print("| c. SSE waiters on several replicas | failed | | |")
+        return
+    d = runs[0]
+    per = d.get("rss_bytes_per_connection")
+    per = f"{per / 1024:.1f} KiB/conn" if per else "n/a"
+    rss = (d.get("gateway_rss_bytes") or 0) / 2**20
+    cpu = d.get("gateway_cpu_secs_fanout")
+    cpu = "n/a" if cpu is None else f"{cpu:.2f} s"
+    print(
+        f"| c. {d['connections_requested']} SSE waiters on {d['replicas']} replicas sharing one Redis "
+        f"({d['processes']} load-generator processes) | {d['connections_open']}/{d['connections_requested']} open, "
+        f"RSS {rss:.0f} MiB in all ({per}; goal ≤ 2 GiB at 100,000) "
+        f"| update delay p50 {d['delay_ms_p50']:.0f} ms, p99 {d['delay_ms_p99']:.0f} ms (goal ≤ 1 s), "
+        f"last {d['delay_ms_max'] or float('nan'):.0f} ms ({d['delivered']} delivered) | fan-out CPU {cpu} |"
+    )
+
+
 def sse_vs(path_a, path_b):
     """Row comparing SSE runs of gateway a (Redis) with gateway b (embedded)."""
     a, b = _sse_summary(path_a), _sse_summary(path_b)
@@ -135,5 +156,5 @@ def sse_vs(path_a, path_b):
 
 
 if __name__ == "__main__":
-    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_vs": sse_vs, "median": median, "spread": spread, "pair_median": pair_median}
+    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_big": sse_big, "sse_vs": sse_vs, "median": median, "spread": spread, "pair_median": pair_median}
     commands[sys.argv[1]](*sys.argv[2:])

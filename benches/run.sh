@@ -2,6 +2,8 @@
 # The benchmark harness: waitroom against nginx on this machine, in one run.
 #   bash benches/run.sh           full run (several minutes)
 #   bash benches/run.sh --quick   smoke run (under 2 minutes; what CI runs)
+#   bash benches/run.sh [--quick] --only ab   only the scenarios named (letters
+#                                 of a–e; e runs beside the ones chosen)
 # Installs wrk, nginx and redis-server (Debian packages) when missing.
 # Loopback only. Prints two markdown tables: waitroom (embedded store)
 # against nginx, and waitroom with the shared Redis store against the
@@ -11,8 +13,16 @@
 # redis-server on a free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-QUICK=0
-[ "${1:-}" = "--quick" ] && QUICK=1
+QUICK=0; ONLY=abcde
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --only) ONLY=${2:?--only needs scenario letters, e.g. --only c}; shift ;;
+    *) echo "benches/run.sh: unknown argument $1 (--quick, --only LETTERS)" >&2; exit 64 ;;
+  esac
+  shift
+done
+want() { [[ "$ONLY" == *"$1"* ]]; }
 
 if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
@@ -35,11 +45,15 @@ if ! command -v redis-server >/dev/null 2>&1 && ! python3 benches/redis.py ping 
   fi
 fi
 
+# SSE_N streams on one gateway process (at most what its open-file limit
+# allows); SSE_BIG streams on ⌈SSE_BIG / SSE_N⌉ replicas sharing one Redis,
+# each load-generator process holding at most SSE_N of them.
 if [ "$QUICK" = 1 ]; then
-  DUR=3; REPS=2; CONNS=64; SSE_N=2000; SSE_REPS=1; DRIP_SECS=8; DRIP_RATES="600 6000"; REDIS_DRIP_RATE=6000
+  DUR=3; REPS=2; CONNS=64; SSE_N=2000; SSE_REPS=1; SSE_BIG=4000; DRIP_SECS=8; DRIP_RATES="600 6000"; REDIS_DRIP_RATE=6000
 else
-  DUR=10; REPS=4; CONNS=64; SSE_N=$(( $(ulimit -n) - 1500 )); SSE_REPS=3; DRIP_SECS=60; DRIP_RATES="600 3000 12000"; REDIS_DRIP_RATE=3000
+  DUR=10; REPS=4; CONNS=64; SSE_N=$(( $(ulimit -n) - 1500 )); SSE_REPS=3; SSE_BIG=100000; DRIP_SECS=60; DRIP_RATES="600 3000 12000"; REDIS_DRIP_RATE=3000
 fi
+SSE_BIG_REPLICAS=$(( (SSE_BIG + SSE_N - 1) / SSE_N ))
 
 cargo build --release --quiet
 BIN=target/release/waitroom
@@ -204,29 +218,19 @@ run_wrk() {
 : > "$WORK/n"; : > "$WORK/w"; : > "$WORK/s"; : > "$WORK/a"; : > "$WORK/wr"; : > "$WORK/ar"
 pass_nginx() { run_wrk "http://127.0.0.1:$PROXY/" -H "User-Agent: $UA" >> "$WORK/n"; }
 pass_embedded() { run_wrk "http://127.0.0.1:$PUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $ACCESS" >> "$WORK/w"; }
-pass_redis() { run_wrk "http://127.0.0.1:$RPUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $RACCESS" >> "$WORK/wr"; }
+pass_redis() { if want e; then run_wrk "http://127.0.0.1:$RPUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $RACCESS" >> "$WORK/wr"; fi; }
 spike_static() { run_wrk "http://127.0.0.1:$STATIC/" >> "$WORK/s"; }
 spike_embedded() { run_wrk "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' >> "$WORK/a"; }
-spike_redis() { run_wrk "http://127.0.0.1:$RPUB/spike/" -H 'Accept: text/html' >> "$WORK/ar"; }
+spike_redis() { if want e; then run_wrk "http://127.0.0.1:$RPUB/spike/" -H 'Accept: text/html' >> "$WORK/ar"; fi; }
 for rep in $(seq "$REPS"); do
   if [ $((rep % 2)) = 1 ]; then
-    pass_nginx; pass_embedded; pass_redis
-    spike_static; spike_embedded; spike_redis
+    if want a; then pass_nginx; pass_embedded; pass_redis; fi
+    if want b; then spike_static; spike_embedded; spike_redis; fi
   else
-    pass_redis; pass_embedded; pass_nginx
-    spike_redis; spike_embedded; spike_static
+    if want a; then pass_redis; pass_embedded; pass_nginx; fi
+    if want b; then spike_redis; spike_embedded; spike_static; fi
   fi
 done
-read -r N_RPS N_P50 N_P99 N_BAD <<<"$($FMT median "$WORK/n")"
-read -r W_RPS W_P50 W_P99 W_BAD <<<"$($FMT median "$WORK/w")"
-read -r S_RPS S_P50 S_P99 S_BAD <<<"$($FMT median "$WORK/s")"
-read -r A_RPS A_P50 A_P99 A_BAD <<<"$($FMT median "$WORK/a")"
-read -r WR_RPS WR_P50 WR_P99 WR_BAD <<<"$($FMT median "$WORK/wr")"
-read -r AR_RPS AR_P50 AR_P99 AR_BAD <<<"$($FMT median "$WORK/ar")"
-PASS_SPREAD=$($FMT spread "$WORK/w" "$WORK/n")
-SPIKE_SPREAD=$($FMT spread "$WORK/a" "$WORK/s")
-RPASS_SPREAD=$($FMT spread "$WORK/wr" "$WORK/w")
-RSPIKE_SPREAD=$($FMT spread "$WORK/ar" "$WORK/a")
 ratio() { $FMT ratio "$1" "$2"; }
 
 # SSE: embedded and Redis gateways alternately; one JSON line per run.
@@ -240,54 +244,103 @@ sse_run() { # PUBLIC ADMIN PID
   "$BIN" loadgen sse --public "127.0.0.1:$1" --admin "127.0.0.1:$2" --admin-token "$TOKEN" \
     --room sse --connections "$SSE_N" --sources 8 --gateway-pid "$3" 2>&1 | tail -1
 }
-: > "$WORK/sse_e"; : > "$WORK/sse_r"
-for _ in $(seq "$SSE_REPS"); do
-  sse_run "$PUB" "$ADM" "$WPID" >> "$WORK/sse_e"
-  sse_run "$RPUB" "$RADM" "$RPID" >> "$WORK/sse_r"
-done
+# SSE_BIG waiters: more than one process may hold open here, so on
+# SSE_BIG_REPLICAS fresh replicas sharing the Redis room, each with an equal
+# share of the streams; RSS and CPU are the replicas' sums.
+sse_big() {
+  local i port adm args=() pids=() admins=()
+  for i in $(seq "$SSE_BIG_REPLICAS"); do
+    port=$(free_port); adm=$(free_port)
+    gateway_config "$WORK/waitroom-big$i.toml" "$port" "$adm" "$REDIS_STORE"
+    RUST_LOG=warn "$BIN" run --config "$WORK/waitroom-big$i.toml" \
+      > "$WORK/waitroom-big$i.out" 2> "$WORK/waitroom-big$i.err" &
+    pids+=("$!"); PIDS+=("$!"); admins+=("$adm")
+    args+=(--public "127.0.0.1:$port" --gateway-pid "$!")
+  done
+  for adm in "${admins[@]}"; do wait_ready "$adm"; done
+  "$BIN" loadgen sse "${args[@]}" --admin "127.0.0.1:${admins[0]}" --admin-token "$TOKEN" \
+    --room sse --connections "$SSE_BIG" --per-process "$SSE_N" --sources 32 2>&1 | tail -1
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+}
+: > "$WORK/sse_e"; : > "$WORK/sse_r"; : > "$WORK/sse_big"
+if want c; then
+  for _ in $(seq "$SSE_REPS"); do
+    sse_run "$PUB" "$ADM" "$WPID" >> "$WORK/sse_e"
+    if want e; then sse_run "$RPUB" "$RADM" "$RPID" >> "$WORK/sse_r"; fi
+  done
+  sse_big >> "$WORK/sse_big"
+fi
 
 DRIP_ROWS=""
-for rate in $DRIP_RATES; do
-  J=$("$BIN" loadgen drip --public "127.0.0.1:$PUB" --admin "127.0.0.1:$ADM" --admin-token "$TOKEN" \
-    --room drip --rate "$rate" --secs "$DRIP_SECS" 2>&1 | tail -1)
-  DRIP_ROWS+=$($FMT drip "$J")$'\n'
-done
+if want d; then
+  for rate in $DRIP_RATES; do
+    J=$("$BIN" loadgen drip --public "127.0.0.1:$PUB" --admin "127.0.0.1:$ADM" --admin-token "$TOKEN" \
+      --room drip --rate "$rate" --secs "$DRIP_SECS" 2>&1 | tail -1)
+    DRIP_ROWS+=$($FMT drip "$J")$'\n'
+  done
+fi
 
 # The shared drip with two replicas: joins and claims alternate between
 # them; one global rate means entries must not add up to twice the rate.
-RUST_LOG=warn "$BIN" run --config "$WORK/waitroom-redis2.toml" > "$WORK/waitroom-redis2.out" 2> "$WORK/waitroom-redis2.err" &
-PIDS+=("$!")
-wait_ready "$R2ADM"
-RDRIP_JSON=$("$BIN" loadgen drip --public "127.0.0.1:$RPUB" --also-public "127.0.0.1:$R2PUB" \
-  --admin "127.0.0.1:$RADM" --admin-token "$TOKEN" \
-  --room drip --rate "$REDIS_DRIP_RATE" --secs "$DRIP_SECS" 2>&1 | tail -1)
-
-SSE_ROW=$($FMT sse "$WORK/sse_e")
+RDRIP_JSON=""
+if want d && want e; then
+  RUST_LOG=warn "$BIN" run --config "$WORK/waitroom-redis2.toml" > "$WORK/waitroom-redis2.out" 2> "$WORK/waitroom-redis2.err" &
+  PIDS+=("$!")
+  wait_ready "$R2ADM"
+  RDRIP_JSON=$("$BIN" loadgen drip --public "127.0.0.1:$RPUB" --also-public "127.0.0.1:$R2PUB" \
+    --admin "127.0.0.1:$RADM" --admin-token "$TOKEN" \
+    --room drip --rate "$REDIS_DRIP_RATE" --secs "$DRIP_SECS" 2>&1 | tail -1)
+fi
 
 echo
-echo "## waitroom vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DUR}s, rps: median, and median (min–max) of the ratios of $REPS interleaved pairs in alternating order$([ $QUICK = 1 ] && echo ', quick run')"
+echo "## waitroom vs nginx — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DUR}s, rps: median, and median (min–max) of the ratios of $REPS interleaved pairs in alternating order$([ $QUICK = 1 ] && echo ', quick run')$([ "$ONLY" != abcde ] && echo ", only $ONLY")"
 echo
 echo "| scenario | waitroom | nginx | ratio |"
 echo "| --- | --- | --- | --- |"
-echo "| a. admitted passthrough rps | $W_RPS | $N_RPS | $($FMT pair_median "$WORK/w" "$WORK/n") (pairs: $PASS_SPREAD; goal ≥ 0.9) |"
-echo "| a. admitted passthrough p50 / p99 ms | $W_P50 / $W_P99 | $N_P50 / $N_P99 | p99 $(ratio "$W_P99" "$N_P99") (goal ≤ 1.2) |"
-echo "| b. arrival spike rps (new place + ${PAGE_BYTES}-byte page) | $A_RPS | $S_RPS (static page) | $($FMT pair_median "$WORK/a" "$WORK/s") (pairs: $SPIKE_SPREAD; goal ≥ 0.5) |"
-echo "| b. arrival spike p50 / p99 ms | $A_P50 / $A_P99 | $S_P50 / $S_P99 | p99 $(ratio "$A_P99" "$S_P99") |"
-echo "$SSE_ROW"
+if want a; then
+  read -r N_RPS N_P50 N_P99 N_BAD <<<"$($FMT median "$WORK/n")"
+  read -r W_RPS W_P50 W_P99 W_BAD <<<"$($FMT median "$WORK/w")"
+  echo "| a. admitted passthrough rps | $W_RPS | $N_RPS | $($FMT pair_median "$WORK/w" "$WORK/n") (pairs: $($FMT spread "$WORK/w" "$WORK/n"); goal ≥ 0.9) |"
+  echo "| a. admitted passthrough p50 / p99 ms | $W_P50 / $W_P99 | $N_P50 / $N_P99 | p99 $(ratio "$W_P99" "$N_P99") (goal ≤ 1.2) |"
+fi
+if want b; then
+  read -r S_RPS S_P50 S_P99 S_BAD <<<"$($FMT median "$WORK/s")"
+  read -r A_RPS A_P50 A_P99 A_BAD <<<"$($FMT median "$WORK/a")"
+  echo "| b. arrival spike rps (new place + ${PAGE_BYTES}-byte page) | $A_RPS | $S_RPS (static page) | $($FMT pair_median "$WORK/a" "$WORK/s") (pairs: $($FMT spread "$WORK/a" "$WORK/s"); goal ≥ 0.5) |"
+  echo "| b. arrival spike p50 / p99 ms | $A_P50 / $A_P99 | $S_P50 / $S_P99 | p99 $(ratio "$A_P99" "$S_P99") |"
+fi
+if want c; then
+  $FMT sse "$WORK/sse_e"
+  $FMT sse_big "$WORK/sse_big"
+fi
 printf '%s' "$DRIP_ROWS"
+if want e; then
+  echo
+  echo "## waitroom: Redis store vs embedded store — same run, $REPS interleaved pairs in alternating order (SSE: $SSE_REPS)"
+  echo
+  echo "| scenario | Redis store | embedded store | ratio Redis/embedded |"
+  echo "| --- | --- | --- | --- |"
+  if want a; then
+    read -r WR_RPS WR_P50 WR_P99 WR_BAD <<<"$($FMT median "$WORK/wr")"
+    echo "| a. admitted passthrough rps | $WR_RPS | $W_RPS | $($FMT pair_median "$WORK/wr" "$WORK/w") (pairs: $($FMT spread "$WORK/wr" "$WORK/w")) |"
+    echo "| a. admitted passthrough p50 / p99 ms | $WR_P50 / $WR_P99 | $W_P50 / $W_P99 | p99 $(ratio "$WR_P99" "$W_P99") |"
+  fi
+  if want b; then
+    read -r AR_RPS AR_P50 AR_P99 AR_BAD <<<"$($FMT median "$WORK/ar")"
+    echo "| b. arrival spike rps | $AR_RPS | $A_RPS | $($FMT pair_median "$WORK/ar" "$WORK/a") (pairs: $($FMT spread "$WORK/ar" "$WORK/a")) |"
+    echo "| b. arrival spike p50 / p99 ms | $AR_P50 / $AR_P99 | $A_P50 / $A_P99 | p99 $(ratio "$AR_P99" "$A_P99") |"
+  fi
+  if want c; then $FMT sse_vs "$WORK/sse_r" "$WORK/sse_e"; fi
+  if [ -n "$RDRIP_JSON" ]; then $FMT drip "$RDRIP_JSON"; fi
+fi
 echo
-echo "## waitroom: Redis store vs embedded store — same run, $REPS interleaved pairs in alternating order (SSE: $SSE_REPS)"
-echo
-echo "| scenario | Redis store | embedded store | ratio Redis/embedded |"
-echo "| --- | --- | --- | --- |"
-echo "| a. admitted passthrough rps | $WR_RPS | $W_RPS | $($FMT pair_median "$WORK/wr" "$WORK/w") (pairs: $RPASS_SPREAD) |"
-echo "| a. admitted passthrough p50 / p99 ms | $WR_P50 / $WR_P99 | $W_P50 / $W_P99 | p99 $(ratio "$WR_P99" "$W_P99") |"
-echo "| b. arrival spike rps | $AR_RPS | $A_RPS | $($FMT pair_median "$WORK/ar" "$WORK/a") (pairs: $RSPIKE_SPREAD) |"
-echo "| b. arrival spike p50 / p99 ms | $AR_P50 / $AR_P99 | $A_P50 / $A_P99 | p99 $(ratio "$AR_P99" "$A_P99") |"
-$FMT sse_vs "$WORK/sse_r" "$WORK/sse_e"
-$FMT drip "$RDRIP_JSON"
-echo
-echo "non-2xx responses: waitroom passthrough $W_BAD, spike $A_BAD; Redis-store passthrough $WR_BAD, spike $AR_BAD; nginx proxy $N_BAD, static $S_BAD"
+if want a || want b; then
+  echo "non-2xx responses: waitroom passthrough ${W_BAD:--}, spike ${A_BAD:--}; Redis-store passthrough ${WR_BAD:--}, spike ${AR_BAD:--}; nginx proxy ${N_BAD:--}, static ${S_BAD:--}"
+fi
 echo "Redis: 127.0.0.1:$REDIS_PORT ($([ $REDIS_OURS = 1 ] && echo "started by this run" || echo "already running")), key prefix $KEY_PREFIX"
-echo "fd limit $(ulimit -n); SSE raw (embedded): $(tr '\n' ' ' < "$WORK/sse_e")"
-echo "SSE raw (Redis): $(tr '\n' ' ' < "$WORK/sse_r")"
+if want c; then
+  echo "fd limit $(ulimit -n); SSE raw (embedded): $(tr '\n' ' ' < "$WORK/sse_e")"
+  if want e; then echo "SSE raw (Redis): $(tr '\n' ' ' < "$WORK/sse_r")"; fi
+  echo "SSE raw ($SSE_BIG_REPLICAS replicas): $(tr '\n' ' ' < "$WORK/sse_big")"
+fi

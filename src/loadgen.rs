@@ -127,64 +127,244 @@ pub fn proc_usage(pid: u32) -> Option<(u64, f64)> {
 
 #[derive(Debug, Clone)]
 pub struct SseOptions {
-    pub public: SocketAddr,
+    /// The gateway's public listener; several replicas of a shared (Redis)
+    /// room share the streams out between them.
+    pub publics: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub admin_token: String,
     pub room: String,
     pub connections: usize,
     /// Source addresses 127.0.0.2 … 127.0.0.(1 + sources).
     pub sources: u8,
-    pub gateway_pid: Option<u32>,
+    /// The gateways' pids, to read their RSS and CPU (summed).
+    pub gateway_pids: Vec<u32>,
+    /// Streams held by one child process. A process can hold only as many
+    /// streams as its open-file limit allows, so N streams are opened by
+    /// ⌈N / per_process⌉ children of this command (`loadgen sse-streams`).
+    pub per_process: usize,
 }
 
-/// Opens one stream; reports when the first event (`paused`) is in, then
-/// the instant the next one (`position`, after the room resumes) arrives.
+/// What one `loadgen sse-streams` child is asked to do.
+#[derive(Debug, Clone)]
+pub struct StreamsOptions {
+    pub publics: Vec<SocketAddr>,
+    pub room: String,
+    /// The queue token every stream presents (one waiting fan, watched N times).
+    pub token: String,
+    pub count: usize,
+    pub sources: u8,
+    /// Spreads the children's streams over replicas and source addresses.
+    pub offset: usize,
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Opens one stream; counts it ready when the first event (`paused`) is in,
+/// then records the wall-clock instant the next one (`position`, after the
+/// room resumes) arrives. Wall-clock, because the instant of the change is
+/// taken in the parent process. The stream stays open, as a waiting fan's
+/// would, until the process ends.
 async fn stream(
     public: SocketAddr,
     source: IpAddr,
     request: Arc<Vec<u8>>,
     ready: Arc<AtomicUsize>,
-    changed_at: Arc<std::sync::Mutex<Vec<Instant>>>,
-    deadline: Instant,
+    changed_at: Arc<std::sync::Mutex<Vec<u64>>>,
 ) -> Result<(), LoadgenError> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let mut s: TcpStream = socket.connect(public).await?;
     s.write_all(&request).await?;
-    let mut buf = vec![0u8; 4096];
-    let mut seen_first = false;
+    let mut buf = vec![0u8; 2048];
+    let (mut seen_first, mut seen_change) = (false, false);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => return Ok(()),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(e.into()),
-        };
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
         let chunk = &buf[..n];
         if !seen_first && chunk.windows(13).any(|w| w == b"event: paused") {
             seen_first = true;
             ready.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        // Keep the connection open until the deadline, as a waiting fan would.
+        // Only the first change counts: the drip moves the queue on, and
+        // a second event a coalescing interval later is not a delay.
         if seen_first
+            && !seen_change
             && chunk.windows(15).any(|w| w == b"event: position")
             && let Ok(mut v) = changed_at.lock()
         {
-            v.push(Instant::now());
+            seen_change = true;
+            v.push(unix_nanos());
         }
     }
 }
 
-/// Measures SSE fan-out. Prints one JSON line with the results.
+/// The child side of [`sse`]: opens `count` streams, prints
+/// `{"ready":…,"failures":…}` once each has its first event (or failed),
+/// then, once every ready stream has seen the change or a `report` line
+/// arrives on stdin, prints `{"at_ns":[…],…}`; it exits (closing its
+/// streams) when stdin closes.
+pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
+    use tokio::io::AsyncBufReadExt;
+    for p in &opts.publics {
+        loopback(*p)?;
+    }
+    let request = Arc::new(
+        format!(
+            "GET /_waitroom/events?room={}&token={} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n",
+            opts.room, opts.token
+        )
+        .into_bytes(),
+    );
+    let ready = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let changed_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(opts.count)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for j in 0..opts.count {
+        let i = opts.offset + j;
+        let public = opts.publics[i % opts.publics.len()];
+        let source = IpAddr::from([127, 0, 0, 2 + (i % opts.sources.max(1) as usize) as u8]);
+        let (req, ready, changed, failures) = (
+            request.clone(),
+            ready.clone(),
+            changed_at.clone(),
+            failures.clone(),
+        );
+        tasks.spawn(async move {
+            if stream(public, source, req, ready, changed).await.is_err() {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        if j % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let settled = |ready: &AtomicUsize, failures: &AtomicU64| {
+        ready.load(Ordering::Relaxed) + failures.load(Ordering::Relaxed) as usize
+    };
+    let wait_until = Instant::now() + Duration::from_secs(120);
+    while settled(&ready, &failures) < opts.count && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open = ready.load(Ordering::Relaxed);
+    let line = json!({"ready": open, "failures": failures.load(Ordering::Relaxed)});
+    let mut out = tokio::io::stdout();
+    out.write_all(format!("{line}\n").as_bytes()).await?;
+    out.flush().await?;
+
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let delivered = || changed_at.lock().map(|v| v.len()).unwrap_or(0);
+    let mut stdin_open = true;
+    while delivered() < open && stdin_open {
+        tokio::select! {
+            l = stdin.next_line() => match l {
+                Ok(Some(l)) if l.trim() == "report" => break,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => stdin_open = false,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    let at_ns = changed_at.lock().map(|v| v.clone()).unwrap_or_default();
+    let line = json!({
+        "ready": open,
+        "failures": failures.load(Ordering::Relaxed),
+        "at_ns": at_ns,
+    });
+    out.write_all(format!("{line}\n").as_bytes()).await?;
+    out.flush().await?;
+    // Hold the streams open (the other children may still be measuring).
+    while stdin_open {
+        match stdin.next_line().await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => stdin_open = false,
+        }
+    }
+    tasks.abort_all();
+    Ok(Value::Null)
+}
+
+/// One `loadgen sse-streams` child process and its line-by-line pipe.
+struct Child {
+    process: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stdin: Option<tokio::process::ChildStdin>,
+}
+
+impl Child {
+    fn spawn(opts: &StreamsOptions) -> Result<Child, LoadgenError> {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.args(["loadgen", "sse-streams", "--room", &opts.room])
+            .args(["--token", &opts.token])
+            .args(["--count", &opts.count.to_string()])
+            .args(["--sources", &opts.sources.to_string()])
+            .args(["--offset", &opts.offset.to_string()]);
+        for p in &opts.publics {
+            cmd.args(["--public", &p.to_string()]);
+        }
+        let mut process = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = process
+            .stdout
+            .take()
+            .ok_or_else(|| LoadgenError::Http("child has no stdout".into()))?;
+        Ok(Child {
+            stdin: process.stdin.take(),
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            process,
+        })
+    }
+
+    /// The child's next JSON line (`None` if it ended without one).
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            let line = self.lines.next_line().await.ok()??;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                return Some(v);
+            }
+        }
+    }
+
+    async fn say(&mut self, what: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(format!("{what}\n").as_bytes()).await;
+            let _ = stdin.flush().await;
+        }
+    }
+}
+
+/// Summed resident memory and CPU seconds of several processes.
+fn usage_of(pids: &[u32]) -> Option<(u64, f64)> {
+    pids.iter()
+        .map(|&p| proc_usage(p))
+        .try_fold((0, 0.0), |(r, c), u| u.map(|(ur, uc)| (r + ur, c + uc)))
+        .filter(|_| !pids.is_empty())
+}
+
+/// Measures SSE fan-out. Returns one JSON object with the results.
 pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
-    loopback(opts.public)?;
+    let first_public = *opts
+        .publics
+        .first()
+        .ok_or_else(|| LoadgenError::Http("no public listener given".into()))?;
+    for p in &opts.publics {
+        loopback(*p)?;
+    }
     loopback(opts.admin)?;
     let c = client();
     let admin = format!("http://{}", opts.admin);
-    let public = format!("http://{}", opts.public);
     let room_url = format!("{admin}/admin/rooms/{}", opts.room);
-    let join_url = format!("{public}/_waitroom/join?room={}", opts.room);
+    let join_url = format!("http://{first_public}/_waitroom/join?room={}", opts.room);
     let token = &opts.admin_token;
     // The room holds still while streams open (first event: `paused`); the
     // measured change is the resume (next event: `position`). Fans ahead
@@ -196,71 +376,60 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
     }
     let joined = expect_ok(call(&c, "POST", join_url, None, None).await?)?;
     let fan_token = joined["token"].as_str().unwrap_or_default().to_string();
-    let request = Arc::new(
-        format!(
-            "GET /_waitroom/events?room={}&token={fan_token} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n",
-            opts.room
-        )
-        .into_bytes(),
-    );
-    let before = opts.gateway_pid.and_then(proc_usage);
-    let ready = Arc::new(AtomicUsize::new(0));
-    let changed_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(opts.connections)));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let failures = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
+    // Replicas of a shared room learn of the pause within a tick.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = usage_of(&opts.gateway_pids);
     let open_started = Instant::now();
-    for i in 0..opts.connections {
-        let source = IpAddr::from([127, 0, 0, 2 + (i % opts.sources.max(1) as usize) as u8]);
-        let (req, ready, changed, failures) = (
-            request.clone(),
-            ready.clone(),
-            changed_at.clone(),
-            failures.clone(),
-        );
-        let public = opts.public;
-        tasks.spawn(async move {
-            if stream(public, source, req, ready, changed, deadline)
-                .await
-                .is_err()
-            {
-                failures.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        if i % 500 == 499 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    let per = opts.per_process.max(1);
+    let mut children = Vec::new();
+    let mut offset = 0;
+    while offset < opts.connections {
+        let count = per.min(opts.connections - offset);
+        children.push(Child::spawn(&StreamsOptions {
+            publics: opts.publics.clone(),
+            room: opts.room.clone(),
+            token: fan_token.clone(),
+            count,
+            sources: opts.sources,
+            offset,
+        })?);
+        offset += count;
     }
-    // Wait until every stream has its first event (or gave up).
-    let wait_until = Instant::now() + Duration::from_secs(60);
-    while ready.load(Ordering::Relaxed) + (failures.load(Ordering::Relaxed) as usize)
-        < opts.connections
-        && Instant::now() < wait_until
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut connected, mut failures) = (0, 0);
+    for child in &mut children {
+        let v = child.next().await.unwrap_or(Value::Null);
+        connected += v["ready"].as_u64().unwrap_or(0) as usize;
+        failures += v["failures"].as_u64().unwrap_or(0);
     }
     let open_secs = open_started.elapsed().as_secs_f64();
-    let connected = ready.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after_open = opts.gateway_pid.and_then(proc_usage);
+    let after_open = usage_of(&opts.gateway_pids);
 
     // The state change: resume; every stream must get a `position` event.
-    let t0 = Instant::now();
+    let t0 = unix_nanos();
     let resume = json!({"paused": false});
     expect_ok(call(&c, "PATCH", room_url.clone(), Some(token), Some(resume)).await?)?;
-    let settle = Instant::now() + Duration::from_secs(30);
-    while changed_at.lock().map(|v| v.len()).unwrap_or(0) < connected && Instant::now() < settle {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut delays: Vec<f64> = Vec::with_capacity(connected);
+    let settle = tokio::time::Instant::now() + Duration::from_secs(30);
+    for child in &mut children {
+        let report = match tokio::time::timeout_at(settle, child.next()).await {
+            Ok(v) => v,
+            Err(_) => {
+                // Some streams never saw the change: take what arrived.
+                child.say("report").await;
+                child.next().await
+            }
+        };
+        let at = report.as_ref().and_then(|v| v["at_ns"].as_array());
+        delays.extend(
+            at.into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .map(|ns| ns.saturating_sub(t0) as f64 / 1e6),
+        );
     }
-    let after_change = opts.gateway_pid.and_then(proc_usage);
-    let mut delays: Vec<f64> = changed_at
-        .lock()
-        .map(|v| {
-            v.iter()
-                .map(|t| t.duration_since(t0).as_secs_f64() * 1000.0)
-                .collect()
-        })
-        .unwrap_or_default();
+    let after_change = usage_of(&opts.gateway_pids);
     delays.sort_by(f64::total_cmp);
     expect_ok(
         call(
@@ -272,7 +441,12 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
         )
         .await?,
     )?;
-    tasks.abort_all();
+    for child in &mut children {
+        child.stdin = None;
+    }
+    for child in &mut children {
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.process.wait()).await;
+    }
 
     let rss_per_conn = match (before, after_open) {
         (Some((b, _)), Some((a, _))) if connected > 0 => {
@@ -283,7 +457,9 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
     Ok(json!({
         "connections_requested": opts.connections,
         "connections_open": connected,
-        "failures": failures.load(Ordering::Relaxed),
+        "failures": failures,
+        "replicas": opts.publics.len(),
+        "processes": children.len(),
         "open_secs": (open_secs * 100.0).round() / 100.0,
         "delivered": delays.len(),
         "delay_ms_p50": percentile(&delays, 0.5),

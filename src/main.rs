@@ -65,8 +65,10 @@ enum Command {
 enum Loadgen {
     /// Open N event streams, change the room, measure the fan-out.
     Sse {
-        #[arg(long)]
-        public: std::net::SocketAddr,
+        /// A public listener (repeatable: replicas of a shared room share
+        /// the streams out between them).
+        #[arg(long, required = true)]
+        public: Vec<std::net::SocketAddr>,
         #[arg(long)]
         admin: std::net::SocketAddr,
         #[arg(long)]
@@ -77,9 +79,29 @@ enum Loadgen {
         connections: usize,
         #[arg(long, default_value_t = 8)]
         sources: u8,
-        /// The gateway's pid, to read its RSS and CPU.
+        /// A gateway's pid, to read its RSS and CPU (repeatable: summed).
         #[arg(long)]
-        gateway_pid: Option<u32>,
+        gateway_pid: Vec<u32>,
+        /// Streams per load-generator process (each needs one open file
+        /// per stream).
+        #[arg(long, default_value_t = 15000)]
+        per_process: usize,
+    },
+    /// One child process of `loadgen sse` (driven over stdin/stdout).
+    #[command(hide = true)]
+    SseStreams {
+        #[arg(long, required = true)]
+        public: Vec<std::net::SocketAddr>,
+        #[arg(long)]
+        room: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
     },
     /// Entries per second against the configured rate.
     Drip {
@@ -154,6 +176,7 @@ fn verify_shuffle(
 }
 
 fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
+    use serde_json::Value;
     use waitroom::loadgen;
     let result = runtime.block_on(async {
         match kind {
@@ -165,15 +188,35 @@ fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
                 connections,
                 sources,
                 gateway_pid,
+                per_process,
             } => {
                 loadgen::sse(loadgen::SseOptions {
-                    public,
+                    publics: public,
                     admin,
                     admin_token,
                     room,
                     connections,
                     sources,
-                    gateway_pid,
+                    gateway_pids: gateway_pid,
+                    per_process,
+                })
+                .await
+            }
+            Loadgen::SseStreams {
+                public,
+                room,
+                token,
+                count,
+                sources,
+                offset,
+            } => {
+                loadgen::streams(loadgen::StreamsOptions {
+                    publics: public,
+                    room,
+                    token,
+                    count,
+                    sources,
+                    offset,
                 })
                 .await
             }
@@ -203,6 +246,7 @@ fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
         }
     });
     match result {
+        Ok(Value::Null) => ExitCode::SUCCESS,
         Ok(v) => {
             println!("{v}");
             ExitCode::SUCCESS
@@ -237,10 +281,24 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A load-generator child is one of several processes on the same cores
+    // as the gateway it measures: one thread each, not one per core.
+    let child = matches!(
+        cli.command,
+        Command::Loadgen {
+            kind: Loadgen::SseStreams { .. }
+        }
+    );
+    let runtime = if child {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("waitroom: cannot start the async runtime: {e}");
