@@ -301,6 +301,15 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Bytes moved. While a request is in flight the connection cannot be
+    /// idle, and the request's end touches it, so the clock is read only
+    /// between requests (an event stream writes without reading it).
+    fn moved(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            self.touch();
+        }
+    }
+
     fn quiet_for(&self) -> Duration {
         self.born
             .elapsed()
@@ -351,7 +360,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.moved();
         }
         res
     }
@@ -365,7 +374,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.moved();
         }
         res
     }
@@ -377,7 +386,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.moved();
         }
         res
     }
