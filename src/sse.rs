@@ -24,11 +24,14 @@
 //! when their turn comes is skipped, and keeps a `rejoin_secs` window.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -70,7 +73,14 @@ struct Conn {
     seq: u64,
     next: String,
     rx: watch::Receiver<Snapshot>,
-    drain: watch::Receiver<bool>,
+    /// Resolves when the gateway starts draining. Made once per stream and
+    /// kept: re-registering with the drain channel on every event, as a
+    /// fresh `changed()` would, cost each event a lock and a list removal.
+    drain: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The heartbeat / sign-of-life timer, kept and moved on rather than
+    /// made anew per event (a later deadline moves without touching the
+    /// timer wheel).
+    timer: Pin<Box<tokio::time::Sleep>>,
     /// The room epoch the fan's token belongs to; a reset ends the stream.
     epoch: u64,
     /// The highest serving counter this fan has been shown (never go back).
@@ -171,7 +181,8 @@ pub async fn handle(
     let now = Instant::now();
     let conn = Conn {
         rx: room.subscribe(),
-        drain: app.drain.subscribe(),
+        drain: drained(app.drain.subscribe()),
+        timer: Box::pin(tokio::time::sleep_until(now + touch_every.min(heartbeat))),
         room,
         seq: claims.seq,
         epoch,
@@ -199,6 +210,17 @@ pub async fn handle(
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     *res.status_mut() = StatusCode::OK;
     Ok(res)
+}
+
+/// A future that resolves once `drain` changes (or its sender is gone),
+/// and stays pending if polled again after that.
+fn drained(mut drain: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(
+        async move {
+            let _ = drain.changed().await;
+        }
+        .fuse(),
+    )
 }
 
 type Item = Result<Frame<Bytes>, Infallible>;
@@ -290,9 +312,12 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
     loop {
         let beat_at = c.last_write + c.heartbeat;
         let wake = beat_at.min(c.next_touch);
+        if c.timer.deadline() != wake || c.timer.is_elapsed() {
+            c.timer.as_mut().reset(wake);
+        }
         tokio::select! {
             biased;
-            _ = c.drain.changed() => {
+            () = &mut c.drain => {
                 let f = c.drain_frame();
                 return Some((f, c));
             }
@@ -304,7 +329,7 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
                 if since < COALESCE {
                     tokio::select! {
                         _ = tokio::time::sleep(COALESCE - since) => {}
-                        _ = c.drain.changed() => {
+                        () = &mut c.drain => {
                             let f = c.drain_frame();
                             return Some((f, c));
                         }
@@ -314,7 +339,7 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
                     return Some((frame(text), c));
                 }
             }
-            _ = tokio::time::sleep_until(wake) => {
+            () = &mut c.timer => {
                 let now = Instant::now();
                 if now >= c.next_touch {
                     // Never keep a stranger's place alive after a reset.
