@@ -317,18 +317,20 @@ impl App {
                 .map(|res| (room_id.clone(), "exempt", res))
                 .map_err(|e| (room_id, e));
         }
+        let client = self.proxy.client_ip(peer.ip(), req.headers());
         let ctx = Ctx {
             app: self,
             room: &room,
-            client: self.proxy.client_ip(peer.ip(), req.headers()),
+            client,
             secure: self.config.proxy.public_https
                 || self.proxy.client_https(req.headers(), peer.ip()),
             json: http::wants_json(req.headers()),
-            binding: crate::binding::fingerprint(
+            binding: crate::binding::fingerprint_with(
+                req.extensions().get(),
                 room.config.access_binding,
                 room.id(),
                 req.headers(),
-                self.proxy.client_ip(peer.ip(), req.headers()),
+                client,
             ),
             memo: req.extensions().get::<crate::token::TokenMemo>().cloned(),
             next: req

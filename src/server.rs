@@ -612,9 +612,12 @@ async fn serve_connection<S, F, Fut>(
     let link_for_requests = link.clone();
     // The last token verified on this connection (see `token::TokenMemo`).
     let memo = crate::token::TokenMemo::default();
+    // And the last access-binding fingerprint (see `binding::fingerprint_with`).
+    let binding = crate::binding::FingerprintMemo::default();
     let service = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(link_for_requests.clone());
         req.extensions_mut().insert(memo.clone());
+        req.extensions_mut().insert(binding.clone());
         let h = handler.clone();
         let in_flight = tracker.begin_request();
         async move {
