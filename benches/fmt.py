@@ -97,6 +97,7 @@ def _sse_summary(path):
         "rss": (first.get("gateway_rss_bytes") or 0) / 2**20,
         "per_conn": first.get("rss_bytes_per_connection"),
         "p99s": [r["delay_ms_p99"] for r in runs],
+        "failed": _failed(runs),
     }
 
 
@@ -107,10 +108,23 @@ def sse(path):
         return
     per = f"{d['per_conn'] / 1024:.1f} KiB/conn" if d["per_conn"] else "n/a"
     print(
-        f"| c. SSE waiters (median of {d['runs']}) | {d['open']}/{d['requested']} open, RSS {d['rss']:.0f} MiB ({per}) "
+        f"| c. SSE waiters (median of {d['runs']}) | {d['open']}/{d['requested']} open{d['failed']}, RSS {d['rss']:.0f} MiB ({per}) "
         f"| update delay p50 {d['p50']:.0f} ms, p99 {d['p99']:.0f} ms, last {d['last']:.0f} ms "
         f"({d['delivered']} delivered) | fan-out CPU {d['cpu']:.2f} s |"
     )
+
+
+def _failed(runs):
+    """' (N failed: why ×n, …)' over the runs, or ''."""
+    errors = {}
+    for r in runs:
+        for why, n in (r.get("errors") or {}).items():
+            errors[why] = errors.get(why, 0) + n
+    total = sum(r.get("failures", 0) for r in runs)
+    if not total:
+        return ""
+    whys = ", ".join(f"{why} ×{n}" for why, n in sorted(errors.items()))
+    return f" ({total} failed: {whys})"
 
 
 def sse_big(path):
@@ -127,7 +141,7 @@ def sse_big(path):
     cpu = "n/a" if cpu is None else f"{cpu:.2f} s"
     print(
         f"| c. {d['connections_requested']} SSE waiters on {d['replicas']} replicas sharing one Redis "
-        f"({d['processes']} load-generator processes) | {d['connections_open']}/{d['connections_requested']} open, "
+        f"({d['processes']} load-generator processes) | {d['connections_open']}/{d['connections_requested']} open{_failed(runs)}, "
         f"RSS {rss:.0f} MiB in all ({per}; goal ≤ 2 GiB at 100,000) "
         f"| update delay p50 {d['delay_ms_p50']:.0f} ms, p99 {d['delay_ms_p99']:.0f} ms (goal ≤ 1 s), "
         f"last {d['delay_ms_max'] or float('nan'):.0f} ms ({d['delivered']} delivered) | fan-out CPU {cpu} |"

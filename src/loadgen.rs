@@ -184,9 +184,19 @@ async fn stream(
     loop {
         let n = s.read(&mut buf).await?;
         if n == 0 {
-            return Ok(());
+            return if seen_first {
+                Ok(())
+            } else {
+                Err(LoadgenError::Http("closed before its first event".into()))
+            };
         }
         let chunk = &buf[..n];
+        if !seen_first && chunk.starts_with(b"HTTP/") && !chunk.starts_with(b"HTTP/1.1 200") {
+            let status = chunk.split(|&b| b == b'\r').next().unwrap_or_default();
+            return Err(LoadgenError::Http(
+                String::from_utf8_lossy(status).into_owned(),
+            ));
+        }
         if !seen_first && chunk.windows(13).any(|w| w == b"event: paused") {
             seen_first = true;
             ready.fetch_add(1, Ordering::Relaxed);
@@ -224,21 +234,30 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
     );
     let ready = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    // Why streams failed, and how many for each reason.
+    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
     let changed_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(opts.count)));
     let mut tasks = tokio::task::JoinSet::new();
     for j in 0..opts.count {
         let i = opts.offset + j;
         let public = opts.publics[i % opts.publics.len()];
         let source = IpAddr::from([127, 0, 0, 2 + (i % opts.sources.max(1) as usize) as u8]);
-        let (req, ready, changed, failures) = (
+        let (req, ready, changed, failures, errors) = (
             request.clone(),
             ready.clone(),
             changed_at.clone(),
             failures.clone(),
+            errors.clone(),
         );
         tasks.spawn(async move {
-            if stream(public, source, req, ready, changed).await.is_err() {
+            if let Err(e) = stream(public, source, req, ready, changed).await {
                 failures.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut errors) = errors.lock() {
+                    *errors.entry(e.to_string()).or_default() += 1;
+                }
             }
         });
         if j % 500 == 499 {
@@ -253,7 +272,8 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let open = ready.load(Ordering::Relaxed);
-    let line = json!({"ready": open, "failures": failures.load(Ordering::Relaxed)});
+    let why = errors.lock().map(|e| json!(*e)).unwrap_or(Value::Null);
+    let line = json!({"ready": open, "failures": failures.load(Ordering::Relaxed), "errors": why});
     let mut out = tokio::io::stdout();
     out.write_all(format!("{line}\n").as_bytes()).await?;
     out.flush().await?;
@@ -397,10 +417,16 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
         offset += count;
     }
     let (mut connected, mut failures) = (0, 0);
+    let mut errors = serde_json::Map::new();
     for child in &mut children {
         let v = child.next().await.unwrap_or(Value::Null);
         connected += v["ready"].as_u64().unwrap_or(0) as usize;
         failures += v["failures"].as_u64().unwrap_or(0);
+        for (why, n) in v["errors"].as_object().into_iter().flatten() {
+            let sum =
+                errors.get(why).and_then(Value::as_u64).unwrap_or(0) + n.as_u64().unwrap_or(0);
+            errors.insert(why.clone(), json!(sum));
+        }
     }
     let open_secs = open_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -458,6 +484,7 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
         "connections_requested": opts.connections,
         "connections_open": connected,
         "failures": failures,
+        "errors": errors,
         "replicas": opts.publics.len(),
         "processes": children.len(),
         "open_secs": (open_secs * 100.0).round() / 100.0,
