@@ -73,6 +73,11 @@ def _sse_runs(path):
     return runs
 
 
+def _num(v):
+    """A JSON number, or NaN for null (no stream delivered: no percentile)."""
+    return float("nan") if v is None else v
+
+
 def _med(values):
     values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(values) if values else float("nan")
@@ -143,8 +148,8 @@ def sse_big(path):
         f"| c. {d['connections_requested']} SSE waiters on {d['replicas']} replicas sharing one Redis "
         f"({d['processes']} load-generator processes) | {d['connections_open']}/{d['connections_requested']} open{_failed(runs)}, "
         f"RSS {rss:.0f} MiB in all ({per}; goal ≤ 2 GiB at 100,000) "
-        f"| update delay p50 {d['delay_ms_p50']:.0f} ms, p99 {d['delay_ms_p99']:.0f} ms (goal ≤ 1 s), "
-        f"last {d['delay_ms_max'] or float('nan'):.0f} ms ({d['delivered']} delivered) | fan-out CPU {cpu} |"
+        f"| update delay p50 {_num(d.get('delay_ms_p50')):.0f} ms, p99 {_num(d.get('delay_ms_p99')):.0f} ms (goal ≤ 1 s), "
+        f"last {_num(d.get('delay_ms_max')):.0f} ms ({d['delivered']} delivered) | fan-out CPU {cpu} |"
     )
 
 

@@ -105,11 +105,15 @@ pub fn fingerprint_with(
     }
     let d = digest(&SHA256, &input);
     let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..12]);
-    if let Some(m) = memo {
+    // A connection may send a huge User-Agent; it is not worth holding.
+    if let Some(m) = memo.filter(|_| input.len() <= MEMO_MAX_INPUT) {
         m.remember(input, &value);
     }
     Some(value)
 }
+
+/// Inputs longer than this are hashed every time, not remembered.
+const MEMO_MAX_INPUT: usize = 512;
 
 /// One connection's last binding input and its fingerprint (see
 /// [`fingerprint_with`]).
@@ -229,6 +233,19 @@ mod tests {
                 "{policy:?} {room} {h:?} {ip}"
             );
         }
+    }
+
+    #[test]
+    fn a_huge_user_agent_is_hashed_but_not_held() {
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        let memo = FingerprintMemo::default();
+        let huge = headers(&"x".repeat(4096));
+        let value = fingerprint_with(Some(&memo), AccessBinding::UserAgent, "demo", &huge, ip);
+        assert_eq!(
+            value,
+            fingerprint(AccessBinding::UserAgent, "demo", &huge, ip)
+        );
+        assert!(memo.0.lock().unwrap().is_none());
     }
 
     #[test]

@@ -44,6 +44,24 @@ fn client() -> HttpClient {
         .build_http()
 }
 
+/// At least one listener, every one on loopback.
+fn loopback_all(addrs: &[SocketAddr]) -> Result<SocketAddr, LoadgenError> {
+    for a in addrs {
+        loopback(*a)?;
+    }
+    addrs
+        .first()
+        .copied()
+        .ok_or_else(|| LoadgenError::Http("no public listener given".into()))
+}
+
+/// The i-th stream's source address: 127.0.0.2 … 127.0.0.(1 + sources),
+/// at most 250 of them.
+fn source_of(i: usize, sources: u8) -> IpAddr {
+    let n = usize::from(sources.clamp(1, 250));
+    IpAddr::from([127, 0, 0, 2 + (i % n) as u8])
+}
+
 fn loopback(addr: SocketAddr) -> Result<SocketAddr, LoadgenError> {
     if addr.ip().is_loopback() {
         Ok(addr)
@@ -222,9 +240,7 @@ async fn stream(
 /// streams) when stdin closes.
 pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
     use tokio::io::AsyncBufReadExt;
-    for p in &opts.publics {
-        loopback(*p)?;
-    }
+    loopback_all(&opts.publics)?;
     let request = Arc::new(
         format!(
             "GET /_waitroom/events?room={}&token={} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n",
@@ -244,7 +260,7 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
     for j in 0..opts.count {
         let i = opts.offset + j;
         let public = opts.publics[i % opts.publics.len()];
-        let source = IpAddr::from([127, 0, 0, 2 + (i % opts.sources.max(1) as usize) as u8]);
+        let source = source_of(i, opts.sources);
         let (req, ready, changed, failures, errors) = (
             request.clone(),
             ready.clone(),
@@ -267,9 +283,17 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
     let settled = |ready: &AtomicUsize, failures: &AtomicU64| {
         ready.load(Ordering::Relaxed) + failures.load(Ordering::Relaxed) as usize
     };
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let wait_until = Instant::now() + Duration::from_secs(120);
     while settled(&ready, &failures) < opts.count && Instant::now() < wait_until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            // The parent is gone: so is the measurement.
+            l = stdin.next_line() => if let Ok(None) | Err(_) = l {
+                tasks.abort_all();
+                return Ok(Value::Null);
+            },
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
     }
     let open = ready.load(Ordering::Relaxed);
     let why = errors.lock().map(|e| json!(*e)).unwrap_or(Value::Null);
@@ -278,7 +302,6 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
     out.write_all(format!("{line}\n").as_bytes()).await?;
     out.flush().await?;
 
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let delivered = || changed_at.lock().map(|v| v.len()).unwrap_or(0);
     let mut stdin_open = true;
     while delivered() < open && stdin_open {
@@ -292,9 +315,11 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
         }
     }
     let at_ns = changed_at.lock().map(|v| v.clone()).unwrap_or_default();
+    let why = errors.lock().map(|e| json!(*e)).unwrap_or(Value::Null);
     let line = json!({
         "ready": open,
         "failures": failures.load(Ordering::Relaxed),
+        "errors": why,
         "at_ns": at_ns,
     });
     out.write_all(format!("{line}\n").as_bytes()).await?;
@@ -312,6 +337,8 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
 
 /// One `loadgen sse-streams` child process and its line-by-line pipe.
 struct Child {
+    /// Streams it was asked to open.
+    count: usize,
     process: tokio::process::Child,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     stdin: Option<tokio::process::ChildStdin>,
@@ -339,20 +366,27 @@ impl Child {
             .take()
             .ok_or_else(|| LoadgenError::Http("child has no stdout".into()))?;
         Ok(Child {
+            count: opts.count,
             stdin: process.stdin.take(),
             lines: tokio::io::BufReader::new(stdout).lines(),
             process,
         })
     }
 
-    /// The child's next JSON line (`None` if it ended without one).
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            let line = self.lines.next_line().await.ok()??;
+    /// The child's next JSON line; a child that ended without one counts
+    /// all its streams as failed, with its exit status as the reason.
+    async fn next(&mut self) -> Value {
+        while let Ok(Some(line)) = self.lines.next_line().await {
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                return Some(v);
+                return v;
             }
         }
+        let status = match tokio::time::timeout(Duration::from_secs(5), self.process.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            _ => "no answer".to_string(),
+        };
+        let why = format!("load-generator process ended: {status}");
+        json!({"ready": 0, "failures": self.count, "errors": {why: self.count}})
     }
 
     async fn say(&mut self, what: &str) {
@@ -373,13 +407,7 @@ fn usage_of(pids: &[u32]) -> Option<(u64, f64)> {
 
 /// Measures SSE fan-out. Returns one JSON object with the results.
 pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
-    let first_public = *opts
-        .publics
-        .first()
-        .ok_or_else(|| LoadgenError::Http("no public listener given".into()))?;
-    for p in &opts.publics {
-        loopback(*p)?;
-    }
+    let first_public = loopback_all(&opts.publics)?;
     loopback(opts.admin)?;
     let c = client();
     let admin = format!("http://{}", opts.admin);
@@ -416,17 +444,9 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
         })?);
         offset += count;
     }
-    let (mut connected, mut failures) = (0, 0);
-    let mut errors = serde_json::Map::new();
+    let mut connected = 0;
     for child in &mut children {
-        let v = child.next().await.unwrap_or(Value::Null);
-        connected += v["ready"].as_u64().unwrap_or(0) as usize;
-        failures += v["failures"].as_u64().unwrap_or(0);
-        for (why, n) in v["errors"].as_object().into_iter().flatten() {
-            let sum =
-                errors.get(why).and_then(Value::as_u64).unwrap_or(0) + n.as_u64().unwrap_or(0);
-            errors.insert(why.clone(), json!(sum));
-        }
+        connected += child.next().await["ready"].as_u64().unwrap_or(0) as usize;
     }
     let open_secs = open_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -437,6 +457,10 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
     let resume = json!({"paused": false});
     expect_ok(call(&c, "PATCH", room_url.clone(), Some(token), Some(resume)).await?)?;
     let mut delays: Vec<f64> = Vec::with_capacity(connected);
+    // Failures as the children's last reports count them (streams may also
+    // fail after they opened).
+    let mut failures = 0;
+    let mut errors = serde_json::Map::new();
     let settle = tokio::time::Instant::now() + Duration::from_secs(30);
     for child in &mut children {
         let report = match tokio::time::timeout_at(settle, child.next()).await {
@@ -447,13 +471,20 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
                 child.next().await
             }
         };
-        let at = report.as_ref().and_then(|v| v["at_ns"].as_array());
         delays.extend(
-            at.into_iter()
+            report["at_ns"]
+                .as_array()
+                .into_iter()
                 .flatten()
                 .filter_map(Value::as_u64)
                 .map(|ns| ns.saturating_sub(t0) as f64 / 1e6),
         );
+        failures += report["failures"].as_u64().unwrap_or(0);
+        for (why, n) in report["errors"].as_object().into_iter().flatten() {
+            let sum =
+                errors.get(why).and_then(Value::as_u64).unwrap_or(0) + n.as_u64().unwrap_or(0);
+            errors.insert(why.clone(), json!(sum));
+        }
     }
     let after_change = usage_of(&opts.gateway_pids);
     delays.sort_by(f64::total_cmp);
