@@ -21,12 +21,13 @@
 //! their own address anyway).
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine;
 use hyper::header::{HeaderMap, USER_AGENT};
 use serde::{Deserialize, Serialize};
+
+use crate::memo::LastOne;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,7 +108,7 @@ pub fn fingerprint_with(
     let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..12]);
     // A connection may send a huge User-Agent; it is not worth holding.
     if let Some(m) = memo.filter(|_| input.len() <= MEMO_MAX_INPUT) {
-        m.remember(input, &value);
+        m.remember(input, value.clone());
     }
     Some(value)
 }
@@ -117,26 +118,7 @@ const MEMO_MAX_INPUT: usize = 512;
 
 /// One connection's last binding input and its fingerprint (see
 /// [`fingerprint_with`]).
-#[derive(Clone, Default)]
-pub struct FingerprintMemo(Arc<Mutex<Option<Hashed>>>);
-
-/// An input and its fingerprint.
-type Hashed = (Vec<u8>, String);
-
-impl FingerprintMemo {
-    fn recall(&self, input: &[u8]) -> Option<String> {
-        let last = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match &*last {
-            Some((i, value)) if i.as_slice() == input => Some(value.clone()),
-            _ => None,
-        }
-    }
-
-    fn remember(&self, input: Vec<u8>, value: &str) {
-        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *last = Some((input, value.to_string()));
-    }
-}
+pub type FingerprintMemo = LastOne<Vec<u8>, String>;
 
 #[cfg(test)]
 mod tests {
@@ -245,7 +227,7 @@ mod tests {
             value,
             fingerprint(AccessBinding::UserAgent, "demo", &huge, ip)
         );
-        assert!(memo.0.lock().unwrap().is_none());
+        assert!(memo.is_empty());
     }
 
     #[test]

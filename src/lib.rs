@@ -22,6 +22,7 @@ pub mod gate;
 pub mod http;
 pub mod limits;
 pub mod loadgen;
+pub mod memo;
 pub mod metrics;
 pub mod page;
 pub mod pow;

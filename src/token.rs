@@ -9,12 +9,11 @@
 //! Tokens hold no personal data: room, room epoch, sequence number, times and
 //! a random visitor id.
 
-use std::sync::{Arc, Mutex};
-
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SigningKey;
+use crate::memo::LastOne;
 
 /// Clock skew tolerated on `iat`/`exp`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
@@ -184,7 +183,7 @@ impl Keys {
             Some(claims) => claims,
             None => {
                 let claims = self.verify_signature(token)?;
-                memo.remember(token, &claims);
+                memo.remember(token.into(), claims.clone());
                 claims
             }
         };
@@ -242,26 +241,7 @@ fn check(claims: Claims, expect: Expect<'_>, now_secs: u64) -> Result<Claims, To
 /// [`Keys::verify_with`]). A browser or app sends the same access token
 /// with every request on a keep-alive connection; only a byte-identical
 /// token is recalled, so a changed or tampered one is verified afresh.
-#[derive(Clone, Default)]
-pub struct TokenMemo(Arc<Mutex<Option<Remembered>>>);
-
-/// A token and what it verified to.
-type Remembered = (Box<str>, Claims);
-
-impl TokenMemo {
-    fn recall(&self, token: &str) -> Option<Claims> {
-        let last = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match &*last {
-            Some((t, claims)) if **t == *token => Some(claims.clone()),
-            _ => None,
-        }
-    }
-
-    fn remember(&self, token: &str, claims: &Claims) {
-        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *last = Some((token.into(), claims.clone()));
-    }
-}
+pub type TokenMemo = LastOne<Box<str>, Claims>;
 
 /// Why a header did not parse: an algorithm we do not know (`none`, say)
 /// is named as such rather than as plain garbage.
