@@ -162,10 +162,11 @@ pub async fn handle(
         return Err(GatewayError::MethodNotAllowed(allow));
     }
     let q = parse_query(app, &req)?;
+    let client = app.proxy.client_ip(peer.ip(), req.headers());
     let ctx = Ctx {
         app,
         room: &q.room,
-        client: app.proxy.client_ip(peer.ip(), req.headers()),
+        client,
         secure: app.config.proxy.public_https || app.proxy.client_https(req.headers(), peer.ip()),
         json: true,
         next: q.next.clone(),
@@ -173,7 +174,7 @@ pub async fn handle(
             q.room.config.access_binding,
             q.room.id(),
             req.headers(),
-            app.proxy.client_ip(peer.ip(), req.headers()),
+            client,
         ),
         memo: None,
     };
