@@ -167,10 +167,14 @@ on_store_failure = \"hold\"
 lease_ms = 2000"
 gateway_config "$WORK/waitroom-redis.toml" "$RPUB" "$RADM" "$REDIS_STORE"
 gateway_config "$WORK/waitroom-redis2.toml" "$R2PUB" "$R2ADM" "$REDIS_STORE"
-RUST_LOG=warn "$BIN" run --config "$WORK/waitroom.toml" > "$WORK/waitroom.out" 2> "$WORK/waitroom.err" &
-WPID=$!; PIDS+=("$WPID")
-RUST_LOG=warn "$BIN" run --config "$WORK/waitroom-redis.toml" > "$WORK/waitroom-redis.out" 2> "$WORK/waitroom-redis.err" &
-RPID=$!; PIDS+=("$RPID")
+# start_gateway NAME: runs the gateway on $WORK/NAME.toml in the
+# background (output in NAME.out / NAME.err); its pid in GW_PID.
+start_gateway() {
+  RUST_LOG=warn "$BIN" run --config "$WORK/$1.toml" > "$WORK/$1.out" 2> "$WORK/$1.err" &
+  GW_PID=$!; PIDS+=("$GW_PID")
+}
+start_gateway waitroom; WPID=$GW_PID
+start_gateway waitroom-redis; RPID=$GW_PID
 wait_ready "$ADM"
 wait_ready "$RADM"
 
@@ -263,10 +267,9 @@ sse_big() {
   for i in $(seq "$SSE_BIG_REPLICAS"); do
     port=$(free_port); adm=$(free_port)
     gateway_config "$WORK/waitroom-big$i.toml" "$port" "$adm" "$REDIS_STORE"
-    RUST_LOG=warn "$BIN" run --config "$WORK/waitroom-big$i.toml" \
-      > "$WORK/waitroom-big$i.out" 2> "$WORK/waitroom-big$i.err" &
-    pids+=("$!"); PIDS+=("$!"); admins+=("$adm")
-    args+=(--public "127.0.0.1:$port" --gateway-pid "$!")
+    start_gateway "waitroom-big$i"
+    pids+=("$GW_PID"); admins+=("$adm")
+    args+=(--public "127.0.0.1:$port" --gateway-pid "$GW_PID")
   done
   for adm in "${admins[@]}"; do wait_ready "$adm"; done
   "$BIN" loadgen sse "${args[@]}" --admin "127.0.0.1:${admins[0]}" --admin-token "$TOKEN" \
@@ -296,8 +299,7 @@ fi
 # them; one global rate means entries must not add up to twice the rate.
 RDRIP_JSON=""
 if want d && want e; then
-  RUST_LOG=warn "$BIN" run --config "$WORK/waitroom-redis2.toml" > "$WORK/waitroom-redis2.out" 2> "$WORK/waitroom-redis2.err" &
-  PIDS+=("$!")
+  start_gateway waitroom-redis2
   wait_ready "$R2ADM"
   RDRIP_JSON=$("$BIN" loadgen drip --public "127.0.0.1:$RPUB" --also-public "127.0.0.1:$R2PUB" \
     --admin "127.0.0.1:$RADM" --admin-token "$TOKEN" \
