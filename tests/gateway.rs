@@ -348,6 +348,9 @@ async fn proxied_requests_carry_forwarded_headers_and_lose_gateway_cookies() {
     ))
     .await;
     let fan = Fan::new(&gw.public);
+    // The drip starts empty (no burst at start-up) and earns a token every
+    // 10 ms at this rate: let it earn a few before the fan arrives.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     // over_capacity with room to spare: straight through on the first request.
     let res = fan.get("/first").await;
     assert_eq!(res.status(), 200);
