@@ -124,10 +124,7 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
                 Some("rate_lowered")
             } else if !snap.upstream_healthy {
                 Some("checkout_unavailable")
-            } else if snap
-                .max_active
-                .is_some_and(|cap| snap.active_sessions + snap.called_unclaimed >= cap)
-            {
+            } else if snap.checkout_full() {
                 Some("checkout_full")
             } else {
                 None

@@ -109,6 +109,46 @@ pub struct Snapshot {
     pub shuffled: Option<Shuffled>,
 }
 
+/// What a waiting fan must hear of at once, whatever their place: every
+/// field of a [`Snapshot`] that changes what the fan is told other than
+/// their position and ETA. Published on its own channel, so a fan far back
+/// whose next position update is held (see `sse`) sleeps through the drip's
+/// ticks yet still wakes for a pause, a rate change or a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headline {
+    pub epoch: u64,
+    pub open: bool,
+    pub paused: bool,
+    pub closed: bool,
+    pub admit_rate_per_min: u64,
+    pub rate_lowered_recently: bool,
+    pub upstream_healthy: bool,
+    pub checkout_full: bool,
+}
+
+impl Headline {
+    pub fn of(s: &Snapshot) -> Headline {
+        Headline {
+            epoch: s.epoch,
+            open: s.open,
+            paused: s.paused,
+            closed: s.closed,
+            admit_rate_per_min: s.admit_rate_per_min,
+            rate_lowered_recently: s.rate_lowered_recently,
+            upstream_healthy: s.upstream_healthy,
+            checkout_full: s.checkout_full(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Every checkout slot is taken (`max_active` reached).
+    pub fn checkout_full(&self) -> bool {
+        self.max_active
+            .is_some_and(|cap| self.active_sessions + self.called_unclaimed >= cap)
+    }
+}
+
 /// How long a rate cut is named as the reason for longer waits.
 const RATE_CUT_NOTICE_MS: Millis = 60_000;
 
@@ -164,6 +204,7 @@ pub struct Room {
     pub(crate) sessions: DashMap<u64, Session>,
     pub(crate) backend: Backend,
     snapshot: watch::Sender<Snapshot>,
+    headline: watch::Sender<Headline>,
     reserving: tokio::sync::Mutex<()>,
     seq_block: u64,
     upstream_hold_ms: Millis,
@@ -291,7 +332,9 @@ impl Room {
         let restored_active = queue.active_sessions();
         let last_progress = (queue.serving(), queue.durable_floor(), queue.next_seq() - 1);
         let config_session_ms = queue.settings.session_secs * 1000;
-        let (snapshot, _) = watch::channel(snapshot_of(&config.id, &queue, true, seed.as_ref()));
+        let first = snapshot_of(&config.id, &queue, true, seed.as_ref());
+        let (headline, _) = watch::channel(Headline::of(&first));
+        let (snapshot, _) = watch::channel(first);
         Arc::new(Room {
             config,
             clock,
@@ -303,6 +346,7 @@ impl Room {
             sessions: DashMap::new(),
             backend,
             snapshot,
+            headline,
             reserving: tokio::sync::Mutex::new(()),
             seq_block,
             upstream_hold_ms: upstream_hold.as_millis() as Millis,
@@ -335,6 +379,12 @@ impl Room {
 
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.snapshot.subscribe()
+    }
+
+    /// Changes of the room's [`Headline`] alone (published after the
+    /// snapshot that carries them).
+    pub fn subscribe_headline(&self) -> watch::Receiver<Headline> {
+        self.headline.subscribe()
     }
 
     pub fn epoch(&self) -> u64 {
@@ -377,6 +427,7 @@ impl Room {
         let now = self.clock.mono_ms();
         let lowered = self.rate_lowered_at.load(Ordering::Relaxed);
         snap.rate_lowered_recently |= lowered != 0 && now + 1 < lowered + RATE_CUT_NOTICE_MS;
+        let headline = Headline::of(&snap);
         self.snapshot.send_if_modified(|s| {
             if *s != snap {
                 *s = snap;
@@ -384,6 +435,11 @@ impl Room {
             } else {
                 false
             }
+        });
+        self.headline.send_if_modified(|h| {
+            let changed = *h != headline;
+            *h = headline;
+            changed
         });
     }
 

@@ -5,6 +5,15 @@
 //! sequence number (`seq − serving`, no lock) and writes only if what the
 //! fan sees changed, at most about once a second ([`COALESCE`]).
 //!
+//! A fan far back is told their new position less often ([`pace`]): about
+//! a tenth of their remaining wait apart, at most a heartbeat apart. While
+//! the line moves, writing every fan's position every second would cost a
+//! replica one TCP write per fan per second: at 40,000 fans on two cores,
+//! more than half the machine, for numbers that mean little to someone an
+//! hour from the front. A held fan sleeps through the drip's ticks and
+//! listens only to the room's [`Headline`] (pause, close, rate, reset), so
+//! those still reach everyone within about a second.
+//!
 //! A stream is a `futures` `unfold` polled by the connection's own task:
 //! no extra task per fan, and a disconnect drops its state and buffers at
 //! once. The stream sends, in order:
@@ -44,11 +53,24 @@ use crate::error::GatewayError;
 use crate::gate::{self, Status};
 use crate::http::{self, Body};
 use crate::queue::Place;
-use crate::room::{Room, Snapshot};
+use crate::room::{Headline, Room, Snapshot};
 use crate::token::{Expect, Kind};
 
 /// At most one update a second per connection.
 pub const COALESCE: Duration = Duration::from_secs(1);
+
+/// A fan with an ETA of `e` seconds gets position-only updates about
+/// `e / PACE_SHARE` seconds apart: some ten updates over the rest of the wait.
+const PACE_SHARE: u64 = 10;
+
+/// The least time between two position-only updates for a fan whose
+/// expected wait is `eta_secs`: [`COALESCE`] near the front (or with no
+/// ETA), growing with the wait, never above `heartbeat` (an idle stream
+/// gets a write that often anyway, so a longer hold would save nothing).
+pub fn pace(eta_secs: Option<u64>, heartbeat: Duration) -> Duration {
+    let share = Duration::from_secs(eta_secs.unwrap_or(0) / PACE_SHARE);
+    share.min(heartbeat).max(COALESCE)
+}
 
 /// Holds one slot of the per-node connection cap until dropped.
 struct Slot(Arc<App>);
@@ -73,6 +95,10 @@ struct Conn {
     seq: u64,
     next: String,
     rx: watch::Receiver<Snapshot>,
+    headline: watch::Receiver<Headline>,
+    /// A position-only update held back until then ([`pace`]); meanwhile
+    /// the stream listens to `headline` instead of `rx`.
+    held: Option<Instant>,
     /// Resolves when the gateway starts draining. Made once per stream and
     /// kept: re-registering with the drain channel on every event, as a
     /// fresh `changed()` would, cost each event a lock and a list removal.
@@ -181,6 +207,8 @@ pub async fn handle(
     let now = Instant::now();
     let conn = Conn {
         rx: room.subscribe(),
+        headline: room.subscribe_headline(),
+        held: None,
         drain: drained(app.drain.subscribe()),
         timer: Box::pin(tokio::time::sleep_until(now + touch_every.min(heartbeat))),
         room,
@@ -261,8 +289,13 @@ impl Conn {
         gate::status_of(&self.room, Some(place), &snap, &self.next)
     }
 
-    /// The event for the current status, if it differs from what was shown.
+    /// The event for the current status, if it differs from what was
+    /// shown and, for a change of position or ETA alone, its [`pace`]
+    /// allows it now (else `held` is set to when it will).
     async fn event(&mut self, always: bool) -> Option<String> {
+        // Seen before the snapshot is read: a headline published after
+        // that read wakes a held stream again, none is missed.
+        self.headline.borrow_and_update();
         let status = self.status().await;
         let shown = Shown {
             state: status.state,
@@ -270,8 +303,23 @@ impl Conn {
             eta: status.eta_range_seconds,
             reason: status.eta_reason,
         };
-        if !always && self.last.as_ref() == Some(&shown) {
-            return None;
+        self.held = None;
+        if !always {
+            match &self.last {
+                Some(last) if *last == shown => return None,
+                Some(last)
+                    if last.state == "waiting"
+                        && shown.state == "waiting"
+                        && last.reason == shown.reason =>
+                {
+                    let due = self.last_write + pace(shown.eta.map(|e| e[0]), self.heartbeat);
+                    if Instant::now() < due {
+                        self.held = Some(due);
+                        return None;
+                    }
+                }
+                _ => {}
+            }
         }
         let kind = match status.state {
             "waiting" => "position",
@@ -311,7 +359,7 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
     }
     loop {
         let beat_at = c.last_write + c.heartbeat;
-        let wake = beat_at.min(c.next_touch);
+        let wake = beat_at.min(c.next_touch).min(c.held.unwrap_or(beat_at));
         if c.timer.deadline() != wake || c.timer.is_elapsed() {
             c.timer.as_mut().reset(wake);
         }
@@ -321,7 +369,15 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
                 let f = c.drain_frame();
                 return Some((f, c));
             }
-            changed = c.rx.changed() => {
+            // Held: the pause, rate change or reset ends the hold, and the
+            // snapshot (changed meanwhile) is read again at once.
+            changed = c.headline.changed(), if c.held.is_some() => {
+                if changed.is_err() {
+                    return None;
+                }
+                c.held = None;
+            }
+            changed = c.rx.changed(), if c.held.is_none() => {
                 if changed.is_err() {
                     return None;
                 }
@@ -341,6 +397,11 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
             }
             () = &mut c.timer => {
                 let now = Instant::now();
+                if c.held.is_some_and(|due| now >= due)
+                    && let Some(text) = c.event(false).await
+                {
+                    return Some((frame(text), c));
+                }
                 if now >= c.next_touch {
                     // Never keep a stranger's place alive after a reset.
                     if c.rx.borrow().epoch == c.epoch {
@@ -361,6 +422,22 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn position_updates_are_paced_by_the_wait_left() {
+        let beat = Duration::from_secs(15);
+        let secs = |eta| pace(eta, beat).as_secs();
+        // Near the front, with no ETA (paused), or a short wait: every second.
+        assert_eq!(secs(None), 1);
+        assert_eq!(secs(Some(0)), 1);
+        assert_eq!(secs(Some(19)), 1);
+        // Further back: about a tenth of the wait left…
+        assert_eq!(secs(Some(50)), 5);
+        assert_eq!(secs(Some(120)), 12);
+        // …never longer than a heartbeat.
+        assert_eq!(secs(Some(3600)), 15);
+        assert_eq!(pace(Some(3600), Duration::from_millis(500)), COALESCE);
+    }
 
     #[test]
     fn last_event_id_is_parsed_strictly() {

@@ -362,3 +362,67 @@ async fn a_room_reset_ends_open_streams_with_expired() {
     assert_eq!(e.event, "expired", "{}", e.data);
     assert!(events.next().await.is_none(), "the stream ends");
 }
+
+/// A fan far back is told their new position about a tenth of their wait
+/// apart, not every second the line moves, yet hears a pause at once.
+#[tokio::test]
+async fn a_fan_far_back_gets_paced_position_updates_but_hears_a_pause_at_once() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start_with(
+        &room_toml("demo", &up.url(), "admit_rate_per_min = 600"),
+        "[sse]\nheartbeat_secs = 60",
+    )
+    .await;
+    gw.patch_room("demo", json!({"paused": true})).await;
+    // 3,000 fans ahead at ten a second: a wait of about five minutes, so
+    // position updates some 30 s apart.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/_waitroom/join?room=demo", gw.public);
+    let joined: Vec<u16> = futures_util::stream::iter(0..3000)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.post(url).send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(joined.iter().all(|&s| s == 200), "every join answered 200");
+    let token = join(&gw).await;
+    let mut events = open_events(&gw, &token, None)
+        .await
+        .bytes_stream()
+        .eventsource();
+    let wait = Duration::from_secs;
+    let first = tokio::time::timeout(wait(5), events.next()).await;
+    assert_eq!(first.unwrap().unwrap().unwrap().event, "paused");
+
+    gw.patch_room("demo", json!({"paused": false})).await;
+    let e = tokio::time::timeout(wait(5), events.next()).await;
+    let e = e.unwrap().unwrap().unwrap();
+    assert_eq!(e.event, "position", "the resume itself is told at once");
+    let shown = data(&e)["position"].as_u64().unwrap();
+    assert!(shown > 2900, "{shown}");
+
+    // The line moves on (the status endpoint says so), the stream holds.
+    let held = tokio::time::timeout(wait(4), events.next()).await;
+    assert!(
+        held.is_err(),
+        "no position update a few seconds after the last: {held:?}"
+    );
+    let status: Value = client
+        .get(format!("{}/_waitroom/status?room=demo", gw.public))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let now = status["position"].as_u64().unwrap();
+    assert!(now < shown, "the line moved: {now} after {shown}");
+
+    gw.patch_room("demo", json!({"paused": true})).await;
+    let e = tokio::time::timeout(wait(10), events.next()).await;
+    let e = e.expect("the pause in time").unwrap().unwrap();
+    assert_eq!(e.event, "paused", "{}", e.data);
+}
