@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -345,6 +344,35 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that keeps its request counted in flight until it is
+/// sent or dropped. Unlike `BodyExt::map_frame`, it passes the body's size
+/// hint on, so hyper sends a `Content-Length` for a body of known size
+/// instead of chunked encoding.
+struct HeldBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A stream that records activity on every byte read or written.
 struct Tracked<S> {
     inner: S,
@@ -626,12 +654,9 @@ async fn serve_connection<S, F, Fut>(
             // idle event stream would otherwise carry for its lifetime.
             let res = Box::pin(h(req, peer)).await;
             // The request stays in flight until its body is sent (or dropped).
-            Ok::<_, Infallible>(res.map(|body| {
-                body.map_frame(move |frame| {
-                    let _held = &in_flight;
-                    frame
-                })
-                .boxed_unsync()
+            Ok::<_, Infallible>(res.map(|body| HeldBody {
+                body,
+                _in_flight: in_flight,
             }))
         }
     });

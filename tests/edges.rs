@@ -802,3 +802,31 @@ fn check_config_names_the_tls_field_for_missing_unparsable_and_mismatched_files(
     );
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// The gateway's own answers have a known size: they carry Content-Length,
+/// not chunked encoding (an HTTP/1.0 client could not read that, and a
+/// cache or a load generator must otherwise parse the chunks).
+#[tokio::test]
+async fn own_answers_carry_content_length_not_chunked_encoding() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 1")).await;
+    for (request, what) in [
+        ("POST /_waitroom/join?room=demo", "a join"),
+        ("GET /tickets", "the waiting page"),
+        ("GET /_waitroom/status?room=demo", "an error (no token)"),
+    ] {
+        let mut s = TcpStream::connect(public_addr(&gw)).await.unwrap();
+        let text = format!(
+            "{request} HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(text.as_bytes()).await.unwrap();
+        let answer = read_until_closed(&mut s, 30).await.expect("an answer");
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{what}: {head}"
+        );
+        assert!(!head.contains("transfer-encoding"), "{what}: {head}");
+    }
+}
