@@ -153,6 +153,26 @@ def sse_big(path):
     )
 
 
+def sse_moving(path):
+    """Row for the SSE run with every stream its own fan while the line moves."""
+    runs = _sse_runs(path)
+    if not runs or not runs[0].get("moving"):
+        print("| c. SSE fans while the line moves | failed | | |")
+        return
+    d, m = runs[0], runs[0]["moving"]
+    open_ = d["connections_open"]
+    per_fan_min = m["messages_per_sec"] * 60 / open_ if open_ else float("nan")
+    cores = m.get("gateway_cpu_cores")
+    cores = "n/a" if cores is None else f"{cores:.2f} of a core"
+    print(
+        f"| c. {d['connections_requested']} SSE fans, each in their own place, while the line moves "
+        f"({m['rate_per_min']}/min for {m['secs']} s) | {open_}/{d['connections_requested']} open{_failed(runs)}; "
+        f"{m['messages_per_sec']:.0f} messages/s written ({per_fan_min:.1f} per fan a minute) "
+        f"| resume reached p99 {_num(d.get('delay_ms_p99')):.0f} ms ({d['delivered']} delivered) "
+        f"| gateway CPU while moving: {cores} |"
+    )
+
+
 def sse_vs(path_a, path_b):
     """Row comparing SSE runs of gateway a (Redis) with gateway b (embedded)."""
     a, b = _sse_summary(path_a), _sse_summary(path_b)
@@ -175,5 +195,5 @@ def sse_vs(path_a, path_b):
 
 
 if __name__ == "__main__":
-    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_big": sse_big, "sse_vs": sse_vs, "median": median, "spread": spread, "pair_median": pair_median}
+    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_big": sse_big, "sse_moving": sse_moving, "sse_vs": sse_vs, "median": median, "spread": spread, "pair_median": pair_median}
     commands[sys.argv[1]](*sys.argv[2:])

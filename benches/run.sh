@@ -49,7 +49,7 @@ fi
 # allows); SSE_BIG streams on ⌈SSE_BIG / SSE_N⌉ replicas sharing one Redis,
 # each load-generator process holding at most SSE_N of them.
 if [ "$QUICK" = 1 ]; then
-  DUR=3; REPS=2; CONNS=64; SSE_N=2000; SSE_REPS=1; SSE_BIG=4000; DRIP_SECS=8; DRIP_RATES="600 6000"; REDIS_DRIP_RATE=6000
+  DUR=3; REPS=2; CONNS=64; SSE_N=2000; SSE_REPS=1; SSE_BIG=4000; MOVE_SECS=5; DRIP_SECS=8; DRIP_RATES="600 6000"; REDIS_DRIP_RATE=6000
 else
   # One process's streams: what its open-file limit leaves beside its own
   # files, at most 18,500 (the most this machine allows) so runs compare.
@@ -62,7 +62,7 @@ else
   if [ "$SSE_N" -lt 1000 ]; then
     echo "benches/run.sh: the open-file limit ($FILES) is too low for the SSE runs" >&2; exit 1
   fi
-  DUR=10; REPS=4; CONNS=64; SSE_REPS=3; SSE_BIG=100000; DRIP_SECS=60; DRIP_RATES="600 3000 12000"; REDIS_DRIP_RATE=3000
+  DUR=10; REPS=4; CONNS=64; SSE_REPS=3; SSE_BIG=100000; MOVE_SECS=30; DRIP_SECS=60; DRIP_RATES="600 3000 12000"; REDIS_DRIP_RATE=3000
 fi
 SSE_BIG_REPLICAS=$(( (SSE_BIG + SSE_N - 1) / SSE_N ))
 
@@ -140,6 +140,12 @@ admit_rate_per_min = 1
 id = "sse"
 upstream = "http://127.0.0.1:$UP"
 path_prefix = "/sse"
+admit_rate_per_min = 1
+abandon_after_secs = 3600
+[[rooms]]
+id = "move"
+upstream = "http://127.0.0.1:$UP"
+path_prefix = "/move"
 admit_rate_per_min = 1
 abandon_after_secs = 3600
 [[rooms]]
@@ -249,15 +255,16 @@ done
 ratio() { $FMT ratio "$1" "$2"; }
 
 # SSE: embedded and Redis gateways alternately; one JSON line per run.
-sse_run() { # PUBLIC ADMIN PID
+sse_run() { # PUBLIC ADMIN PID ROOM [MORE LOADGEN ARGUMENTS…]
+  local pub=$1 adm=$2 pid=$3 room=$4; shift 4
   # The previous run's streams close within a second or so: let them, so
   # no run starts near the file limit.
   for _ in $(seq 100); do
-    [ "$(ls "/proc/$3/fd" | wc -l)" -lt 1000 ] && break
+    [ "$(ls "/proc/$pid/fd" | wc -l)" -lt 1000 ] && break
     sleep 0.1
   done
-  "$BIN" loadgen sse --public "127.0.0.1:$1" --admin "127.0.0.1:$2" --admin-token "$TOKEN" \
-    --room sse --connections "$SSE_N" --sources 8 --gateway-pid "$3" 2>&1 | tail -1
+  "$BIN" loadgen sse --public "127.0.0.1:$pub" --admin "127.0.0.1:$adm" --admin-token "$TOKEN" \
+    --room "$room" --connections "$SSE_N" --sources 8 --gateway-pid "$pid" "$@" 2>&1 | tail -1
 }
 # SSE_BIG waiters: more than one process may hold open here, so on
 # SSE_BIG_REPLICAS fresh replicas sharing the Redis room, each with an equal
@@ -277,12 +284,17 @@ sse_big() {
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
 }
-: > "$WORK/sse_e"; : > "$WORK/sse_r"; : > "$WORK/sse_big"
+# SSE_N fans in their own places (1 … SSE_N) while the drip admits
+# MOVE_RATE a minute: the steady cost of a moving line, not one change.
+MOVE_RATE=6000
+: > "$WORK/sse_e"; : > "$WORK/sse_r"; : > "$WORK/sse_big"; : > "$WORK/sse_move"
 if want c; then
   for _ in $(seq "$SSE_REPS"); do
-    sse_run "$PUB" "$ADM" "$WPID" >> "$WORK/sse_e"
-    if want e; then sse_run "$RPUB" "$RADM" "$RPID" >> "$WORK/sse_r"; fi
+    sse_run "$PUB" "$ADM" "$WPID" sse >> "$WORK/sse_e"
+    if want e; then sse_run "$RPUB" "$RADM" "$RPID" sse >> "$WORK/sse_r"; fi
   done
+  sse_run "$PUB" "$ADM" "$WPID" move --moving-secs "$MOVE_SECS" --moving-rate-per-min "$MOVE_RATE" \
+    >> "$WORK/sse_move"
   sse_big >> "$WORK/sse_big"
 fi
 
@@ -325,6 +337,7 @@ if want b; then
 fi
 if want c; then
   $FMT sse "$WORK/sse_e"
+  $FMT sse_moving "$WORK/sse_move"
   $FMT sse_big "$WORK/sse_big"
 fi
 printf '%s' "$DRIP_ROWS"

@@ -5,6 +5,10 @@
 //! - `sse`: opens N event streams spread over several source addresses,
 //!   then changes the room through the admin API and measures how long each
 //!   stream takes to see the change (and the gateway's RSS and CPU).
+//!   With `--moving-secs`, each stream is a fan of its own (joined on its
+//!   connection), and after the change the line moves at the given rate
+//!   for that long: it counts the messages every stream gets and the
+//!   gateway's CPU meanwhile, the steady cost of a queue on the move.
 //! - `drip`: joins fans, resumes the room, claims every place the moment it
 //!   is called, and compares entries per second with the configured rate.
 //!   Given several replicas of a shared (Redis) room, it spreads joins and
@@ -160,6 +164,15 @@ pub struct SseOptions {
     /// streams as its open-file limit allows, so N streams are opened by
     /// ⌈N / per_process⌉ children of this command (`loadgen sse-streams`).
     pub per_process: usize,
+    /// After the change, let the line move at this rate for a while.
+    pub moving: Option<Moving>,
+}
+
+/// The line on the move: each stream its own fan, a rate, a window.
+#[derive(Debug, Clone, Copy)]
+pub struct Moving {
+    pub rate_per_min: u64,
+    pub secs: u64,
 }
 
 /// What one `loadgen sse-streams` child is asked to do.
@@ -167,8 +180,10 @@ pub struct SseOptions {
 pub struct StreamsOptions {
     pub publics: Vec<SocketAddr>,
     pub room: String,
-    /// The queue token every stream presents (one waiting fan, watched N times).
-    pub token: String,
+    /// The queue token every stream presents (one waiting fan, watched N
+    /// times); `None`: each stream joins first and is a fan of its own, and
+    /// the child reports only when asked (the line is on the move).
+    pub token: Option<String>,
     pub count: usize,
     pub sources: u8,
     /// Spreads the children's streams over replicas and source addresses.
@@ -181,24 +196,91 @@ fn unix_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Opens one stream; counts it ready when the first event (`paused`) is in,
-/// then records the wall-clock instant the next one (`position`, after the
-/// room resumes) arrives. Wall-clock, because the instant of the change is
-/// taken in the parent process. The stream stays open, as a waiting fan's
-/// would, until the process ends.
+/// What one child's streams share.
+struct Tally {
+    ready: AtomicUsize,
+    /// SSE messages (events and comments) read after the first event.
+    messages: AtomicU64,
+    changed_at: std::sync::Mutex<Vec<u64>>,
+}
+
+/// Joins the room on `s` (a keep-alive connection) and returns the new
+/// fan's queue token. The answer is read to its end (by `Content-Length`,
+/// or to the last chunk), so the connection can carry the next request.
+async fn join_on(s: &mut TcpStream, room: &str) -> Result<String, LoadgenError> {
+    let req = format!(
+        "POST /_waitroom/join?room={room} HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut got = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let body = loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Err(LoadgenError::Http("join: closed before the answer".into()));
+        }
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 200") {
+            let status = head.lines().next().unwrap_or_default().to_string();
+            return Err(LoadgenError::Http(format!("join: {status}")));
+        }
+        let rest = &got[end + 4..];
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        match length {
+            Some(length) if rest.len() >= length => break &rest[..length],
+            Some(_) => {}
+            // Chunked: the JSON document is the first chunk.
+            None if rest.ends_with(b"\r\n0\r\n\r\n") => break rest,
+            None => {}
+        }
+    };
+    let text = String::from_utf8_lossy(body);
+    text.split_once("\"token\":\"")
+        .and_then(|(_, t)| t.split_once('"'))
+        .map(|(token, _)| token.to_string())
+        .ok_or_else(|| LoadgenError::Http("join: no token in the answer".into()))
+}
+
+/// Opens one stream (joining first when `join` names the room); counts it
+/// ready when the first event (`paused`) is in, then records the
+/// wall-clock instant the next one (`position`, after the room resumes)
+/// arrives, and counts every message after the first. Wall-clock, because
+/// the instant of the change is taken in the parent process. The stream
+/// stays open, as a waiting fan's would, until the process ends.
 async fn stream(
     public: SocketAddr,
     source: IpAddr,
     request: Arc<Vec<u8>>,
-    ready: Arc<AtomicUsize>,
-    changed_at: Arc<std::sync::Mutex<Vec<u64>>>,
+    join: Option<&str>,
+    tally: Arc<Tally>,
 ) -> Result<(), LoadgenError> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let mut s: TcpStream = socket.connect(public).await?;
-    s.write_all(&request).await?;
+    match join {
+        Some(room) => {
+            // The request ends in `token=`: this fan's token completes it.
+            let token = join_on(&mut s, room).await?;
+            let mut req = request.to_vec();
+            let at = req
+                .windows(2)
+                .position(|w| w == b" H")
+                .ok_or_else(|| LoadgenError::Http("bad request template".into()))?;
+            req.splice(at..at, token.bytes());
+            s.write_all(&req).await?;
+        }
+        None => s.write_all(&request).await?,
+    }
     let mut buf = vec![0u8; 2048];
     let (mut seen_first, mut seen_change) = (false, false);
+    let mut ended_in_newline = false;
     loop {
         let n = s.read(&mut buf).await?;
         if n == 0 {
@@ -217,15 +299,25 @@ async fn stream(
         }
         if !seen_first && chunk.windows(13).any(|w| w == b"event: paused") {
             seen_first = true;
-            ready.fetch_add(1, Ordering::Relaxed);
+            ended_in_newline = chunk.ends_with(b"\n");
+            tally.ready.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        if seen_first {
+            // A message ends in a blank line, which may straddle two reads.
+            let straddles = ended_in_newline && chunk.starts_with(b"\n");
+            let ends = chunk.windows(2).filter(|w| w == b"\n\n").count() + usize::from(straddles);
+            tally.messages.fetch_add(ends as u64, Ordering::Relaxed);
+            ended_in_newline = chunk.ends_with(b"\n");
+        }
         // Only the first change counts: the drip moves the queue on, and
-        // a second event a coalescing interval later is not a delay.
+        // a second event a coalescing interval later is not a delay. (A fan
+        // at the very front may hear `admitted` first.)
         if seen_first
             && !seen_change
-            && chunk.windows(15).any(|w| w == b"event: position")
-            && let Ok(mut v) = changed_at.lock()
+            && (chunk.windows(15).any(|w| w == b"event: position")
+                || chunk.windows(15).any(|w| w == b"event: admitted"))
+            && let Ok(mut v) = tally.changed_at.lock()
         {
             seen_change = true;
             v.push(unix_nanos());
@@ -244,32 +336,37 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
     let request = Arc::new(
         format!(
             "GET /_waitroom/events?room={}&token={} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n",
-            opts.room, opts.token
+            opts.room,
+            opts.token.as_deref().unwrap_or_default()
         )
         .into_bytes(),
     );
-    let ready = Arc::new(AtomicUsize::new(0));
+    let join: Option<Arc<str>> = opts.token.is_none().then(|| opts.room.as_str().into());
+    let tally = Arc::new(Tally {
+        ready: AtomicUsize::new(0),
+        messages: AtomicU64::new(0),
+        changed_at: std::sync::Mutex::new(Vec::with_capacity(opts.count)),
+    });
     let failures = Arc::new(AtomicU64::new(0));
     // Why streams failed, and how many for each reason.
     let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
         String,
         u64,
     >::new()));
-    let changed_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(opts.count)));
     let mut tasks = tokio::task::JoinSet::new();
     for j in 0..opts.count {
         let i = opts.offset + j;
         let public = opts.publics[i % opts.publics.len()];
         let source = source_of(i, opts.sources);
-        let (req, ready, changed, failures, errors) = (
+        let (req, join, tally, failures, errors) = (
             request.clone(),
-            ready.clone(),
-            changed_at.clone(),
+            join.clone(),
+            tally.clone(),
             failures.clone(),
             errors.clone(),
         );
         tasks.spawn(async move {
-            if let Err(e) = stream(public, source, req, ready, changed).await {
+            if let Err(e) = stream(public, source, req, join.as_deref(), tally).await {
                 failures.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut errors) = errors.lock() {
                     *errors.entry(e.to_string()).or_default() += 1;
@@ -280,12 +377,13 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    let ready = &tally.ready;
     let settled = |ready: &AtomicUsize, failures: &AtomicU64| {
         ready.load(Ordering::Relaxed) + failures.load(Ordering::Relaxed) as usize
     };
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let wait_until = Instant::now() + Duration::from_secs(120);
-    while settled(&ready, &failures) < opts.count && Instant::now() < wait_until {
+    while settled(ready, &failures) < opts.count && Instant::now() < wait_until {
         tokio::select! {
             // The parent is gone: so is the measurement.
             l = stdin.next_line() => if let Ok(None) | Err(_) = l {
@@ -302,25 +400,37 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
     out.write_all(format!("{line}\n").as_bytes()).await?;
     out.flush().await?;
 
-    let delivered = || changed_at.lock().map(|v| v.len()).unwrap_or(0);
+    let delivered = || tally.changed_at.lock().map(|v| v.len()).unwrap_or(0);
     let mut stdin_open = true;
-    while delivered() < open && stdin_open {
+    // On the move, the parent says when the window is over.
+    let until_told = join.is_some();
+    while (until_told || delivered() < open) && stdin_open {
         tokio::select! {
             l = stdin.next_line() => match l {
                 Ok(Some(l)) if l.trim() == "report" => break,
+                Ok(Some(l)) if l.trim() == "mark" => {
+                    let line = json!({"messages": tally.messages.load(Ordering::Relaxed)});
+                    out.write_all(format!("{line}\n").as_bytes()).await?;
+                    out.flush().await?;
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => stdin_open = false,
             },
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
-    let at_ns = changed_at.lock().map(|v| v.clone()).unwrap_or_default();
+    let at_ns = tally
+        .changed_at
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
     let why = errors.lock().map(|e| json!(*e)).unwrap_or(Value::Null);
     let line = json!({
         "ready": open,
         "failures": failures.load(Ordering::Relaxed),
         "errors": why,
         "at_ns": at_ns,
+        "messages": tally.messages.load(Ordering::Relaxed),
     });
     out.write_all(format!("{line}\n").as_bytes()).await?;
     out.flush().await?;
@@ -349,12 +459,14 @@ impl Child {
         use tokio::io::AsyncBufReadExt;
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         cmd.args(["loadgen", "sse-streams", "--room", &opts.room])
-            .args(["--token", &opts.token])
             .args(["--count", &opts.count.to_string()])
             .args(["--sources", &opts.sources.to_string()])
             .args(["--offset", &opts.offset.to_string()]);
         for p in &opts.publics {
             cmd.args(["--public", &p.to_string()]);
+        }
+        if let Some(token) = &opts.token {
+            cmd.args(["--token", token]);
         }
         let mut process = cmd
             .stdin(std::process::Stdio::piped())
@@ -405,6 +517,10 @@ fn usage_of(pids: &[u32]) -> Option<(u64, f64)> {
         .filter(|_| !pids.is_empty())
 }
 
+/// How long the resume's own fan-out (and the coalescing second after it)
+/// is left out of a moving window.
+const MOVING_SETTLE: Duration = Duration::from_secs(3);
+
 /// Measures SSE fan-out. Returns one JSON object with the results.
 pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
     let first_public = loopback_all(&opts.publics)?;
@@ -416,14 +532,26 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
     let token = &opts.admin_token;
     // The room holds still while streams open (first event: `paused`); the
     // measured change is the resume (next event: `position`). Fans ahead
-    // keep the measured fan waiting at one entry a minute.
-    let pause = json!({"paused": true, "admit_rate_per_min": 1});
-    expect_ok(call(&c, "PATCH", room_url.clone(), Some(token), Some(pause)).await?)?;
-    for _ in 0..20 {
-        expect_ok(call(&c, "POST", join_url.clone(), None, None).await?)?;
-    }
-    let joined = expect_ok(call(&c, "POST", join_url, None, None).await?)?;
-    let fan_token = joined["token"].as_str().unwrap_or_default().to_string();
+    // keep the measured fan waiting at one entry a minute. On the move,
+    // each stream is a fan of its own, from the front of a fresh line.
+    let rate = opts.moving.map_or(1, |m| m.rate_per_min);
+    let pause = json!({"paused": true, "admit_rate_per_min": rate});
+    let fan_token = match opts.moving {
+        Some(_) => {
+            let reset = format!("{room_url}/reset");
+            expect_ok(call(&c, "POST", reset, Some(token), None).await?)?;
+            expect_ok(call(&c, "PATCH", room_url.clone(), Some(token), Some(pause)).await?)?;
+            None
+        }
+        None => {
+            expect_ok(call(&c, "PATCH", room_url.clone(), Some(token), Some(pause)).await?)?;
+            for _ in 0..20 {
+                expect_ok(call(&c, "POST", join_url.clone(), None, None).await?)?;
+            }
+            let joined = expect_ok(call(&c, "POST", join_url, None, None).await?)?;
+            Some(joined["token"].as_str().unwrap_or_default().to_string())
+        }
+    };
     // Replicas of a shared room learn of the pause within a tick.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -461,6 +589,25 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
     // fail after they opened).
     let mut failures = 0;
     let mut errors = serde_json::Map::new();
+    let (mut messages, mut marked) = (0u64, 0u64);
+    // On the move: the window starts once the resume's own fan-out is
+    // over, and counts every message and CPU second from there.
+    let mut moving_from = None;
+    if let Some(m) = opts.moving {
+        tokio::time::sleep(MOVING_SETTLE).await;
+        for child in &mut children {
+            child.say("mark").await;
+        }
+        for child in &mut children {
+            marked += child.next().await["messages"].as_u64().unwrap_or(0);
+        }
+        moving_from = usage_of(&opts.gateway_pids);
+        tokio::time::sleep(Duration::from_secs(m.secs)).await;
+        for child in &mut children {
+            child.say("report").await;
+        }
+    }
+    let after_moving = usage_of(&opts.gateway_pids);
     let settle = tokio::time::Instant::now() + Duration::from_secs(30);
     for child in &mut children {
         let report = match tokio::time::timeout_at(settle, child.next()).await {
@@ -480,13 +627,17 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
                 .map(|ns| ns.saturating_sub(t0) as f64 / 1e6),
         );
         failures += report["failures"].as_u64().unwrap_or(0);
+        messages += report["messages"].as_u64().unwrap_or(0);
         for (why, n) in report["errors"].as_object().into_iter().flatten() {
             let sum =
                 errors.get(why).and_then(Value::as_u64).unwrap_or(0) + n.as_u64().unwrap_or(0);
             errors.insert(why.clone(), json!(sum));
         }
     }
-    let after_change = usage_of(&opts.gateway_pids);
+    let after_change = match opts.moving {
+        Some(_) => after_moving,
+        None => usage_of(&opts.gateway_pids),
+    };
     delays.sort_by(f64::total_cmp);
     expect_ok(
         call(
@@ -511,6 +662,24 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
         }
         _ => None,
     };
+    let cpu_after_open = match (after_open, after_change) {
+        (Some(a), Some(b)) => Some(b.1 - a.1),
+        _ => None,
+    };
+    let cpu_moving = match (moving_from, after_change) {
+        (Some(a), Some(b)) => Some(b.1 - a.1),
+        _ => None,
+    };
+    let messages = messages.saturating_sub(marked);
+    let moving = opts.moving.map(|m| {
+        json!({
+            "rate_per_min": m.rate_per_min,
+            "secs": m.secs,
+            "messages": messages,
+            "messages_per_sec": messages as f64 / m.secs.max(1) as f64,
+            "gateway_cpu_cores": cpu_moving.map(|c| c / m.secs.max(1) as f64),
+        })
+    });
     Ok(json!({
         "connections_requested": opts.connections,
         "connections_open": connected,
@@ -525,10 +694,8 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
         "delay_ms_max": delays.last().copied(),
         "gateway_rss_bytes": after_open.map(|u| u.0),
         "rss_bytes_per_connection": rss_per_conn,
-        "gateway_cpu_secs_fanout": match (after_open, after_change) {
-            (Some(a), Some(b)) => Some(b.1 - a.1),
-            _ => None,
-        },
+        "gateway_cpu_secs_fanout": cpu_after_open,
+        "moving": moving,
     }))
 }
 

@@ -86,6 +86,13 @@ enum Loadgen {
         /// per stream).
         #[arg(long, default_value_t = 15000)]
         per_process: usize,
+        /// After the change, let the line move this many seconds (each
+        /// stream then a fan of its own, in a fresh line).
+        #[arg(long, requires = "moving_rate_per_min")]
+        moving_secs: Option<u64>,
+        /// The admit rate while the line moves.
+        #[arg(long, requires = "moving_secs")]
+        moving_rate_per_min: Option<u64>,
     },
     /// One child process of `loadgen sse` (driven over stdin/stdout).
     #[command(hide = true)]
@@ -94,8 +101,9 @@ enum Loadgen {
         public: Vec<std::net::SocketAddr>,
         #[arg(long)]
         room: String,
+        /// Absent: each stream joins as a fan of its own.
         #[arg(long)]
-        token: String,
+        token: Option<String>,
         #[arg(long)]
         count: usize,
         #[arg(long, default_value_t = 8)]
@@ -189,6 +197,8 @@ fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
                 sources,
                 gateway_pid,
                 per_process,
+                moving_secs,
+                moving_rate_per_min,
             } => {
                 loadgen::sse(loadgen::SseOptions {
                     publics: public,
@@ -199,6 +209,9 @@ fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
                     sources,
                     gateway_pids: gateway_pid,
                     per_process,
+                    moving: moving_secs
+                        .zip(moving_rate_per_min)
+                        .map(|(secs, rate_per_min)| loadgen::Moving { rate_per_min, secs }),
                 })
                 .await
             }
