@@ -164,9 +164,11 @@ def sse_moving(path):
     per_fan_min = m["messages_per_sec"] * 60 / open_ if open_ else float("nan")
     cores = m.get("gateway_cpu_cores")
     cores = "n/a" if cores is None else f"{cores:.2f} of a core"
+    retried = m.get("join_retries") or 0
+    retried = f" ({retried} joins answered 503 and retried)" if retried else ""
     print(
         f"| c. {d['connections_requested']} SSE fans, each in their own place, while the line moves "
-        f"({m['rate_per_min']}/min for {m['secs']} s) | {open_}/{d['connections_requested']} open{_failed(runs)}; "
+        f"({m['rate_per_min']}/min for {m['secs']} s) | {open_}/{d['connections_requested']} open{_failed(runs)}{retried}; "
         f"{m['messages_per_sec']:.0f} messages/s written ({per_fan_min:.1f} per fan a minute) "
         f"| resume reached p99 {_num(d.get('delay_ms_p99')):.0f} ms ({d['delivered']} delivered) "
         f"| gateway CPU while moving: {cores} |"

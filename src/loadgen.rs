@@ -36,6 +36,9 @@ pub enum LoadgenError {
     NotLoopback(SocketAddr),
     #[error("HTTP: {0}")]
     Http(String),
+    /// 503 with `Retry-After` (seconds): try again then, as a browser would.
+    #[error("HTTP: 503, retry after {0} s")]
+    Unavailable(u64),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -201,8 +204,13 @@ struct Tally {
     ready: AtomicUsize,
     /// SSE messages (events and comments) read after the first event.
     messages: AtomicU64,
+    /// Joins answered 503 and tried again.
+    join_retries: AtomicU64,
     changed_at: std::sync::Mutex<Vec<u64>>,
 }
+
+/// Tries per join, the first included, while the gateway answers 503.
+const JOIN_TRIES: u32 = 5;
 
 /// Joins the room on `s` (a keep-alive connection) and returns the new
 /// fan's queue token. The answer is read to its end (by `Content-Length`,
@@ -224,6 +232,14 @@ async fn join_on(s: &mut TcpStream, room: &str) -> Result<String, LoadgenError> 
             continue;
         };
         let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        if head.starts_with("http/1.1 503") {
+            let after = head
+                .lines()
+                .find_map(|l| l.strip_prefix("retry-after:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(1);
+            return Err(LoadgenError::Unavailable(after));
+        }
         if !head.starts_with("http/1.1 200") {
             let status = head.lines().next().unwrap_or_default().to_string();
             return Err(LoadgenError::Http(format!("join: {status}")));
@@ -261,13 +277,29 @@ async fn stream(
     join: Option<&str>,
     tally: Arc<Tally>,
 ) -> Result<(), LoadgenError> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source, 0))?;
-    let mut s: TcpStream = socket.connect(public).await?;
+    let connect = || async {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(public).await
+    };
+    let mut s: TcpStream = connect().await?;
     match join {
         Some(room) => {
+            // A join answered 503 is tried again after its Retry-After, on
+            // a new connection, as the waiting page does.
+            let mut tries = 1;
+            let token = loop {
+                match join_on(&mut s, room).await {
+                    Err(LoadgenError::Unavailable(secs)) if tries < JOIN_TRIES => {
+                        tries += 1;
+                        tally.join_retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_secs(secs.clamp(1, 10))).await;
+                        s = connect().await?;
+                    }
+                    other => break other?,
+                }
+            };
             // The request ends in `token=`: this fan's token completes it.
-            let token = join_on(&mut s, room).await?;
             let mut req = request.to_vec();
             let at = req
                 .windows(2)
@@ -345,6 +377,7 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
     let tally = Arc::new(Tally {
         ready: AtomicUsize::new(0),
         messages: AtomicU64::new(0),
+        join_retries: AtomicU64::new(0),
         changed_at: std::sync::Mutex::new(Vec::with_capacity(opts.count)),
     });
     let failures = Arc::new(AtomicU64::new(0));
@@ -395,7 +428,12 @@ pub async fn streams(opts: StreamsOptions) -> Result<Value, LoadgenError> {
     }
     let open = ready.load(Ordering::Relaxed);
     let why = errors.lock().map(|e| json!(*e)).unwrap_or(Value::Null);
-    let line = json!({"ready": open, "failures": failures.load(Ordering::Relaxed), "errors": why});
+    let line = json!({
+        "ready": open,
+        "failures": failures.load(Ordering::Relaxed),
+        "errors": why,
+        "join_retries": tally.join_retries.load(Ordering::Relaxed),
+    });
     let mut out = tokio::io::stdout();
     out.write_all(format!("{line}\n").as_bytes()).await?;
     out.flush().await?;
@@ -572,9 +610,11 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
         })?);
         offset += count;
     }
-    let mut connected = 0;
+    let (mut connected, mut join_retries) = (0, 0);
     for child in &mut children {
-        connected += child.next().await["ready"].as_u64().unwrap_or(0) as usize;
+        let ready = child.next().await;
+        connected += ready["ready"].as_u64().unwrap_or(0) as usize;
+        join_retries += ready["join_retries"].as_u64().unwrap_or(0);
     }
     let open_secs = open_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -677,6 +717,7 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
             "secs": m.secs,
             "messages": messages,
             "messages_per_sec": messages as f64 / m.secs.max(1) as f64,
+            "join_retries": join_retries,
             "gateway_cpu_cores": cpu_moving.map(|c| c / m.secs.max(1) as f64),
         })
     });

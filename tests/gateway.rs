@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -565,4 +566,39 @@ async fn an_ended_session_shows_the_ended_page_never_a_new_place_at_the_back() {
         (fan.status("demo").await["state"] == "admitted").then_some(())
     })
     .await;
+}
+
+/// A burst of arrivals far larger than one reserved block of sequence
+/// numbers (16 in tests) still gets a place each: arrivals that find the
+/// block empty wait for the next reservation, however many others wait too.
+#[tokio::test]
+async fn a_burst_of_arrivals_beyond_the_reserved_block_all_get_places() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml("demo", &up.url(), "admit_rate_per_min = 1")).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/_waitroom/join?room=demo", gw.public);
+    let answers: Vec<(u16, u64)> = futures_util::stream::iter(0..3000)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let res = client.post(url).send().await.unwrap();
+                let status = res.status().as_u16();
+                let v: Value = res.json().await.unwrap();
+                (status, v["position"].as_u64().unwrap_or(0))
+            }
+        })
+        .buffer_unordered(500)
+        .collect()
+        .await;
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        refused.is_empty(),
+        "{} refused, e.g. {:?}",
+        refused.len(),
+        refused.first()
+    );
+    let mut positions: Vec<u64> = answers.iter().map(|&(_, p)| p).collect();
+    positions.sort_unstable();
+    positions.dedup();
+    assert_eq!(positions.len(), 3000, "every fan a place of their own");
 }
