@@ -176,9 +176,10 @@ gateway_config "$WORK/waitroom-redis2.toml" "$R2PUB" "$R2ADM" "$REDIS_STORE"
 # start_gateway NAME: runs the gateway on $WORK/NAME.toml in the
 # background (output in NAME.out / NAME.err); its pid in GW_PID. Its log
 # filter is WAITROOM_BENCH_LOG (default warn); with KEEP_WORK=1 the work
-# directory, logs included, is copied to /tmp/bench-last.
+# directory, logs included, is copied to /tmp/bench-last. GATEWAY_BIN runs
+# the gateways from another build (an A/B against this load generator).
 start_gateway() {
-  RUST_LOG=${WAITROOM_BENCH_LOG:-warn} "$BIN" run --config "$WORK/$1.toml" > "$WORK/$1.out" 2> "$WORK/$1.err" &
+  RUST_LOG=${WAITROOM_BENCH_LOG:-warn} "${GATEWAY_BIN:-$BIN}" run --config "$WORK/$1.toml" > "$WORK/$1.out" 2> "$WORK/$1.err" &
   GW_PID=$!; PIDS+=("$GW_PID")
 }
 start_gateway waitroom; WPID=$GW_PID
