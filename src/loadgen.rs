@@ -347,8 +347,9 @@ async fn stream(
         // at the very front may hear `admitted` first.)
         if seen_first
             && !seen_change
-            && (chunk.windows(15).any(|w| w == b"event: position")
-                || chunk.windows(15).any(|w| w == b"event: admitted"))
+            && chunk
+                .windows(15)
+                .any(|w| w == b"event: position" || w == b"event: admitted")
             && let Ok(mut v) = tally.changed_at.lock()
         {
             seen_change = true;
@@ -647,7 +648,8 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
             child.say("report").await;
         }
     }
-    let after_moving = usage_of(&opts.gateway_pids);
+    // On the move, the window ends now; else once every stream saw the change.
+    let after_moving = opts.moving.map(|_| usage_of(&opts.gateway_pids));
     let settle = tokio::time::Instant::now() + Duration::from_secs(30);
     for child in &mut children {
         let report = match tokio::time::timeout_at(settle, child.next()).await {
@@ -674,10 +676,7 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
             errors.insert(why.clone(), json!(sum));
         }
     }
-    let after_change = match opts.moving {
-        Some(_) => after_moving,
-        None => usage_of(&opts.gateway_pids),
-    };
+    let after_change = after_moving.unwrap_or_else(|| usage_of(&opts.gateway_pids));
     delays.sort_by(f64::total_cmp);
     expect_ok(
         call(
