@@ -72,7 +72,7 @@ WORK=$(mktemp -d /tmp/waitroom-bench.XXXXXX)
 PIDS=()
 REDIS_PORT=""; REDIS_OURS=0; KEY_PREFIX="bench-$$-$RANDOM"
 cleanup() {
-  [ -n "${KEEP_WORK:-}" ] && cp -r "$WORK" /tmp/bench-last || true
+  [ -n "${KEEP_WORK:-}" ] && rm -rf /tmp/bench-last && cp -r "$WORK" /tmp/bench-last || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true

@@ -36,6 +36,11 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 /// Request head cap (HTTP/1 read buffer, HTTP/2 header list).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Connections the kernel queues for `accept` per listener (Linux caps it
+/// at `net.core.somaxconn`). Larger than the usual 511 or 1024: at an
+/// on-sale's opening, connection attempts beyond it are dropped and each
+/// client retries after 1, 3, 7, 15… seconds.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 /// hyper refuses an HTTP/1 read buffer smaller than this.
 pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
 pub const DEFAULT_JOINS_PER_MIN_PER_CLIENT: u32 = 30;
@@ -179,6 +184,7 @@ struct RawServer {
     header_read_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     max_header_bytes: Option<usize>,
+    listen_backlog: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +256,8 @@ pub struct ConnectionConfig {
     pub idle_timeout: Duration,
     /// Cap on a request head: HTTP/1 read buffer and HTTP/2 header list size.
     pub max_header_bytes: usize,
+    /// The kernel's accept queue per listener.
+    pub listen_backlog: u32,
 }
 
 /// Abuse limits on issuing places.
@@ -780,6 +788,13 @@ fn validate(
             format!("must be between {MIN_MAX_HEADER_BYTES} and 1048576"),
         );
     }
+    let listen_backlog = raw.server.listen_backlog.unwrap_or(DEFAULT_LISTEN_BACKLOG);
+    if !(1..=65_535).contains(&listen_backlog) {
+        problem(
+            "server.listen_backlog",
+            "must be between 1 and 65535".into(),
+        );
+    }
 
     let joins_per_min_per_client = raw
         .limits
@@ -1044,6 +1059,7 @@ fn validate(
             header_read_timeout: Duration::from_secs(header_read_timeout_secs),
             idle_timeout: Duration::from_secs(idle_timeout_secs),
             max_header_bytes,
+            listen_backlog,
         },
         tls,
         limits: LimitsConfig {
@@ -1211,17 +1227,19 @@ mod tests {
         assert_eq!(c.connections.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(c.connections.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.connections.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(c.connections.listen_backlog, DEFAULT_LISTEN_BACKLOG);
         assert_eq!(c.limits.joins_per_min_per_client, 30);
         assert_eq!(c.limits.join_burst, 10);
         assert!(c.tls.is_none() && !c.proxy.public_https && !c.proxy.listener_tls);
         let text = format!(
-            "{GOOD}\n[server]\nmax_connections = 0\nmax_header_bytes = 100\nidle_timeout_secs = 0\n[limits]\njoin_burst = 0\n"
+            "{GOOD}\n[server]\nmax_connections = 0\nmax_header_bytes = 100\nidle_timeout_secs = 0\nlisten_backlog = 0\n[limits]\njoin_burst = 0\n"
         );
         let fields: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
         for f in [
             "server.max_connections",
             "server.max_header_bytes",
             "server.idle_timeout_secs",
+            "server.listen_backlog",
             "limits.join_burst",
         ] {
             assert!(fields.contains(&f.to_string()), "{f}: {fields:?}");

@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -68,10 +68,20 @@ pub struct Running {
     certs: Option<Arc<CertStore>>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+/// Binds a listener with the configured accept queue (tokio's own `bind`
+/// fixes it at 1,024).
+fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ServerError> {
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        // As std's and tokio's `bind`: a restart need not wait out TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    listen().map_err(|source| ServerError::Bind { addr, source })
 }
 
 /// Builds the app, binds both listeners and starts serving.
@@ -80,8 +90,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         Some(tls) => Some(CertStore::load(tls)?),
         None => None,
     };
-    let public = bind(config.listen_public).await?;
-    let admin = bind(config.listen_admin).await?;
+    let backlog = config.connections.listen_backlog;
+    let public = bind(config.listen_public, backlog)?;
+    let admin = bind(config.listen_admin, backlog)?;
     let public_addr = public.local_addr().map_err(|source| ServerError::Bind {
         addr: config.listen_public,
         source,
@@ -672,7 +683,7 @@ async fn serve_connection<S, F, Fut>(
         () = link.drive() => {}
         result = conn => {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+                tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
             }
         }
         _ = activity.idle(policy.limits.idle_timeout) => {
