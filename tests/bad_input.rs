@@ -119,17 +119,10 @@ async fn bad_bearer_tokens_on_the_api_are_401_naming_the_reason() {
             "demo"
         };
         for (method, path) in [("GET", "status"), ("POST", "claim"), ("POST", "join")] {
-            let res = client
-                .request(
-                    method.parse().unwrap(),
-                    format!("{}/_waitroom/{path}?room={room}", gw.public),
-                )
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 401, "{reason} on {path}");
-            let v: Value = res.json().await.unwrap();
+            let url = format!("{}/_waitroom/{path}?room={room}", gw.public);
+            let (status, v) =
+                bearer_json(&client, method.parse().unwrap(), url, &token, None).await;
+            assert_eq!(status, 401, "{reason} on {path}");
             assert_eq!(v["error"], "invalid_token", "{reason} on {path}");
             assert_eq!(v["reason"], reason, "{path}");
         }
@@ -294,23 +287,12 @@ async fn claiming_before_your_turn_is_a_409_and_keeps_the_place() {
             .unwrap();
         tokens.push(v["token"].as_str().unwrap().to_string());
     }
-    let res = c
-        .post(format!("{}/_waitroom/claim?room=demo", gw.public))
-        .bearer_auth(&tokens[2])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 409);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_your_turn");
-    let s: Value = c
-        .get(format!("{}/_waitroom/status?room=demo", gw.public))
-        .bearer_auth(&tokens[2])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/_waitroom/claim?room=demo", gw.public);
+    let (status, v) = bearer_json(&c, reqwest::Method::POST, url, &tokens[2], None).await;
+    assert_eq!(status, 409);
+    assert_eq!(v["error"], "not_your_turn");
+    let url = format!("{}/_waitroom/status?room=demo", gw.public);
+    let (_, s) = bearer_json(&c, reqwest::Method::GET, url, &tokens[2], None).await;
     assert_eq!(s["position"], 3);
 }
 
@@ -513,14 +495,10 @@ async fn reset_starts_a_new_epoch_and_old_tokens_get_new_places() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let res = c
-        .get(format!("{}/_waitroom/status?room=demo", gw.public))
-        .bearer_auth(&old)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
-    assert_eq!(res.json::<Value>().await.unwrap()["reason"], "stale_epoch");
+    let url = format!("{}/_waitroom/status?room=demo", gw.public);
+    let (status, v) = bearer_json(&c, reqwest::Method::GET, url, &old, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(v["reason"], "stale_epoch");
     fan.get("/").await;
     assert_eq!(
         fan.status("demo").await["position"],

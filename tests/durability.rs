@@ -20,16 +20,11 @@ fn write_config(dir: &std::path::Path, upstream: &str) -> std::path::PathBuf {
     path
 }
 
-async fn status_with(base: &str, token: &str) -> reqwest::Response {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{base}/_waitroom/status?room=demo"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+async fn status_with(base: &str, token: &str) -> Value {
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{base}/_waitroom/status?room=demo");
+    let (_, v) = bearer_json(&c, reqwest::Method::GET, url, token, None).await;
+    v
 }
 
 #[tokio::test]
@@ -109,11 +104,7 @@ async fn kill_9_and_restart_keeps_places_claims_and_never_reuses_numbers() {
         .await;
     assert!(room["issued"].as_u64().unwrap() > issued_before, "{room}");
     let e_token = e.cookie("wr_q_demo").unwrap();
-    let e_pos = status_with(&gw.public, &e_token)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["position"]
+    let e_pos = status_with(&gw.public, &e_token).await["position"]
         .as_u64()
         .unwrap();
     assert!(e_pos > 3, "behind everyone who was waiting: {e_pos}");
@@ -172,7 +163,7 @@ async fn sigterm_drains_in_flight_requests_and_persists_progress() {
     );
     for f in &fans[1..] {
         let token = f.cookie("wr_q_demo").unwrap();
-        let s: Value = status_with(&gw.public, &token).await.json().await.unwrap();
+        let s = status_with(&gw.public, &token).await;
         assert_eq!(s["state"], "admitted", "called places keep their turn: {s}");
     }
     gw.kill_9();

@@ -230,17 +230,10 @@ async fn copied_queue_token_is_refused_after_claim() {
     assert!(res.text().await.unwrap().contains("already been used"));
 
     // And through the app endpoint.
-    let res = copy
-        .post(format!("{}/_waitroom/claim?room=demo", gw.public))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["error"],
-        "place_already_used"
-    );
+    let url = format!("{}/_waitroom/claim?room=demo", gw.public);
+    let (status, v) = bearer_json(&copy, reqwest::Method::POST, url, &token, None).await;
+    assert_eq!(status, 403);
+    assert_eq!(v["error"], "place_already_used");
     assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -261,42 +254,21 @@ async fn app_flow_join_status_claim_then_access_header() {
     assert_eq!(joined["position"], 1);
 
     // Joining again with the token gives the same place back.
-    let again: Value = app
-        .post(format!("{}/_waitroom/join?room=demo", gw.public))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/_waitroom/join?room=demo", gw.public);
+    let (_, again) = bearer_json(&app, reqwest::Method::POST, url, &token, None).await;
     assert!(
         again["position"] == 1 || again["state"] == "admitted",
         "{again}"
     );
 
     eventually(5, "admitted", || async {
-        let s: Value = app
-            .get(format!("{}/_waitroom/status?room=demo", gw.public))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{}/_waitroom/status?room=demo", gw.public);
+        let (_, s) = bearer_json(&app, reqwest::Method::GET, url, &token, None).await;
         (s["state"] == "admitted").then_some(())
     })
     .await;
-    let claimed: Value = app
-        .post(format!("{}/_waitroom/claim?room=demo", gw.public))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/_waitroom/claim?room=demo", gw.public);
+    let (_, claimed) = bearer_json(&app, reqwest::Method::POST, url, &token, None).await;
     let access = claimed["access_token"].as_str().unwrap();
     assert!(claimed["expires_in"].as_u64().unwrap() > 0);
     let echo: Value = app
@@ -326,15 +298,8 @@ async fn the_same_place_from_browser_cookie_and_app_bearer() {
     other.get("/").await;
     let token = other.cookie("wr_q_demo").unwrap();
     let app = reqwest::Client::builder().no_proxy().build().unwrap();
-    let s: Value = app
-        .get(format!("{}/_waitroom/status?room=demo", gw.public))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/_waitroom/status?room=demo", gw.public);
+    let (_, s) = bearer_json(&app, reqwest::Method::GET, url, &token, None).await;
     assert_eq!(s["position"], other.status("demo").await["position"]);
     assert_eq!(s["position"], 2);
 }

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use reqwest::Method;
 use serde_json::{Value, json};
 use waitroom::shuffle::{Seed, order};
 
@@ -103,16 +104,11 @@ async fn fans_before_opening_get_a_verifiable_random_order_and_later_fans_queue_
     assert!(late["position"].as_u64().unwrap() >= 7, "{late}");
 
     // The opening time cannot move any more.
-    let res = gw
-        .admin_client()
-        .patch(format!("{}/admin/rooms/sale", gw.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"opens_at": in_secs(60)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 409);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"], "already_open");
+    let (c, url) = (gw.admin_client(), format!("{}/admin/rooms/sale", gw.admin));
+    let body = json!({"opens_at": in_secs(60)});
+    let (status, v) = bearer_json(&c, Method::PATCH, url, ADMIN_TOKEN, Some(&body)).await;
+    assert_eq!(status, 409);
+    assert_eq!(v["error"], "already_open");
 }
 
 #[tokio::test]
@@ -154,16 +150,10 @@ async fn the_opening_time_can_move_before_opening_and_a_closed_room_says_why() {
         (json!({"closes_at": "tomorrow"}), "closes_at"),
         (json!({"closes_at": 5}), "closes_at"),
     ] {
-        let res = gw
-            .admin_client()
-            .patch(format!("{}/admin/rooms/sale", gw.admin))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 422, "{body}");
-        assert_eq!(res.json::<Value>().await.unwrap()["field"], field);
+        let (c, url) = (gw.admin_client(), format!("{}/admin/rooms/sale", gw.admin));
+        let (status, v) = bearer_json(&c, Method::PATCH, url, ADMIN_TOKEN, Some(&body)).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(v["field"], field);
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

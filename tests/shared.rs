@@ -82,14 +82,10 @@ async fn join_ok(base: &str) -> (String, u64) {
 }
 
 async fn status(base: &str, token: &str) -> Value {
-    let res = client()
-        .get(format!("{base}/_waitroom/status?room=demo"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "status on {base}");
-    res.json().await.unwrap()
+    let url = format!("{base}/_waitroom/status?room=demo");
+    let (status, v) = bearer_json(&client(), reqwest::Method::GET, url, token, None).await;
+    assert_eq!(status, 200, "status on {base}");
+    v
 }
 
 async fn claim(base: &str, token: &str) -> reqwest::StatusCode {
@@ -104,14 +100,9 @@ async fn claim(base: &str, token: &str) -> reqwest::StatusCode {
 
 /// Claims and returns the access token.
 async fn claim_access(base: &str, token: &str) -> String {
-    let res = client()
-        .post(format!("{base}/_waitroom/claim?room=demo"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let v: Value = res.json().await.unwrap();
+    let url = format!("{base}/_waitroom/claim?room=demo");
+    let (status, v) = bearer_json(&client(), reqwest::Method::POST, url, token, None).await;
+    assert_eq!(status, 200);
     v["access_token"].as_str().unwrap().to_string()
 }
 

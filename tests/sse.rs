@@ -409,15 +409,8 @@ async fn a_fan_far_back_gets_paced_position_updates_but_hears_a_pause_at_once() 
         held.is_err(),
         "no position update a few seconds after the last: {held:?}"
     );
-    let status: Value = client
-        .get(format!("{}/_waitroom/status?room=demo", gw.public))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/_waitroom/status?room=demo", gw.public);
+    let (_, status) = bearer_json(&client, reqwest::Method::GET, url, &token, None).await;
     let now = status["position"].as_u64().unwrap();
     assert!(now < shown, "the line moved: {now} after {shown}");
 

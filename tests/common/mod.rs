@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use reqwest::Method;
 use reqwest::cookie::{CookieStore, Jar};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -216,32 +217,18 @@ impl Gateway {
     }
 
     pub async fn admin_get(&self, path: &str) -> Value {
-        let res = self
-            .admin_client()
-            .get(format!("{}{path}", self.admin))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            res.status().is_success(),
-            "admin GET {path}: {}",
-            res.status()
-        );
-        res.json().await.unwrap()
+        let (c, url) = (self.admin_client(), format!("{}{path}", self.admin));
+        let (status, v) = bearer_json(&c, Method::GET, url, ADMIN_TOKEN, None).await;
+        assert!(status.is_success(), "admin GET {path}: {status}");
+        v
     }
 
     pub async fn patch_room(&self, id: &str, body: Value) -> Value {
-        let res = self
-            .admin_client()
-            .patch(format!("{}/admin/rooms/{id}", self.admin))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success(), "PATCH {id}: {}", res.status());
-        res.json().await.unwrap()
+        let c = self.admin_client();
+        let url = format!("{}/admin/rooms/{id}", self.admin);
+        let (status, v) = bearer_json(&c, Method::PATCH, url, ADMIN_TOKEN, Some(&body)).await;
+        assert!(status.is_success(), "PATCH {id}: {status}");
+        v
     }
 
     pub async fn metrics(&self) -> String {
@@ -320,6 +307,27 @@ impl Fan {
     }
 }
 
+/// Sends a request with `token` as bearer (and `body` as JSON); returns the status and the JSON answer.
+pub async fn bearer_json(
+    client: &reqwest::Client,
+    method: Method,
+    url: String,
+    token: &str,
+    body: Option<&Value>,
+) -> (reqwest::StatusCode, Value) {
+    let mut req = client.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    let v = res
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{status}, not a JSON answer: {e}"));
+    (status, v)
+}
+
 /// Polls `f` until it returns `Some`, or panics after `secs` seconds.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where
@@ -395,14 +403,9 @@ impl Proc {
 
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let c = reqwest::Client::builder().no_proxy().build().unwrap();
-        let mut req = c
-            .request(method, format!("{}{path}", self.admin))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        assert!(res.status().is_success(), "{path}: {}", res.status());
-        res.json().await.unwrap()
+        let url = format!("{}{path}", self.admin);
+        let (status, v) = bearer_json(&c, method, url, ADMIN_TOKEN, body.as_ref()).await;
+        assert!(status.is_success(), "{path}: {status}");
+        v
     }
 }
