@@ -952,6 +952,18 @@ mod tests {
         assert_eq!(seq_of("junk"), None);
     }
 
+    #[tokio::test]
+    async fn connections_come_from_the_chosen_source_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        for source in [source_of(1, 8), source_of(6, 8)] {
+            let _client = connect_from(source, to).await.unwrap();
+            let (_, peer) = listener.accept().await.unwrap();
+            assert_eq!(peer.ip(), source);
+            assert_ne!(peer.port(), 0);
+        }
+    }
+
     #[test]
     fn non_loopback_targets_are_refused() {
         assert!(loopback("10.0.0.1:80".parse().unwrap()).is_err());
