@@ -291,10 +291,31 @@ impl Policy {
 /// A connection is idle when nothing is in flight and no bytes moved for
 /// `server.idle_timeout_secs`; hyper has no such timeout for HTTP/1
 /// keep-alive or HTTP/2, so the connection task enforces it.
+///
+/// On a connection known to speak HTTP/1 it also times request heads
+/// (`head_limit_ms`): from the first byte read while nothing is in flight
+/// until the request begins. hyper's own header timer cannot do that: it
+/// starts as soon as a response ends, so an idle keep-alive connection
+/// was closed after `header_read_timeout_secs` (10 s), not
+/// `idle_timeout_secs` (60 s), and a load balancer that keeps backend
+/// connections for 60 s (AWS ALB's default) would send requests into
+/// connections just closed.
 struct Activity {
     born: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Request heads must arrive within this (ms); 0 while the protocol is
+    /// not known to be HTTP/1 (hyper's header timer then applies).
+    head_limit_ms: AtomicU64,
+    /// Milliseconds since `born` + 1 at which a request head began
+    /// arriving; 0 while none is.
+    head_since_ms: AtomicU64,
+}
+
+/// Why a connection task closes its connection itself.
+enum Closing {
+    Idle,
+    SlowHead,
 }
 
 impl Activity {
@@ -303,12 +324,45 @@ impl Activity {
             born: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            head_limit_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(0),
         })
     }
 
+    /// From now on, times request heads (the connection speaks HTTP/1 and
+    /// is served without hyper's header timer).
+    fn time_heads(&self, limit: Duration) {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.head_limit_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn head_limit(&self) -> Option<Duration> {
+        match self.head_limit_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn touch(&self) {
-        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes read. Between requests they are the start of the next head.
+    fn read_some(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let now = self.now_ms();
+            self.last_ms.store(now, Ordering::Relaxed);
+            if self.head_limit_ms.load(Ordering::Relaxed) != 0
+                && self.head_since_ms.load(Ordering::Relaxed) == 0
+            {
+                self.head_since_ms
+                    .store(now.saturating_add(1), Ordering::Relaxed);
+            }
+        }
     }
 
     /// Bytes moved. While a request is in flight the connection cannot be
@@ -328,20 +382,67 @@ impl Activity {
 
     fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since_ms.store(0, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
-    /// Resolves once the connection has been idle for `limit`.
-    async fn idle(&self, limit: Duration) {
-        loop {
-            let quiet = self.quiet_for();
-            let busy = self.in_flight.load(Ordering::Relaxed) > 0;
-            if !busy && quiet >= limit {
-                return;
+    /// How long the head now arriving has taken, if one is.
+    fn head_for(&self) -> Option<Duration> {
+        let since = self.head_since_ms.load(Ordering::Relaxed);
+        (since != 0 && self.in_flight.load(Ordering::Relaxed) == 0)
+            .then(|| Duration::from_millis(self.now_ms().saturating_sub(since - 1)))
+    }
+
+    /// Resolves once the connection has been idle for `limit`, or a request
+    /// head has taken longer than its limit (see [`Activity::time_heads`]).
+    ///
+    /// It is polled with the connection, in the same task, so it sees a
+    /// request end on the poll that ends it; it then looks again (a new
+    /// head may be due before an idle timer set while the request ran).
+    /// Between requests it looks again at least once per head limit, so a
+    /// head that begins meanwhile is caught at its deadline. Any other poll
+    /// costs one atomic load and the timer's poll.
+    async fn closing(&self, limit: Duration) -> Closing {
+        let sleep = tokio::time::sleep(limit);
+        tokio::pin!(sleep);
+        let mut was_busy = true;
+        let mut look = true;
+        std::future::poll_fn(|cx| {
+            loop {
+                let busy = self.in_flight.load(Ordering::Relaxed) > 0;
+                look |= was_busy && !busy;
+                was_busy = busy;
+                if !look && sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                look = false;
+                let quiet = self.quiet_for();
+                if !busy && quiet >= limit {
+                    return Poll::Ready(Closing::Idle);
+                }
+                let mut wait = if busy { limit } else { limit - quiet };
+                if let (false, Some(head_limit)) = (busy, self.head_limit()) {
+                    match self.head_for() {
+                        Some(head_for) if head_for >= head_limit => {
+                            return Poll::Ready(Closing::SlowHead);
+                        }
+                        Some(head_for) => wait = wait.min(head_limit - head_for),
+                        None => wait = wait.min(head_limit),
+                    }
+                }
+                // An earlier deadline is kept: it only makes this look
+                // again sooner, and a busy keep-alive connection then sets
+                // its timer once per head limit, not once per request.
+                let deadline = Instant::now() + wait.max(Duration::from_millis(50));
+                if sleep.is_elapsed() || deadline < sleep.deadline() {
+                    sleep.as_mut().reset(deadline);
+                }
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
             }
-            let wait = if busy { limit } else { limit - quiet };
-            tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
-        }
+        })
+        .await
     }
 }
 
@@ -399,7 +500,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.moved();
+            self.activity.read_some();
         }
         res
     }
@@ -522,8 +623,12 @@ async fn serve<F, Fut>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(policy.limits.max_header_bytes).unwrap_or(u32::MAX));
+    // Connections known to speak HTTP/1 time their request heads in the
+    // connection task instead (see `Activity`).
+    let mut http1 = builder.clone().http1_only();
+    http1.http1().header_read_timeout(None);
     let builders = Arc::new(Builders {
-        http1: builder.clone().http1_only(),
+        http1,
         any: builder,
     });
     let policy = Arc::new(policy);
@@ -576,7 +681,10 @@ async fn serve<F, Fut>(
                     _ = stop.changed() => return,
                 };
                 let builder = match sniffed {
-                    Sniffed::Http1 => &builders.http1,
+                    Sniffed::Http1 => {
+                        activity.time_heads(policy.limits.header_read_timeout);
+                        &builders.http1
+                    }
                     Sniffed::Unsure => &builders.any,
                 };
                 let io = Tracked {
@@ -600,16 +708,17 @@ async fn serve<F, Fut>(
                     .await
                 {
                     Ok(Ok(tls)) => {
-                        serve_connection(
-                            tls,
-                            peer,
-                            &builders.any,
-                            &policy,
-                            handler,
-                            activity,
-                            watcher,
-                        )
-                        .await
+                        // HTTP/2 over TLS is chosen by ALPN (RFC 9113 §3.2);
+                        // anything else is HTTP/1, served as a sniffed
+                        // plaintext connection is.
+                        let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            &builders.any
+                        } else {
+                            activity.time_heads(policy.limits.header_read_timeout);
+                            &builders.http1
+                        };
+                        serve_connection(tls, peer, builder, &policy, handler, activity, watcher)
+                            .await
                     }
                     Ok(Err(e)) => {
                         policy.app.metrics.tls_handshake_failures.inc();
@@ -686,15 +795,20 @@ async fn serve_connection<S, F, Fut>(
                 tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
             }
         }
-        _ = activity.idle(policy.limits.idle_timeout) => {
-            policy
-                .app
-                .metrics
-                .connections_idle_closed
-                .with_label_values(&[policy.name])
-                .inc();
-            tracing::debug!("closing an idle connection");
-        }
+        closing = activity.closing(policy.limits.idle_timeout) => match closing {
+            Closing::Idle => {
+                policy
+                    .app
+                    .metrics
+                    .connections_idle_closed
+                    .with_label_values(&[policy.name])
+                    .inc();
+                tracing::debug!("closing an idle connection");
+            }
+            Closing::SlowHead => {
+                tracing::debug!(peer = %peer, "closing a connection: its request head took longer than header_read_timeout_secs");
+            }
+        },
     }
 }
 

@@ -17,7 +17,7 @@ use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 // ------------------------------------------------------------ certificates
@@ -144,30 +144,40 @@ async fn tls_listener_serves_http1_and_h2_by_alpn_with_secure_cookies_and_https_
     );
 }
 
-/// A raw HTTP/1.1 connection over TLS that trusts only `ca_pem`.
-async fn h1_over_tls(
+/// A TLS connection that trusts only `ca_pem`, offering `alpn` (if any).
+async fn tls_to(
     addr: SocketAddr,
     ca_pem: &str,
-) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// A raw HTTP/1.1 connection over TLS that trusts only `ca_pem`.
+async fn h1_over_tls(
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
+    let tls = tls_to(addr, ca_pem, &[]).await?;
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;
@@ -396,7 +406,10 @@ async fn start_tls_echo(pki: &TestPki) -> SocketAddr {
 // ------------------------------------------------------------- connections
 
 /// Reads until the server closes the connection (or the deadline passes).
-async fn read_until_closed(stream: &mut TcpStream, secs: u64) -> Result<Vec<u8>, &'static str> {
+async fn read_until_closed(
+    stream: &mut (impl AsyncRead + Unpin),
+    secs: u64,
+) -> Result<Vec<u8>, &'static str> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -409,22 +422,26 @@ async fn read_until_closed(stream: &mut TcpStream, secs: u64) -> Result<Vec<u8>,
     }
 }
 
-#[tokio::test]
-async fn slowloris_partial_header_is_closed_after_the_header_timeout() {
+/// A test upstream, a gateway (room `demo` with `room_extra`, `[server]`
+/// settings `server`) and a raw connection to its public listener.
+async fn raw_connection(room_extra: &str, server: &str) -> (TestUpstream, Gateway, TcpStream) {
     let up = TestUpstream::start().await;
-    let gw = Gateway::start_with(
-        &room_toml("demo", &up.url(), ""),
-        "header_read_timeout_secs = 1\nidle_timeout_secs = 600",
-    )
-    .await;
-    let mut s = TcpStream::connect(public_addr(&gw)).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    let gw = Gateway::start_with(&room_toml("demo", &up.url(), room_extra), server).await;
+    let s = TcpStream::connect(public_addr(&gw)).await.unwrap();
+    (up, gw, s)
+}
+
+/// Starts a request head and stalls: the server must close the connection
+/// well within `secs` (hyper's timer may answer 408 first).
+async fn a_stalled_head_is_cut_off(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), secs: u64) {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
         .unwrap();
-    // Then nothing: the server must give up on us (well within the idle timeout).
-    let answer = read_until_closed(&mut s, 30)
+    stream.flush().await.unwrap();
+    let answer = read_until_closed(stream, secs)
         .await
-        .expect("the server closes");
+        .expect("the server closes a stalled head");
     let text = String::from_utf8_lossy(&answer);
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
@@ -433,14 +450,116 @@ async fn slowloris_partial_header_is_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
-async fn an_idle_keep_alive_connection_is_closed_and_counted() {
+async fn slowloris_partial_header_is_closed_after_the_header_timeout() {
+    let (_up, _gw, mut s) =
+        raw_connection("", "header_read_timeout_secs = 1\nidle_timeout_secs = 600").await;
+    // Well within the idle timeout.
+    a_stalled_head_is_cut_off(&mut s, 30).await;
+}
+
+/// Reads one answer with a `Content-Length` body; returns its head and body.
+async fn read_answer(stream: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .expect("a Content-Length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+const STATUS_REQUEST: &[u8] = b"GET /_waitroom/status?room=demo HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A keep-alive connection that is quiet between requests is idle, not a
+/// slow request: it lasts `idle_timeout_secs`, whatever the header timeout.
+async fn quiet_keep_alive_carries_a_second_request(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) {
+    stream.write_all(STATUS_REQUEST).await.unwrap();
+    assert!(read_answer(stream).await.starts_with("HTTP/1.1 200"));
+    // Twice the header timeout with nothing sent.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    stream.write_all(STATUS_REQUEST).await.unwrap();
+    let second = read_answer(stream).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+}
+
+#[tokio::test]
+async fn a_quiet_keep_alive_connection_outlives_the_header_timeout() {
+    let (_up, _gw, mut s) =
+        raw_connection("", "header_read_timeout_secs = 1\nidle_timeout_secs = 600").await;
+    quiet_keep_alive_carries_a_second_request(&mut s).await;
+
+    // The third head starts, then stalls: that is a slow request, not idling.
+    a_stalled_head_is_cut_off(&mut s, 30).await;
+}
+
+#[tokio::test]
+async fn a_slow_head_after_a_long_request_is_closed_at_the_header_timeout() {
+    let (_up, _gw, mut s) = raw_connection(
+        "exempt_paths = [\"/slow\"]",
+        "header_read_timeout_secs = 1\nidle_timeout_secs = 600",
+    )
+    .await;
+    // The upstream takes 1.5 s: the connection is busy, not idle, meanwhile.
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_answer(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Cut off after the 1 s header timeout, long before the 600 s idle one.
+    a_stalled_head_is_cut_off(&mut s, 20).await;
+}
+
+#[tokio::test]
+async fn over_tls_a_quiet_keep_alive_outlives_the_header_timeout_and_a_slow_head_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "a");
     let up = TestUpstream::start().await;
     let gw = Gateway::start_with(
         &room_toml("demo", &up.url(), ""),
-        "header_read_timeout_secs = 300\nidle_timeout_secs = 1",
+        &format!(
+            "header_read_timeout_secs = 1\nidle_timeout_secs = 600\n{}",
+            tls_toml(&pki)
+        ),
     )
     .await;
-    let mut s = TcpStream::connect(public_addr(&gw)).await.unwrap();
+    let addr = public_addr(&gw);
+    for alpn in [&[b"http/1.1".as_slice()][..], &[]] {
+        let mut quiet = tls_to(addr, &pki.ca_pem, alpn).await.unwrap();
+        quiet_keep_alive_carries_a_second_request(&mut quiet).await;
+
+        let mut slow = tls_to(addr, &pki.ca_pem, alpn).await.unwrap();
+        a_stalled_head_is_cut_off(&mut slow, 30).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_and_counted() {
+    let (_up, gw, mut s) =
+        raw_connection("", "header_read_timeout_secs = 300\nidle_timeout_secs = 1").await;
     s.write_all(b"GET /_waitroom/status?room=demo HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
