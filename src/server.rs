@@ -583,10 +583,24 @@ async fn peek_protocol(stream: &TcpStream) -> Sniffed {
 }
 
 /// The HTTP machinery of one listener: `any` detects the protocol itself;
-/// `http1` is the same configuration for connections known to be HTTP/1.
+/// `http1` is the same configuration for connections known to be HTTP/1,
+/// without hyper's header timer: take it through [`Builders::http1_for`].
 struct Builders {
     any: auto::Builder<TokioExecutor>,
     http1: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    /// The HTTP/1 machinery for a connection known to speak HTTP/1, whose
+    /// request heads `activity` times from now on in its place.
+    fn http1_for(
+        &self,
+        activity: &Activity,
+        header_read_timeout: Duration,
+    ) -> &auto::Builder<TokioExecutor> {
+        activity.time_heads(header_read_timeout);
+        &self.http1
+    }
 }
 
 /// An accepted connection's place in the listener's cap and gauge, given
@@ -682,8 +696,7 @@ async fn serve<F, Fut>(
                 };
                 let builder = match sniffed {
                     Sniffed::Http1 => {
-                        activity.time_heads(policy.limits.header_read_timeout);
-                        &builders.http1
+                        builders.http1_for(&activity, policy.limits.header_read_timeout)
                     }
                     Sniffed::Unsure => &builders.any,
                 };
@@ -714,8 +727,7 @@ async fn serve<F, Fut>(
                         let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                             &builders.any
                         } else {
-                            activity.time_heads(policy.limits.header_read_timeout);
-                            &builders.http1
+                            builders.http1_for(&activity, policy.limits.header_read_timeout)
                         };
                         serve_connection(tls, peer, builder, &policy, handler, activity, watcher)
                             .await
