@@ -560,9 +560,7 @@ async fn over_tls_a_quiet_keep_alive_outlives_the_header_timeout_and_a_slow_head
 async fn an_idle_keep_alive_connection_is_closed_and_counted() {
     let (_up, gw, mut s) =
         raw_connection("", "header_read_timeout_secs = 300\nidle_timeout_secs = 1").await;
-    s.write_all(b"GET /_waitroom/status?room=demo HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(STATUS_REQUEST).await.unwrap();
     let answer = read_until_closed(&mut s, 30)
         .await
         .expect("the idle connection is closed");
@@ -601,7 +599,7 @@ async fn connections_beyond_max_connections_are_closed_at_once_and_counted() {
     let up = TestUpstream::start().await;
     let gw = Gateway::start_with(&room_toml("demo", &up.url(), ""), "max_connections = 2").await;
     let addr = public_addr(&gw);
-    let request = b"GET /_waitroom/status?room=demo HTTP/1.1\r\nHost: x\r\n\r\n";
+    let request = STATUS_REQUEST;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(addr).await.unwrap();
