@@ -99,6 +99,7 @@ def _sse_summary(path):
         "p99": _med([r["delay_ms_p99"] for r in runs]),
         "last": _med([r.get("delay_ms_max") for r in runs]),
         "cpu": _med([r.get("gateway_cpu_secs_fanout") for r in runs]),
+        "loadgen_cpu": _med([r.get("loadgen_cpu_secs_fanout") for r in runs]),
         "rss": (first.get("gateway_rss_bytes") or 0) / 2**20,
         "per_conn": first.get("rss_bytes_per_connection"),
         "p99s": [r["delay_ms_p99"] for r in runs],
@@ -115,8 +116,15 @@ def sse(path):
     print(
         f"| c. SSE waiters (median of {d['runs']}) | {d['open']}/{d['requested']} open{d['failed']}, RSS {d['rss']:.0f} MiB ({per}) "
         f"| update delay p50 {d['p50']:.0f} ms, p99 {d['p99']:.0f} ms, last {d['last']:.0f} ms "
-        f"({d['delivered']} delivered) | fan-out CPU {d['cpu']:.2f} s |"
+        f"({d['delivered']} delivered) | fan-out CPU {d['cpu']:.2f} s{_loadgen_cpu(d['loadgen_cpu'])} |"
     )
+
+
+def _loadgen_cpu(secs):
+    """', load generator N s' (it runs on the same cores), or ''."""
+    if secs is None or math.isnan(secs):
+        return ""
+    return f"; load generator {secs:.2f} s"
 
 
 def _failed(runs):
@@ -149,7 +157,7 @@ def sse_big(path):
         f"({d['processes']} load-generator processes) | {d['connections_open']}/{d['connections_requested']} open{_failed(runs)}, "
         f"RSS {rss:.0f} MiB in all ({per}; goal ≤ 2 GiB at 100,000) "
         f"| update delay p50 {_num(d.get('delay_ms_p50')):.0f} ms, p99 {_num(d.get('delay_ms_p99')):.0f} ms (goal ≤ 1 s), "
-        f"last {_num(d.get('delay_ms_max')):.0f} ms ({d['delivered']} delivered) | fan-out CPU {cpu} |"
+        f"last {_num(d.get('delay_ms_max')):.0f} ms ({d['delivered']} delivered) | fan-out CPU {cpu} (all replicas){_loadgen_cpu(d.get('loadgen_cpu_secs_fanout'))} |"
     )
 
 

@@ -640,6 +640,10 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
     let open_secs = open_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after_open = usage_of(&opts.gateway_pids);
+    // The load generator shares the machine: its CPU is what the gateway
+    // could not have.
+    let child_pids: Vec<u32> = children.iter().filter_map(|c| c.process.id()).collect();
+    let loadgen_after_open = usage_of(&child_pids);
 
     // The state change: resume; every stream must get a `position` event.
     let t0 = unix_nanos();
@@ -697,6 +701,7 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
         }
     }
     let after_change = after_moving.unwrap_or_else(|| usage_of(&opts.gateway_pids));
+    let loadgen_after_change = usage_of(&child_pids);
     delays.sort_by(f64::total_cmp);
     expect_ok(
         call(
@@ -723,6 +728,10 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
     };
     let cpu_after_open = match (after_open, after_change) {
         (Some(a), Some(b)) => Some(b.1 - a.1),
+        _ => None,
+    };
+    let loadgen_cpu = match (loadgen_after_open, loadgen_after_change) {
+        (Some(a), Some(b)) if opts.moving.is_none() => Some(b.1 - a.1),
         _ => None,
     };
     let cpu_moving = match (moving_from, after_change) {
@@ -755,6 +764,7 @@ pub async fn sse(opts: SseOptions) -> Result<Value, LoadgenError> {
         "gateway_rss_bytes": after_open.map(|u| u.0),
         "rss_bytes_per_connection": rss_per_conn,
         "gateway_cpu_secs_fanout": cpu_after_open,
+        "loadgen_cpu_secs_fanout": loadgen_cpu,
         "moving": moving,
     }))
 }
