@@ -56,6 +56,23 @@ const MONO_BASE_MS: Millis = 86_400_000;
 /// How long an arrival may wait for a sequence-number reservation.
 pub const RESERVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Counts an arrival as waiting for sequence numbers while it lives, so
+/// an arrival that gives up (its client went away) stops being counted.
+struct Awaiting<'a>(&'a AtomicU64);
+
+impl<'a> Awaiting<'a> {
+    fn count(waiting: &'a AtomicU64) -> Awaiting<'a> {
+        waiting.fetch_add(1, Ordering::AcqRel);
+        Awaiting(waiting)
+    }
+}
+
+impl Drop for Awaiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RoomError {
     #[error(transparent)]
@@ -205,7 +222,16 @@ pub struct Room {
     pub(crate) backend: Backend,
     snapshot: watch::Sender<Snapshot>,
     headline: watch::Sender<Headline>,
+    /// Held by the one reservation write in flight.
     reserving: tokio::sync::Mutex<()>,
+    /// Arrivals waiting for a reservation: the next one covers them all.
+    awaiting_numbers: AtomicU64,
+    /// A background reservation is on its way (one at a time); it wakes
+    /// [`Room::reserved`]'s waiters when it ends.
+    reserving_ahead: AtomicBool,
+    reserved: tokio::sync::Notify,
+    /// Background reservations ended so far, and the last one's failure.
+    reservations: std::sync::Mutex<(u64, Option<StoreError>)>,
     seq_block: u64,
     upstream_hold_ms: Millis,
     /// Monotonic ms + 1 of the last upstream failure; 0 = none.
@@ -348,6 +374,10 @@ impl Room {
             snapshot,
             headline,
             reserving: tokio::sync::Mutex::new(()),
+            awaiting_numbers: AtomicU64::new(0),
+            reserving_ahead: AtomicBool::new(false),
+            reserved: tokio::sync::Notify::new(),
+            reservations: std::sync::Mutex::new((0, None)),
             seq_block,
             upstream_hold_ms: upstream_hold.as_millis() as Millis,
             upstream_failed_at: AtomicU64::new(0),
@@ -489,11 +519,17 @@ impl Room {
 
     /// Gives an arrival the next place. In `over_capacity` rooms with room
     /// to spare the place is called at once (`called == true`).
+    ///
+    /// An arrival that finds the reserved numbers used up waits for the
+    /// next reservation, at most [`RESERVE_TIMEOUT`] in all; that
+    /// reservation covers every arrival waiting, so a burst costs a store
+    /// write per write-time of arrivals, not one per block.
     pub async fn arrive(self: &Arc<Self>) -> Result<(u64, u64, bool), RoomError> {
         if let Backend::Shared(sh) = &self.backend {
             return sh.arrive(self).await;
         }
-        for _ in 0..3 {
+        let deadline = tokio::time::Instant::now() + RESERVE_TIMEOUT;
+        loop {
             let now = self.clock.mono_ms();
             let healthy = self.upstream_healthy(now);
             let issued = {
@@ -517,32 +553,91 @@ impl Room {
             match issued {
                 Some((outcome, low)) => {
                     if low {
-                        let room = self.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = room.reserve_more().await {
-                                tracing::warn!(room = %room.config.id, error = %e, "sequence prefetch failed");
-                            }
-                        });
+                        self.reserve_in_background();
                     }
                     return Ok(outcome);
                 }
                 None => {
-                    tokio::time::timeout(RESERVE_TIMEOUT, self.reserve_more())
+                    if self.sealed.load(Ordering::Acquire) {
+                        return Err(RoomError::ShuttingDown);
+                    }
+                    // Every arrival that finds the numbers used up waits for
+                    // the same background write, which reserves for all of
+                    // them. (Queueing on the reservation lock instead handed
+                    // it from waiter to waiter, one task wake-up each: the
+                    // 10,000 waiting in a burst took over 5 s to pass it,
+                    // with numbers to spare.)
+                    let _counted = Awaiting::count(&self.awaiting_numbers);
+                    let reserved = self.reserved.notified();
+                    tokio::pin!(reserved);
+                    reserved.as_mut().enable();
+                    let ended_before = self.reservations_ended().0;
+                    if self.lock().queue.reserved_left() > 0 {
+                        continue;
+                    }
+                    self.reserve_in_background();
+                    tokio::time::timeout_at(deadline, reserved)
                         .await
-                        .map_err(|_| RoomError::StoreTimeout)??;
+                        .map_err(|_| RoomError::StoreTimeout)?;
+                    if let (ended, Some(e)) = self.reservations_ended()
+                        && ended > ended_before
+                    {
+                        return Err(e.into());
+                    }
                 }
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RoomError::StoreTimeout);
+            }
         }
-        Err(RoomError::StoreTimeout)
     }
 
-    /// Durably reserves the next block of sequence numbers when the current
-    /// one is running low. Serialised so concurrent arrivals reserve once.
+    /// How many background reservations have ended, and the last one's
+    /// failure.
+    fn reservations_ended(&self) -> (u64, Option<StoreError>) {
+        self.reservations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Starts a reservation in its own task unless one is on its way. Its
+    /// own task, so that no arrival's deadline or vanished client can
+    /// cancel the write halfway and leave the others waiting for nothing.
+    fn reserve_in_background(self: &Arc<Self>) {
+        if self.reserving_ahead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let room = self.clone();
+        tokio::spawn(async move {
+            let outcome = room.reserve_more().await;
+            if let Err(e) = &outcome {
+                tracing::warn!(room = %room.config.id, error = %e, "sequence reservation failed");
+            }
+            {
+                let mut ended = room.reservations.lock().unwrap_or_else(|p| p.into_inner());
+                ended.0 += 1;
+                ended.1 = match outcome {
+                    Err(RoomError::Store(e)) => Some(e),
+                    _ => None,
+                };
+            }
+            // Cleared before the wake-up: an arrival that just missed it
+            // finds the flag down and starts the next reservation itself.
+            room.reserving_ahead.store(false, Ordering::Release);
+            room.reserved.notify_waiters();
+        });
+    }
+
+    /// Durably reserves more sequence numbers when the reserved ones are
+    /// running low: a block, plus one for every arrival already waiting.
+    /// Serialised so concurrent callers reserve once.
     pub async fn reserve_more(&self) -> Result<(), RoomError> {
         let Backend::Local(store) = &self.backend else {
             return Ok(());
         };
         let _only_one = self.reserving.lock().await;
+        let waiting = self.awaiting_numbers.load(Ordering::Acquire);
         let (epoch, upto) = {
             let st = self.lock();
             if self.sealed.load(Ordering::Acquire) {
@@ -551,8 +646,10 @@ impl Room {
             if st.queue.reserved_left() > self.seq_block / 4 {
                 return Ok(());
             }
-            (st.queue.epoch(), st.queue.reserved_upto() + self.seq_block)
+            let upto = st.queue.reserved_upto() + self.seq_block + waiting;
+            (st.queue.epoch(), upto)
         };
+        let started = std::time::Instant::now();
         store
             .write(Record::Reserve {
                 room: self.config.id.clone(),
@@ -560,6 +657,8 @@ impl Room {
                 upto,
             })
             .await?;
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(room = %self.config.id, upto, waiting, ms, "sequence numbers reserved");
         let mut st = self.lock();
         if st.queue.epoch() == epoch && !self.sealed.load(Ordering::Acquire) {
             st.queue.extend_reservation(upto);
