@@ -967,10 +967,19 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let to = listener.local_addr().unwrap();
         for source in [source_of(1, 8), source_of(6, 8)] {
-            let _client = connect_from(source, to).await.unwrap();
+            let client = connect_from(source, to).await.unwrap();
             let (_, peer) = listener.accept().await.unwrap();
             assert_eq!(peer.ip(), source);
             assert_ne!(peer.port(), 0);
+            // The port was left to `connect` (no scan past TIME_WAIT at bind).
+            #[cfg(target_os = "linux")]
+            assert!(
+                nix::sys::socket::getsockopt(
+                    &client,
+                    nix::sys::socket::sockopt::IpBindAddressNoPort
+                )
+                .unwrap()
+            );
         }
     }
 
