@@ -1,7 +1,7 @@
 //! One line shared by every replica through Redis (`[store] kind = "redis"`).
 //!
 //! **Who decides what.** Any replica hands out sequence numbers (one atomic
-//! `INCR` per arrival), takes claims (one script that checks the claim
+//! `INCRBY` for all the arrivals waiting on that replica), takes claims (one script that checks the claim
 //! window and sets the claim-once bit atomically) and serves statuses and
 //! event streams from a local snapshot. Exactly one replica at a time, the
 //! holder of a short *drip lease*, runs the pure [`Queue`] and [`Drip`] —
@@ -22,7 +22,8 @@
 //! never bursts. Every commit checks the lease, so a replica that stalled
 //! past its lease cannot overwrite its successor.
 //!
-//! **What costs a round trip.** An arrival: one. A claim: one. Status and
+//! **What costs a round trip.** An arrival: one at most, shared with every
+//! arrival waiting on the same replica (see [`Batch`]). A claim: one. Status and
 //! event streams of waiting fans: none (positions come from the local
 //! snapshot; signs of life are batched into the next tick's script). A fan
 //! whose turn has come: one lookup per status (called, missed or claimed is
@@ -71,7 +72,8 @@ const CLAIM_MARGIN_SECS: u64 = 1;
 const LEAD_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Opens the connection to Redis. Lazy: it connects on first use and
-/// reconnects by itself after a failure.
+/// reconnects by itself after a failure. The connection lives on the Redis
+/// I/O thread (see [`io`]).
 pub fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
     let client = redis::Client::open(url).map_err(|e| StoreError::Io(format!("redis: {e}")))?;
     let config = ConnectionManagerConfig::new()
@@ -79,8 +81,60 @@ pub fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(1));
+    let _on_io = io()?.enter();
     ConnectionManager::new_lazy_with_config(client, config)
         .map_err(|e| StoreError::Io(format!("redis: {e}")))
+}
+
+/// The runtime every Redis call runs on: one thread of its own, shared by
+/// the process's rooms. On the request runtime, a flood of new connections
+/// (an on-sale's first second) left the Redis connection's task waiting
+/// behind thousands of ready request tasks: calls passed the response
+/// timeout while Redis itself answered in milliseconds, and the replica
+/// took Redis for down and held the line.
+fn io() -> Result<&'static tokio::runtime::Handle, StoreError> {
+    static IO: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    if let Some(handle) = IO.get() {
+        return Ok(handle);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("waitroom-redis".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(std::future::pending::<()>());
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| StoreError::Io(format!("redis I/O thread: {e}")))?;
+    let handle = rx
+        .recv()
+        .map_err(|e| StoreError::Io(format!("redis I/O thread: {e}")))?
+        .map_err(|e| StoreError::Io(format!("redis I/O runtime: {e}")))?;
+    // Two first calls at once: the loser's thread idles, harmless.
+    Ok(IO.get_or_init(|| handle))
+}
+
+/// Runs `call` with the connection on the Redis I/O runtime.
+async fn on_io<T, F, Fut>(con: &ConnectionManager, call: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(ConnectionManager) -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
+{
+    io()?
+        .spawn(call(con.clone()))
+        .await
+        .map_err(|e| StoreError::Io(format!("redis call: {e}")))?
+        .map_err(redis_err)
 }
 
 fn redis_err(e: redis::RedisError) -> StoreError {
@@ -164,6 +218,87 @@ pub struct Shared {
     /// Fields the admin API cannot change follow this replica's file.
     configured: Settings,
     upfail_sent: AtomicU64,
+    /// Arrivals waiting for numbers: (first seq, epoch) each.
+    arrivals: Arc<Batch<(u64, u64)>>,
+}
+
+/// Callers that arrive together share one call: whoever finds no call in
+/// flight starts one (in a task of its own, so no caller's cancellation
+/// cuts it short) for everyone waiting, and the callers that come while it
+/// runs are served by the next. A call per caller instead queued thousands
+/// of calls on the one Redis connection during a burst of arrivals; those
+/// at the back passed the response timeout, and the replica took Redis for
+/// down and held the line.
+struct Batch<T> {
+    waiting: Mutex<Vec<tokio::sync::oneshot::Sender<Result<T, StoreError>>>>,
+    calling: AtomicBool,
+}
+
+impl<T: Send + 'static> Batch<T> {
+    fn new() -> Batch<T> {
+        Batch {
+            waiting: Mutex::new(Vec::new()),
+            calling: AtomicBool::new(false),
+        }
+    }
+
+    /// This caller's share of the next call. `call(n)` makes the call for
+    /// `n` callers and answers each of them, in order, or fails for all.
+    async fn join<F, Fut>(self: &Arc<Self>, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(usize) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<T>, StoreError>> + Send,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        if !self.calling.swap(true, Ordering::AcqRel) {
+            let batch = self.clone();
+            tokio::spawn(async move { batch.serve(call).await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Io("the batched call gave no answer".into())))
+    }
+
+    async fn serve<F, Fut>(&self, call: F)
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<Vec<T>, StoreError>>,
+    {
+        loop {
+            let group =
+                std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+            if group.is_empty() {
+                self.calling.store(false, Ordering::Release);
+                // A caller that came after the take saw the flag up and
+                // left its call to this task: serve it, unless a new task
+                // took over in between.
+                let more = !self
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+                if more && !self.calling.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                return;
+            }
+            match call(group.len()).await {
+                Ok(answers) => {
+                    for (tx, answer) in group.into_iter().zip(answers) {
+                        let _ = tx.send(Ok(answer));
+                    }
+                }
+                Err(e) => {
+                    for tx in group {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -204,20 +339,19 @@ impl Shared {
         self.on_failure == OnStoreFailure::Open && !self.healthy()
     }
 
-    async fn call<T: redis::FromRedisValue>(
+    async fn call<T: redis::FromRedisValue + Send + 'static>(
         &self,
         room: &str,
-        inv: &redis::ScriptInvocation<'_>,
+        inv: redis::ScriptInvocation<'static>,
     ) -> Result<T, StoreError> {
-        let mut con = self.con.clone();
-        match inv.invoke_async(&mut con).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let e = redis_err(e);
-                self.set_healthy(room, false, Some(&e));
-                Err(e)
-            }
+        let answer = on_io(&self.con, move |mut con| async move {
+            inv.invoke_async(&mut con).await
+        })
+        .await;
+        if let Err(e) = &answer {
+            self.set_healthy(room, false, Some(e));
         }
+        answer
     }
 
     /// The counter floor this replica vouches for in `epoch`.
@@ -260,15 +394,22 @@ impl Shared {
 
     // ---- requests -------------------------------------------------------
 
-    pub(crate) async fn arrive(&self, room: &Arc<Room>) -> Result<(u64, u64, bool), RoomError> {
+    pub(crate) async fn arrive(
+        self: &Arc<Self>,
+        room: &Arc<Room>,
+    ) -> Result<(u64, u64, bool), RoomError> {
         let snap = room.snapshot();
         if snap.closed {
             return Err(RoomError::Closed);
         }
-        let mut inv = self.key_args(&ARRIVE);
-        inv.arg(snap.epoch).arg(self.floor_for(snap.epoch));
-        let (seq, epoch): (u64, u64) = self.call(room.id(), &inv).await?;
-        self.saw_issued(epoch, seq);
+        let (shared, for_room) = (self.clone(), room.clone());
+        let (seq, epoch) = self
+            .arrivals
+            .join(move |n| {
+                let (shared, room) = (shared.clone(), for_room.clone());
+                async move { shared.arrive_many(&room, n).await }
+            })
+            .await?;
         self.touches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -292,6 +433,27 @@ impl Shared {
             return Ok((epoch, seq, called));
         }
         Ok((epoch, seq, false))
+    }
+
+    /// `n` new places in one ARRIVE call: (seq, epoch) for each, in order.
+    async fn arrive_many(&self, room: &Room, n: usize) -> Result<Vec<(u64, u64)>, StoreError> {
+        let epoch = room.snapshot().epoch;
+        let mut inv = self.key_args(&ARRIVE);
+        inv.arg(epoch).arg(self.floor_for(epoch)).arg(n);
+        let started = std::time::Instant::now();
+        let answer = self.call(room.id(), inv).await;
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(
+            room = room.id(),
+            arrivals = n,
+            ms,
+            ok = answer.is_ok(),
+            "places handed out"
+        );
+        let (last, epoch): (u64, u64) = answer?;
+        self.saw_issued(epoch, last);
+        let first = (last + 1).saturating_sub(n as u64);
+        Ok((first..=last).map(|seq| (seq, epoch)).collect())
     }
 
     pub(crate) async fn touch(
@@ -349,7 +511,7 @@ impl Shared {
         let mut inv = self.key_args(&LOOKUP);
         inv.arg(epoch).arg(seq);
         let (found, claimed, fate, now): (i64, i64, String, i64) =
-            self.call(room.id(), &inv).await?;
+            self.call(room.id(), inv).await?;
         if found == 0 {
             return Ok(Place::Unknown);
         }
@@ -415,7 +577,7 @@ impl Shared {
             .arg(self.configured.claim_grace_secs * 1000)
             .arg(snap.session_secs * 1000)
             .arg(snap.session_max_secs * 1000);
-        let (outcome, _now): (i64, i64) = self.call(room.id(), &inv).await?;
+        let (outcome, _now): (i64, i64) = self.call(room.id(), inv).await?;
         match outcome {
             1 | 2 => {}
             -1 => return Err(ClaimError::Unknown.into()),
@@ -480,7 +642,7 @@ impl Shared {
         let mut inv = self.key_args(&SESSION);
         inv.arg(epoch).arg(seq);
         let (idle_end, holder, max_end, redis_now): (i64, String, i64, i64) =
-            self.call(room.id(), &inv).await?;
+            self.call(room.id(), inv).await?;
         if idle_end < 0 || redis_now >= idle_end.min(max_end) {
             room.sessions.remove(&seq);
             return Ok(SessionCheck::Ended);
@@ -525,7 +687,7 @@ impl Shared {
         for _ in 0..SETTINGS_ATTEMPTS {
             let mut inv = self.key_args(&SETTINGS);
             inv.arg(snap.epoch).arg(&patch).arg(&expected);
-            let (outcome, raw): (i64, String) = self.call(room.id(), &inv).await?;
+            let (outcome, raw): (i64, String) = self.call(room.id(), inv).await?;
             match outcome {
                 1 => {
                     let s = self.settings_from(&raw).map_err(RoomError::Store)?;
@@ -581,7 +743,7 @@ impl Shared {
             .arg(to_json(&settings)?)
             .arg(seed.as_ref().map(Seed::to_hex).unwrap_or_default())
             .arg(to_json(&published)?);
-        let _: i64 = self.call(room.id(), &inv).await?;
+        let _: i64 = self.call(room.id(), inv).await?;
         self.enter_epoch(room, epoch);
         *room.seed.lock().unwrap_or_else(|p| p.into_inner()) = seed;
         room.publish_snapshot(fresh);
@@ -596,7 +758,7 @@ impl Shared {
         inv.arg(&self.node)
             .arg(csv(&take(&self.touches)))
             .arg(csv(&take(&self.rejoins)));
-        let _: i64 = self.call(room.id(), &inv).await?;
+        let _: i64 = self.call(room.id(), inv).await?;
         self.leading.store(false, Ordering::Release);
         Ok(())
     }
@@ -612,7 +774,7 @@ impl Shared {
         tokio::spawn(async move {
             let mut inv = sh.key_args(&UPFAIL);
             inv.arg(hold_ms.max(1));
-            let _: Result<i64, _> = sh.call(&room, &inv).await;
+            let _: Result<i64, _> = sh.call(&room, inv).await;
         });
     }
 
@@ -630,7 +792,7 @@ impl Shared {
             String,
             String,
             i64,
-        ) = self.call(room, &inv).await?;
+        ) = self.call(room, inv).await?;
         // Redis time from the first answer on, not only from the first tick.
         self.offset
             .store(now - self.clock.mono_ms() as i64, Ordering::Relaxed);
@@ -704,7 +866,7 @@ impl Shared {
             .arg(known)
             .arg(self.floor_for(known))
             .arg(u8::from(may_lead));
-        let reply: Vec<Value> = match self.call(room.id(), &inv).await {
+        let reply: Vec<Value> = match self.call(room.id(), inv).await {
             Ok(v) => v,
             Err(_) => {
                 if self.leading.swap(false, Ordering::AcqRel) {
@@ -746,7 +908,7 @@ impl Shared {
             );
             let mut inv = self.key_args(&RELEASE);
             inv.arg(&self.node).arg("").arg("");
-            let _: Result<i64, _> = self.call(room.id(), &inv).await;
+            let _: Result<i64, _> = self.call(room.id(), inv).await;
         }
     }
 
@@ -923,7 +1085,7 @@ impl Shared {
             };
             inv.arg(seq).arg(value);
         }
-        let committed: i64 = self.call(room.id(), &inv).await?;
+        let committed: i64 = self.call(room.id(), inv).await?;
         if committed != 1 {
             return Err(StoreError::Io(
                 "the lease or the epoch changed under this tick".into(),
@@ -974,13 +1136,13 @@ impl Shared {
         } else {
             Some(Seed::from_hex(seed_hex).map_err(|e| StoreError::Corrupt(format!("seed: {e}")))?)
         };
-        let mut con = self.con.clone();
-        let (claimed_bytes, fates): (Vec<u8>, Vec<(String, String)>) = redis::pipe()
-            .get(&self.keys[4])
-            .hgetall(&self.keys[5])
-            .query_async(&mut con)
-            .await
-            .map_err(redis_err)?;
+        let mut pipe = redis::pipe();
+        pipe.get(&self.keys[4]).hgetall(&self.keys[5]);
+        let (claimed_bytes, fates): (Vec<u8>, Vec<(String, String)>) =
+            on_io(&self.con, move |mut con| async move {
+                pipe.query_async(&mut con).await
+            })
+            .await?;
         let published: Option<Published> = serde_json::from_str(state)
             .ok()
             .filter(|p: &Published| p.snapshot.epoch == epoch);
@@ -1073,7 +1235,7 @@ impl Shared {
         for seq in &active {
             inv.arg(*seq);
         }
-        if self.call::<i64>(room.id(), &inv).await.is_err() {
+        if self.call::<i64>(room.id(), inv).await.is_err() {
             self.session_activity
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1147,6 +1309,7 @@ pub async fn open_room(
         order: Mutex::new(None),
         configured,
         upfail_sent: AtomicU64::new(0),
+        arrivals: Arc::new(Batch::new()),
     };
     let started = std::time::Instant::now();
     let joined = loop {
@@ -1293,8 +1456,9 @@ return {m[1], m[2], m[3] or '', m[4] or '', redis.call('GET', KEYS[4]) or '', no
     )
 });
 
-/// A new place: the counter, raised first to what this replica has seen
-/// issued in this epoch (ARGV: epoch, floor). Returns {seq, epoch}.
+/// New places: the counter, raised first to what this replica has seen
+/// issued in this epoch, then moved on by the count (ARGV: epoch, floor,
+/// count). Returns {the last of the new numbers, epoch}.
 static ARRIVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -1303,7 +1467,7 @@ if ep == ARGV[1] then
   local n = tonumber(redis.call('GET', KEYS[2]) or '0')
   if n < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
 end
-return {redis.call('INCR', KEYS[2]), ep or '0'}
+return {redis.call('INCRBY', KEYS[2], ARGV[3]), ep or '0'}
 "#,
     )
 });
@@ -1509,6 +1673,90 @@ return 1
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call that counts its callers, and waits for `gate` before it
+    /// answers (one permit per call): the test decides when calls end.
+    fn counting_call(
+        calls: Arc<Mutex<Vec<usize>>>,
+        gate: Arc<tokio::sync::Semaphore>,
+    ) -> impl Fn(usize) -> BoxFuture<Result<Vec<usize>, StoreError>> + Send + 'static {
+        move |n| {
+            let (calls, gate) = (calls.clone(), gate.clone());
+            Box::pin(async move {
+                let first = {
+                    let mut c = calls.lock().unwrap();
+                    c.push(n);
+                    c.iter().sum::<usize>() - n
+                };
+                gate.acquire().await.unwrap().forget();
+                Ok((first..first + n).collect())
+            })
+        }
+    }
+
+    type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+    #[tokio::test]
+    async fn callers_that_come_during_a_call_share_the_next_one() {
+        let batch = Arc::new(Batch::<usize>::new());
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let first = tokio::spawn({
+            let (batch, call) = (batch.clone(), counting_call(calls.clone(), gate.clone()));
+            async move { batch.join(call).await }
+        });
+        while calls.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // 99 more callers while the first call is in flight.
+        let rest: Vec<_> = (0..99)
+            .map(|_| {
+                let (batch, call) = (batch.clone(), counting_call(calls.clone(), gate.clone()));
+                tokio::spawn(async move { batch.join(call).await })
+            })
+            .collect();
+        while batch.waiting.lock().unwrap().len() < 99 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(2);
+        let mut answers = vec![first.await.unwrap().unwrap()];
+        for r in rest {
+            answers.push(r.await.unwrap().unwrap());
+        }
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![1, 99],
+            "two calls for 100 callers"
+        );
+        answers.sort_unstable();
+        assert_eq!(
+            answers,
+            (0..100).collect::<Vec<_>>(),
+            "each caller its own answer"
+        );
+        assert!(
+            !batch.calling.load(Ordering::Acquire),
+            "no call left in flight"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_fails_every_caller_it_was_for_and_the_next_call_is_made() {
+        let batch = Arc::new(Batch::<u64>::new());
+        let fail =
+            |_n: usize| async { Err::<Vec<u64>, _>(StoreError::Io("redis: timed out".into())) };
+        let joined: Vec<_> = (0..10)
+            .map(|_| {
+                let batch = batch.clone();
+                tokio::spawn(async move { batch.join(fail).await })
+            })
+            .collect();
+        for j in joined {
+            assert!(matches!(j.await.unwrap(), Err(StoreError::Io(e)) if e.contains("timed out")));
+        }
+        let ok = batch.join(|n| async move { Ok(vec![7; n]) }).await;
+        assert_eq!(ok.unwrap(), 7);
+    }
 
     #[test]
     fn fates_parse_strictly() {
