@@ -183,6 +183,31 @@ def sse_moving(path):
     )
 
 
+def _moving_cell(path):
+    """A moving-line run's cell text with its resume p99 and message rate, or None."""
+    runs = _sse_runs(path)
+    if not runs or not runs[0].get("moving"):
+        return None
+    d, m = runs[0], runs[0]["moving"]
+    return {
+        "text": f"{d['connections_open']}/{d['connections_requested']} open in {_num(d.get('open_secs')):.1f} s{_failed(runs)}, "
+        f"{m.get('join_retries') or 0} joins answered 503; {m['messages_per_sec']:.0f} messages/s; "
+        f"resume p99 {_num(d.get('delay_ms_p99')):.0f} ms",
+        "p99": _num(d.get("delay_ms_p99")),
+        "rate": m["messages_per_sec"],
+    }
+
+
+def sse_moving_vs(path_a, path_b):
+    """Row comparing the moving line (a burst of joins first) on gateway a (Redis) with b (embedded)."""
+    a, b = _moving_cell(path_a), _moving_cell(path_b)
+    if a is None or b is None:
+        print("| c. SSE fans joining at once, then a moving line | failed | | |")
+        return
+    p99 = f"{a['p99'] / b['p99']:.2f}" if b["p99"] else "n/a"
+    print(f"| c. SSE fans joining at once, then a moving line | {a['text']} | {b['text']} | resume p99 {p99} |")
+
+
 def sse_vs(path_a, path_b):
     """Row comparing SSE runs of gateway a (Redis) with gateway b (embedded)."""
     a, b = _sse_summary(path_a), _sse_summary(path_b)
@@ -205,5 +230,5 @@ def sse_vs(path_a, path_b):
 
 
 if __name__ == "__main__":
-    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_big": sse_big, "sse_moving": sse_moving, "sse_vs": sse_vs, "median": median, "spread": spread, "pair_median": pair_median}
+    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_big": sse_big, "sse_moving": sse_moving, "sse_vs": sse_vs, "sse_moving_vs": sse_moving_vs, "median": median, "spread": spread, "pair_median": pair_median}
     commands[sys.argv[1]](*sys.argv[2:])

@@ -290,7 +290,7 @@ sse_big() {
 # SSE_N fans in their own places (1 … SSE_N) while the drip admits
 # MOVE_RATE a minute: the steady cost of a moving line, not one change.
 MOVE_RATE=6000
-: > "$WORK/sse_e"; : > "$WORK/sse_r"; : > "$WORK/sse_big"; : > "$WORK/sse_move"
+: > "$WORK/sse_e"; : > "$WORK/sse_r"; : > "$WORK/sse_big"; : > "$WORK/sse_move"; : > "$WORK/sse_move_r"
 if want c; then
   for _ in $(seq "$SSE_REPS"); do
     sse_run "$PUB" "$ADM" "$WPID" sse >> "$WORK/sse_e"
@@ -298,6 +298,11 @@ if want c; then
   done
   sse_run "$PUB" "$ADM" "$WPID" move --moving-secs "$MOVE_SECS" --moving-rate-per-min "$MOVE_RATE" \
     >> "$WORK/sse_move"
+  # The same burst of joins on the Redis store: one ARRIVE call per batch.
+  if want e; then
+    sse_run "$RPUB" "$RADM" "$RPID" move --moving-secs "$MOVE_SECS" --moving-rate-per-min "$MOVE_RATE" \
+      >> "$WORK/sse_move_r"
+  fi
   sse_big >> "$WORK/sse_big"
 fi
 
@@ -360,7 +365,10 @@ if want e; then
     echo "| b. arrival spike rps | $AR_RPS | $A_RPS | $($FMT pair_median "$WORK/ar" "$WORK/a") (pairs: $($FMT spread "$WORK/ar" "$WORK/a")) |"
     echo "| b. arrival spike p50 / p99 ms | $AR_P50 / $AR_P99 | $A_P50 / $A_P99 | p99 $(ratio "$AR_P99" "$A_P99") |"
   fi
-  if want c; then $FMT sse_vs "$WORK/sse_r" "$WORK/sse_e"; fi
+  if want c; then
+    $FMT sse_vs "$WORK/sse_r" "$WORK/sse_e"
+    $FMT sse_moving_vs "$WORK/sse_move_r" "$WORK/sse_move"
+  fi
   if [ -n "$RDRIP_JSON" ]; then $FMT drip "$RDRIP_JSON"; fi
 fi
 echo
