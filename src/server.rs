@@ -347,31 +347,30 @@ impl Activity {
         u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn touch(&self) {
-        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    /// Marks the connection active now; returns now.
+    fn touch(&self) -> u64 {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        now
     }
 
     /// Bytes read. Between requests they are the start of the next head.
     fn read_some(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
-            let now = self.now_ms();
-            self.last_ms.store(now, Ordering::Relaxed);
-            if self.head_limit_ms.load(Ordering::Relaxed) != 0
-                && self.head_since_ms.load(Ordering::Relaxed) == 0
-            {
-                self.head_since_ms
-                    .store(now.saturating_add(1), Ordering::Relaxed);
-            }
+        let Some(now) = self.moved() else { return };
+        if self.head_limit_ms.load(Ordering::Relaxed) != 0
+            && self.head_since_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_since_ms
+                .store(now.saturating_add(1), Ordering::Relaxed);
         }
     }
 
     /// Bytes moved. While a request is in flight the connection cannot be
     /// idle, and the request's end touches it, so the clock is read only
     /// between requests (an event stream writes without reading it).
-    fn moved(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
-            self.touch();
-        }
+    /// Returns the time it touched the connection at, if it did.
+    fn moved(&self) -> Option<u64> {
+        (self.in_flight.load(Ordering::Relaxed) == 0).then(|| self.touch())
     }
 
     fn quiet_for(&self) -> Duration {
