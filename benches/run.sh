@@ -66,7 +66,7 @@ else
 fi
 SSE_BIG_REPLICAS=$(( (SSE_BIG + SSE_N - 1) / SSE_N ))
 
-cargo build --release --quiet
+cargo build --release --quiet --bins --example bare_proxy
 BIN=target/release/waitroom
 WORK=$(mktemp -d /tmp/waitroom-bench.XXXXXX)
 PIDS=()
@@ -86,7 +86,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 UP=$(free_port); PROXY=$(free_port); STATIC=$(free_port); PUB=$(free_port); ADM=$(free_port)
-RPUB=$(free_port); RADM=$(free_port); R2PUB=$(free_port); R2ADM=$(free_port)
+RPUB=$(free_port); RADM=$(free_port); R2PUB=$(free_port); R2ADM=$(free_port); BARE=$(free_port)
 TOKEN=bench-admin-token-0123456789abcdef
 
 # --- Redis for the shared store: an existing one on 6379, else our own.
@@ -192,6 +192,17 @@ curl -s "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' > "$WORK/static/wa
 PAGE_BYTES=$(wc -c < "$WORK/static/waiting.html")
 nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 && break; sleep 0.1; done
+# The HTTP stack's floor for (a): a proxy made of hyper alone (benches/bare_proxy.rs).
+if want a; then
+  target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" > "$WORK/bare.out" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$BARE/" >/dev/null 2>&1 && break; sleep 0.1; done
+  if [ "$(curl -s "http://127.0.0.1:$BARE/")" != ok ]; then
+    echo "benches/run.sh: the bare hyper proxy did not reach the upstream; see its output:" >&2
+    cat "$WORK/bare.out" >&2
+    exit 1
+  fi
+fi
 
 # An admitted fan's access token for the passthrough runs (one per gateway).
 # Access tokens are bound to the claiming client's User-Agent (the rooms'
@@ -239,19 +250,20 @@ run_wrk() {
 # spread is printed too. The order flips every repetition (nginx, embedded,
 # Redis, then Redis, embedded, nginx): a run right after another one tends
 # to do a few percent better, and a fixed order would bias every ratio.
-: > "$WORK/n"; : > "$WORK/w"; : > "$WORK/s"; : > "$WORK/a"; : > "$WORK/wr"; : > "$WORK/ar"
+: > "$WORK/n"; : > "$WORK/w"; : > "$WORK/s"; : > "$WORK/a"; : > "$WORK/wr"; : > "$WORK/ar"; : > "$WORK/h"
 pass_nginx() { run_wrk "http://127.0.0.1:$PROXY/" -H "User-Agent: $UA" >> "$WORK/n"; }
 pass_embedded() { run_wrk "http://127.0.0.1:$PUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $ACCESS" >> "$WORK/w"; }
+pass_bare() { run_wrk "http://127.0.0.1:$BARE/" -H "User-Agent: $UA" >> "$WORK/h"; }
 pass_redis() { if want e; then run_wrk "http://127.0.0.1:$RPUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $RACCESS" >> "$WORK/wr"; fi; }
 spike_static() { run_wrk "http://127.0.0.1:$STATIC/" >> "$WORK/s"; }
 spike_embedded() { run_wrk "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' >> "$WORK/a"; }
 spike_redis() { if want e; then run_wrk "http://127.0.0.1:$RPUB/spike/" -H 'Accept: text/html' >> "$WORK/ar"; fi; }
 for rep in $(seq "$REPS"); do
   if [ $((rep % 2)) = 1 ]; then
-    if want a; then pass_nginx; pass_embedded; pass_redis; fi
+    if want a; then pass_nginx; pass_embedded; pass_bare; pass_redis; fi
     if want b; then spike_static; spike_embedded; spike_redis; fi
   else
-    if want a; then pass_redis; pass_embedded; pass_nginx; fi
+    if want a; then pass_redis; pass_bare; pass_embedded; pass_nginx; fi
     if want b; then spike_redis; spike_embedded; spike_static; fi
   fi
 done
@@ -336,6 +348,9 @@ if want a; then
   read -r W_RPS W_P50 W_P99 W_BAD <<<"$($FMT median "$WORK/w")"
   echo "| a. admitted passthrough rps | $W_RPS | $N_RPS | $($FMT pair_median "$WORK/w" "$WORK/n") (pairs: $($FMT spread "$WORK/w" "$WORK/n"); goal ≥ 0.9) |"
   echo "| a. admitted passthrough p50 / p99 ms | $W_P50 / $W_P99 | $N_P50 / $N_P99 | p99 $(ratio "$W_P99" "$N_P99") (goal ≤ 1.2) |"
+  read -r H_RPS H_P50 H_P99 H_BAD <<<"$($FMT median "$WORK/h")"
+  echo "| a′. the HTTP stack's floor: a bare hyper proxy, rps | $H_RPS (bare hyper) | $N_RPS | $($FMT pair_median "$WORK/h" "$WORK/n") (pairs: $($FMT spread "$WORK/h" "$WORK/n")) |"
+  echo "| a′. waitroom against the bare hyper proxy, rps | $W_RPS | $H_RPS (bare hyper) | $($FMT pair_median "$WORK/w" "$WORK/h") (pairs: $($FMT spread "$WORK/w" "$WORK/h")): waitroom's own cost |"
 fi
 if want b; then
   read -r S_RPS S_P50 S_P99 S_BAD <<<"$($FMT median "$WORK/s")"
@@ -373,7 +388,7 @@ if want e; then
 fi
 echo
 if want a || want b; then
-  echo "non-2xx responses: waitroom passthrough ${W_BAD:--}, spike ${A_BAD:--}; Redis-store passthrough ${WR_BAD:--}, spike ${AR_BAD:--}; nginx proxy ${N_BAD:--}, static ${S_BAD:--}"
+  echo "non-2xx responses: waitroom passthrough ${W_BAD:--}, spike ${A_BAD:--}; Redis-store passthrough ${WR_BAD:--}, spike ${AR_BAD:--}; bare hyper proxy ${H_BAD:--}; nginx proxy ${N_BAD:--}, static ${S_BAD:--}"
 fi
 echo "Redis: 127.0.0.1:$REDIS_PORT ($([ $REDIS_OURS = 1 ] && echo "started by this run" || echo "already running")), key prefix $KEY_PREFIX"
 if want c; then
