@@ -169,7 +169,7 @@ pub async fn handle(
         client,
         secure: app.config.proxy.public_https || app.proxy.client_https(req.headers(), peer.ip()),
         json: true,
-        next: q.next.clone(),
+        next: &q.next,
         binding: crate::binding::fingerprint(
             q.room.config.access_binding,
             q.room.id(),
@@ -251,7 +251,7 @@ async fn status(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>
     let snap = ctx.room.snapshot();
     Ok(http::json(
         StatusCode::OK,
-        &gate::status_of(ctx.room, place, &snap, &ctx.next),
+        &gate::status_of(ctx.room, place, &snap, ctx.next),
     ))
 }
 
@@ -272,7 +272,7 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
         None => new_place(ctx, req).await?,
     };
     let snap = room.snapshot();
-    let status = gate::status_of(room, Some(place), &snap, &ctx.next);
+    let status = gate::status_of(room, Some(place), &snap, ctx.next);
     let browser_form = !http::wants_json(req.headers())
         && req
             .headers()
@@ -282,7 +282,7 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
     let mut res = if browser_form {
         // The "join again" button of the session-ended page: back to the route.
         let mut res = http::html(StatusCode::SEE_OTHER, String::new());
-        if let Ok(loc) = HeaderValue::from_str(&ctx.next) {
+        if let Ok(loc) = HeaderValue::from_str(ctx.next) {
             res.headers_mut().insert(header::LOCATION, loc);
         }
         res
@@ -346,7 +346,7 @@ async fn claim(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>,
             header: "X-Waitroom-Token",
             expires_in: grant.expires_wall.saturating_sub(ctx.app.clock.wall_secs()),
             session_max_secs: snap.session_max_secs,
-            url: ctx.next.clone(),
+            url: ctx.next.to_string(),
         },
     );
     http::add_cookie(&mut res, &cookie);

@@ -22,6 +22,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
 
 use crate::config::{Config, OnStoreFailure, StoreConfig, Upstream};
+use crate::conn::Connection;
 use crate::error::GatewayError;
 use crate::gate::{Ctx, Decision};
 use crate::http::{self, Body};
@@ -257,35 +258,41 @@ impl App {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        conn: Arc<Connection>,
     ) -> Response<Body> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        // Path only: queries may carry tokens and are never logged.
-        let path = req.uri().path().to_string();
-        let as_html = !http::wants_json(req.headers()) && !path.starts_with("/_waitroom/");
-        let (room, outcome) = match self.dispatch(req, peer).await {
+        // The access log's facts, gathered only when it is on: copying the
+        // path and reading the clock are measurable on the admitted path.
+        let logged = tracing::enabled!(target: "access", tracing::Level::DEBUG).then(|| {
+            // Path only: queries may carry tokens and are never logged.
+            (
+                Instant::now(),
+                req.method().clone(),
+                req.uri().path().to_string(),
+            )
+        });
+        let as_html =
+            !http::wants_json(req.headers()) && !req.uri().path().starts_with("/_waitroom/");
+        let (room, outcome) = match self.dispatch(req, peer, &conn).await {
             Ok((room, outcome, res)) => (room, Ok((outcome, res))),
             Err((room, e)) => (room, Err(e)),
         };
-        match outcome {
-            Ok((outcome, res)) => {
-                tracing::debug!(target: "access", %method, %path, status = res.status().as_u16(), room = room.as_deref().unwrap_or("-"), outcome, elapsed_us = started.elapsed().as_micros() as u64);
-                res
-            }
-            Err(e) => {
-                let res = e.into_response(&self.metrics, as_html);
-                tracing::debug!(target: "access", %method, %path, status = res.status().as_u16(), room = room.as_deref().unwrap_or("-"), outcome = "error", elapsed_us = started.elapsed().as_micros() as u64);
-                res
-            }
+        let (res, outcome) = match outcome {
+            Ok((outcome, res)) => (res, outcome),
+            Err(e) => (e.into_response(&self.metrics, as_html), "error"),
+        };
+        if let Some((started, method, path)) = logged {
+            let room = room.as_ref().map_or("-", |r| r.id());
+            tracing::debug!(target: "access", %method, %path, status = res.status().as_u16(), room, outcome, elapsed_us = started.elapsed().as_micros() as u64);
         }
+        res
     }
 
     async fn dispatch(
         self: &Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Result<(Option<String>, &'static str, Response<Body>), (Option<String>, GatewayError)>
-    {
+        conn: &Connection,
+    ) -> Dispatched {
         let path = req.uri().path();
         if path.starts_with("/_waitroom/") {
             return crate::api::handle(self, req, peer)
@@ -293,29 +300,36 @@ impl App {
                 .map(|res| (None, "api", res))
                 .map_err(|e| (None, e));
         }
-        let host = host_of(&req);
-        let Some(room) = self.route(host.as_deref(), path).cloned() else {
+        let Some(room) = self.route(host_of(&req), path).cloned() else {
             return match &self.config.proxy.default_upstream {
                 Some(up) => self
-                    .forward(None, req, up, peer, Vec::new())
+                    .forward(None, req, up, peer, conn, Vec::new())
                     .await
                     .map(|res| (None, "passthrough", res))
                     .map_err(|e| (None, e)),
                 None => Err((None, GatewayError::NoRoute)),
             };
         };
-        let room_id = Some(room.id().to_string());
         if room
             .config
             .exempt_paths
             .iter()
             .any(|p| path.starts_with(p.as_str()))
         {
-            return self
-                .forward(Some(&room), req, &room.config.upstream, peer, Vec::new())
+            return match self
+                .forward(
+                    Some(&room),
+                    req,
+                    &room.config.upstream,
+                    peer,
+                    conn,
+                    Vec::new(),
+                )
                 .await
-                .map(|res| (room_id.clone(), "exempt", res))
-                .map_err(|e| (room_id, e));
+            {
+                Ok(res) => Ok((Some(room), "exempt", res)),
+                Err(e) => Err((Some(room), e)),
+            };
         }
         let client = self.proxy.client_ip(peer.ip(), req.headers());
         let ctx = Ctx {
@@ -326,27 +340,34 @@ impl App {
                 || self.proxy.client_https(req.headers(), peer.ip()),
             json: http::wants_json(req.headers()),
             binding: crate::binding::fingerprint_with(
-                req.extensions().get(),
+                Some(&conn.binding),
                 room.config.access_binding,
                 room.id(),
                 req.headers(),
                 client,
             ),
-            memo: req.extensions().get::<crate::token::TokenMemo>().cloned(),
-            next: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
+            memo: Some(&conn.memo),
+            next: req.uri().path_and_query().map_or("/", |p| p.as_str()),
         };
-        match ctx.decide(req.headers()).await {
+        let decision = ctx.decide(req.headers()).await;
+        let outcome = match decision {
             Ok(Decision::Proxy { set_cookies }) => self
-                .forward(Some(&room), req, &room.config.upstream, peer, set_cookies)
+                .forward(
+                    Some(&room),
+                    req,
+                    &room.config.upstream,
+                    peer,
+                    conn,
+                    set_cookies,
+                )
                 .await
-                .map(|res| (room_id.clone(), "admitted", res))
-                .map_err(|e| (room_id, e)),
-            Ok(Decision::Respond(res)) => Ok((room_id, "waiting", res)),
-            Err(e) => Err((room_id, e)),
+                .map(|res| ("admitted", res)),
+            Ok(Decision::Respond(res)) => Ok(("waiting", res)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((outcome, res)) => Ok((Some(room), outcome, res)),
+            Err(e) => Err((Some(room), e)),
         }
     }
 
@@ -356,10 +377,11 @@ impl App {
         req: Request<Incoming>,
         upstream: &Upstream,
         peer: SocketAddr,
+        conn: &Connection,
         set_cookies: Vec<String>,
     ) -> Result<Response<Body>, GatewayError> {
         let room_label = room.map(|r| r.id()).unwrap_or("-");
-        match self.proxy.forward(req, upstream, peer).await {
+        match self.proxy.forward(req, upstream, peer, conn).await {
             Ok(fwd) => {
                 let status = fwd.response.status();
                 self.metrics
@@ -408,24 +430,29 @@ impl App {
     }
 }
 
-fn host_of(req: &Request<Incoming>) -> Option<String> {
+/// What [`App::dispatch`] did, for the access log: the room (if any), and
+/// the outcome's label with the response, or the error.
+type Dispatched =
+    Result<(Option<Arc<Room>>, &'static str, Response<Body>), (Option<Arc<Room>>, GatewayError)>;
+
+/// The host the request is for, without its port (routing compares it
+/// case-insensitively, so it is not lowered here).
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
     let raw = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))?;
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
     // Drop a trailing :port; keep IPv6 literals ("[::1]:8080" → "[::1]").
-    let host = match raw.rsplit_once(':') {
+    Some(match raw.rsplit_once(':') {
         Some((h, port))
             if port.bytes().all(|b| b.is_ascii_digit())
                 && (!h.contains(':') || h.ends_with(']')) =>
         {
-            h.to_string()
+            h
         }
         _ => raw,
-    };
-    Some(host.to_ascii_lowercase())
+    })
 }
 
 #[cfg(test)]

@@ -176,11 +176,11 @@ pub struct Ctx<'a> {
     pub secure: bool,
     pub json: bool,
     /// The URL (path and query) the fan asked for.
-    pub next: String,
+    pub next: &'a str,
     /// This client's access binding (see `binding`), if the room binds.
     pub binding: Option<String>,
     /// The connection's last verified token (see `token::TokenMemo`).
-    pub memo: Option<TokenMemo>,
+    pub memo: Option<&'a TokenMemo>,
 }
 
 impl Ctx<'_> {
@@ -226,10 +226,10 @@ impl Ctx<'_> {
             })
     }
 
-    fn verify(&self, token: &str, expect: Expect<'_>, now: u64) -> Result<Claims, TokenError> {
-        match &self.memo {
+    fn verify(&self, token: &str, expect: Expect<'_>, now: u64) -> Result<Arc<Claims>, TokenError> {
+        match self.memo {
             Some(memo) => self.app.keys.verify_with(memo, token, expect, now),
-            None => self.app.keys.verify(token, expect, now),
+            None => self.app.keys.verify(token, expect, now).map(Arc::new),
         }
     }
 
@@ -286,7 +286,7 @@ impl Ctx<'_> {
 
     fn waiting(&self, place: Place, set_cookies: Vec<String>) -> Response<Body> {
         let snap = self.room.snapshot();
-        let status = status_of(self.room, Some(place), &snap, &self.next);
+        let status = status_of(self.room, Some(place), &snap, self.next);
         let mut res = if self.json {
             http::json(StatusCode::OK, &status)
         } else if status.state == "closed" {
@@ -303,7 +303,7 @@ impl Ctx<'_> {
                     state: status.state,
                     position: status.position,
                     eta_range: status.eta_range_seconds,
-                    next: &self.next,
+                    next: self.next,
                     template: self.room.config.page_template.as_deref(),
                 }),
             )
@@ -317,14 +317,14 @@ impl Ctx<'_> {
     fn session_ended(&self) -> Response<Body> {
         if self.json {
             let snap = self.room.snapshot();
-            let mut s = status_of(self.room, None, &snap, &self.next);
+            let mut s = status_of(self.room, None, &snap, self.next);
             s.state = "ended";
             s.message = Some("Your session has ended.".into());
             return http::json(StatusCode::OK, &s);
         }
         http::html(
             StatusCode::OK,
-            page::session_ended_page(&self.room.config.title, self.room.id(), &self.next),
+            page::session_ended_page(&self.room.config.title, self.room.id(), self.next),
         )
     }
 
@@ -417,7 +417,7 @@ impl Ctx<'_> {
                 {
                     SessionCheck::Live { ends_in_secs } => {
                         let mut set_cookies = Vec::new();
-                        let session_secs = self.room.snapshot().session_secs;
+                        let session_secs = self.room.session_secs();
                         // Slide: re-issue once less than half the idle window is left on the token.
                         if c.exp < now + session_secs / 2 && now + ends_in_secs > c.exp {
                             let grant = Grant {
@@ -450,7 +450,7 @@ impl Ctx<'_> {
                         let ttl = self.app.config.queue_token_ttl.as_secs();
                         let mut cookies = Vec::new();
                         if c.iat + ttl / 2 < now {
-                            cookies.push(self.sign_queue_token(epoch, c.seq, c.vid).1);
+                            cookies.push(self.sign_queue_token(epoch, c.seq, c.vid.clone()).1);
                         }
                         return Ok(Decision::Respond(self.waiting(place, cookies)));
                     }
@@ -475,7 +475,7 @@ impl Ctx<'_> {
             if !self.json {
                 return Ok(Decision::Respond(http::html(
                     StatusCode::OK,
-                    page::joining_page(&self.room.config.title, self.room.id(), &self.next),
+                    page::joining_page(&self.room.config.title, self.room.id(), self.next),
                 )));
             }
             self.check_pow(headers)?;

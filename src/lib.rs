@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod binding;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod drip;
 pub mod error;

@@ -41,6 +41,7 @@ use ipnet::IpNet;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{ProxyConfig, Upstream};
+use crate::conn::Connection;
 use crate::http::Body;
 
 /// Cookie name prefixes the gateway owns.
@@ -79,7 +80,9 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-const HOP_BY_HOP: [HeaderName; 9] = [
+// A static, not a const: a const array is built and dropped again at every
+// use, which was most of `strip_hop_by_hop`'s cost (callgrind).
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -148,10 +151,9 @@ impl Proxy {
         mut req: Request<Incoming>,
         upstream: &Upstream,
         peer: SocketAddr,
+        conn: &Connection,
     ) -> Result<Forwarded, UpstreamError> {
-        let link = req
-            .extensions_mut()
-            .remove::<UpstreamLink>()
+        let link = Some(&conn.link)
             .filter(|_| req.version() <= Version::HTTP_11 && upstream.scheme == Scheme::HTTP);
         let path_and_query = req
             .uri()
@@ -179,7 +181,7 @@ impl Proxy {
         let trusted = self.is_trusted(peer.ip());
         rewrite_request_headers(
             req.headers_mut(),
-            peer.ip(),
+            &conn.peer,
             trusted,
             original_host,
             self.listener_scheme,
@@ -410,20 +412,33 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Usually there are none: one pass over the names is cheaper than nine
-    // hashed removals.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names, and only those present are removed (usually
+    // none on a request, `connection` alone on an upstream's answer): a
+    // removal costs a hashed lookup even for a name that is not there.
+    let mut present: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| HOP_BY_HOP.contains(k))
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        // No Connection header either: nothing more can be hop-by-hop.
         return;
     }
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = h
+    for named in h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        .map(str::trim)
+    {
+        if h.contains_key(named)
+            && let Ok(name) = HeaderName::from_bytes(named.as_bytes())
+        {
+            present.push(name);
+        }
+    }
+    for n in present {
         h.remove(n);
     }
 }
@@ -507,21 +522,21 @@ fn parse_forwarded_addr(entry: &str) -> Option<IpAddr> {
 
 /// Applies the request-side rewriting (see the module docs). `scheme` is
 /// what the client used to reach us (`http` or `https`).
+/// `peer` is the peer's address as header text (see `conn::peer_header`).
 pub fn rewrite_request_headers(
     h: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     trusted: bool,
     original_host: Option<HeaderValue>,
     scheme: &'static str,
 ) {
     strip_hop_by_hop(h);
-    let reserved: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with(RESERVED_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for k in reserved {
-        h.remove(k);
+    let reserved = |k: &HeaderName| k.as_str().starts_with(RESERVED_HEADER_PREFIX);
+    if h.keys().any(reserved) {
+        let names: Vec<HeaderName> = h.keys().filter(|k| reserved(k)).cloned().collect();
+        for k in names {
+            h.remove(k);
+        }
     }
     strip_gateway_cookies(h);
 
@@ -535,13 +550,14 @@ pub fn rewrite_request_headers(
     } else {
         String::new()
     };
-    let xff = if prior_for.trim().is_empty() {
-        peer.to_string()
+    if prior_for.trim().is_empty() {
+        h.insert(X_FORWARDED_FOR, peer.clone());
     } else {
-        format!("{prior_for}, {peer}")
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR, v);
+        // The peer's text is an address: always text.
+        let peer = peer.to_str().unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_str(&format!("{prior_for}, {peer}")) {
+            h.insert(X_FORWARDED_FOR, v);
+        }
     }
     if !trusted || !h.contains_key(X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
@@ -587,6 +603,7 @@ fn strip_gateway_cookies(h: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::peer_header;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -607,7 +624,7 @@ mod tests {
         ]);
         rewrite_request_headers(
             &mut h,
-            "10.1.2.3".parse().unwrap(),
+            &peer_header("10.1.2.3".parse().unwrap()),
             false,
             Some(HeaderValue::from_static("shop.test")),
             "http",
@@ -623,7 +640,13 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
         ]);
-        rewrite_request_headers(&mut h, "10.0.0.1".parse().unwrap(), true, None, "http");
+        rewrite_request_headers(
+            &mut h,
+            &peer_header("10.0.0.1".parse().unwrap()),
+            true,
+            None,
+            "http",
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
@@ -639,7 +662,13 @@ mod tests {
             ("x-waitroom-token", "t"),
             ("accept", "*/*"),
         ]);
-        rewrite_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, None, "http");
+        rewrite_request_headers(
+            &mut h,
+            &peer_header("127.0.0.1".parse().unwrap()),
+            false,
+            None,
+            "http",
+        );
         assert_eq!(h.get_all("cookie").iter().count(), 1);
         assert_eq!(h["cookie"], "session=keep");
         for gone in ["connection", "x-secret", "keep-alive", "x-waitroom-token"] {
@@ -651,7 +680,13 @@ mod tests {
     #[test]
     fn a_tls_listener_forwards_https_as_the_proto() {
         let mut h = headers(&[("x-forwarded-proto", "http")]);
-        rewrite_request_headers(&mut h, "10.1.2.3".parse().unwrap(), false, None, "https");
+        rewrite_request_headers(
+            &mut h,
+            &peer_header("10.1.2.3".parse().unwrap()),
+            false,
+            None,
+            "https",
+        );
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 
@@ -702,7 +737,13 @@ mod tests {
     #[test]
     fn only_gateway_cookies_means_no_cookie_header() {
         let mut h = headers(&[("cookie", "wr_q_demo=abc")]);
-        rewrite_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, None, "http");
+        rewrite_request_headers(
+            &mut h,
+            &peer_header("127.0.0.1".parse().unwrap()),
+            false,
+            None,
+            "http",
+        );
         assert!(!h.contains_key("cookie"));
     }
 }

@@ -407,6 +407,12 @@ impl Room {
         self.snapshot.borrow().clone()
     }
 
+    /// The session idle window now, without copying the whole snapshot
+    /// (every admitted request reads it).
+    pub fn session_secs(&self) -> u64 {
+        self.snapshot.borrow().session_secs
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.snapshot.subscribe()
     }

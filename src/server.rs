@@ -41,6 +41,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, AppError};
 use crate::config::{Config, ConnectionConfig};
+use crate::conn::Connection;
 use crate::http::Body;
 use crate::tls::{CertStore, TlsError};
 
@@ -118,7 +119,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let public_server = tokio::spawn(serve(
         public,
         public_policy,
-        move |req, peer| a.clone().handle_public(req, peer),
+        move |req, peer, conn| a.clone().handle_public(req, peer, conn),
         stop_rx.clone(),
         grace,
     ));
@@ -126,7 +127,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let admin_server = tokio::spawn(serve(
         admin,
         Policy::new("admin", &limits, None, app.clone()),
-        move |req, _peer| crate::admin::handle(a.clone(), req),
+        move |req, _peer, _conn| crate::admin::handle(a.clone(), req),
         stop_rx,
         grace,
     ));
@@ -622,7 +623,7 @@ async fn serve<F, Fut>(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, SocketAddr, Arc<Connection>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -762,28 +763,22 @@ async fn serve_connection<S, F, Fut>(
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, SocketAddr, Arc<Connection>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let tracker = activity.clone();
-    // This connection's own upstream connection, driven below in this task.
-    let link = crate::proxy::UpstreamLink::new();
-    let link_for_requests = link.clone();
-    // The last token verified on this connection (see `token::TokenMemo`).
-    let memo = crate::token::TokenMemo::default();
-    // And the last access-binding fingerprint (see `binding::fingerprint_with`).
-    let binding = crate::binding::FingerprintMemo::default();
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(link_for_requests.clone());
-        req.extensions_mut().insert(memo.clone());
-        req.extensions_mut().insert(binding.clone());
+    // Its upstream link (driven below, in this task) and memos.
+    let connection = Connection::new(peer.ip());
+    let for_requests = connection.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let conn = for_requests.clone();
         let h = handler.clone();
         let in_flight = tracker.begin_request();
         async move {
             // Boxed: hyper keeps a slot the size of this future for the whole
             // connection (≈4 KiB with the handler's state inline), which an
             // idle event stream would otherwise carry for its lifetime.
-            let res = Box::pin(h(req, peer)).await;
+            let res = Box::pin(h(req, peer, conn)).await;
             // The request stays in flight until its body is sent (or dropped).
             Ok::<_, Infallible>(res.map(|body| HeldBody {
                 body,
@@ -800,7 +795,7 @@ async fn serve_connection<S, F, Fut>(
         // First: an upstream answer read here is handed to the request
         // waiting for it in the same poll.
         biased;
-        () = link.drive() => {}
+        () = connection.link.drive() => {}
         result = conn => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, peer = %peer, "connection ended with an error");

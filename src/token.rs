@@ -9,6 +9,8 @@
 //! Tokens hold no personal data: room, room epoch, sequence number, times and
 //! a random visitor id.
 
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -165,7 +167,9 @@ impl Keys {
         expect: Expect<'_>,
         now_secs: u64,
     ) -> Result<Claims, TokenError> {
-        check(self.verify_signature(token)?, expect, now_secs)
+        let claims = self.verify_signature(token)?;
+        check(&claims, expect, now_secs)?;
+        Ok(claims)
     }
 
     /// [`Keys::verify`], remembering the last token that verified on
@@ -178,16 +182,17 @@ impl Keys {
         token: &str,
         expect: Expect<'_>,
         now_secs: u64,
-    ) -> Result<Claims, TokenError> {
+    ) -> Result<Arc<Claims>, TokenError> {
         let claims = match memo.recall(token) {
             Some(claims) => claims,
             None => {
-                let claims = self.verify_signature(token)?;
+                let claims = Arc::new(self.verify_signature(token)?);
                 memo.remember(token.into(), claims.clone());
                 claims
             }
         };
-        check(claims, expect, now_secs)
+        check(&claims, expect, now_secs)?;
+        Ok(claims)
     }
 
     /// Checks only that the token is ours and intact; no time or room checks.
@@ -218,7 +223,7 @@ impl Keys {
 }
 
 /// The checks that do not depend on the signature: kind, room, epoch, times.
-fn check(claims: Claims, expect: Expect<'_>, now_secs: u64) -> Result<Claims, TokenError> {
+fn check(claims: &Claims, expect: Expect<'_>, now_secs: u64) -> Result<(), TokenError> {
     if claims.typ != expect.kind {
         return Err(TokenError::WrongKind);
     }
@@ -234,14 +239,15 @@ fn check(claims: Claims, expect: Expect<'_>, now_secs: u64) -> Result<Claims, To
     if claims.exp + LEEWAY_SECS < now_secs {
         return Err(TokenError::Expired);
     }
-    Ok(claims)
+    Ok(())
 }
 
 /// One connection's last verified token and its claims (see
 /// [`Keys::verify_with`]). A browser or app sends the same access token
 /// with every request on a keep-alive connection; only a byte-identical
 /// token is recalled, so a changed or tampered one is verified afresh.
-pub type TokenMemo = LastOne<Box<str>, Claims>;
+/// Shared, not copied: recalling copied three strings per request.
+pub type TokenMemo = LastOne<Box<str>, Arc<Claims>>;
 
 /// Why a header did not parse: an algorithm we do not know (`none`, say)
 /// is named as such rather than as plain garbage.
@@ -317,8 +323,14 @@ mod tests {
         let (k, memo) = (keys(), TokenMemo::default());
         let c = claims();
         let t = k.sign(&c);
-        assert_eq!(k.verify_with(&memo, &t, EXPECT, 1_500), Ok(c.clone()));
-        assert_eq!(k.verify_with(&memo, &t, EXPECT, 1_600), Ok(c.clone()));
+        assert_eq!(
+            k.verify_with(&memo, &t, EXPECT, 1_500),
+            Ok(Arc::new(c.clone()))
+        );
+        assert_eq!(
+            k.verify_with(&memo, &t, EXPECT, 1_600),
+            Ok(Arc::new(c.clone()))
+        );
         let later_epoch = Expect { epoch: 8, ..EXPECT };
         assert_eq!(
             k.verify_with(&memo, &t, later_epoch, 1_600),
@@ -368,7 +380,10 @@ mod tests {
             k.verify_with(&memo, &forged, EXPECT, 1_500),
             Err(TokenError::BadSignature)
         );
-        assert_eq!(k.verify_with(&memo, &t, EXPECT, 1_500), Ok(c.clone()));
+        assert_eq!(
+            k.verify_with(&memo, &t, EXPECT, 1_500),
+            Ok(Arc::new(c.clone()))
+        );
     }
 
     #[test]
