@@ -310,63 +310,44 @@ impl App {
                 None => Err((None, GatewayError::NoRoute)),
             };
         };
-        if room
+        let exempt = room
             .config
             .exempt_paths
             .iter()
-            .any(|p| path.starts_with(p.as_str()))
-        {
-            return match self
-                .forward(
-                    Some(&room),
-                    req,
-                    &room.config.upstream,
-                    peer,
-                    conn,
-                    Vec::new(),
-                )
-                .await
-            {
-                Ok(res) => Ok((Some(room), "exempt", res)),
-                Err(e) => Err((Some(room), e)),
-            };
-        }
-        let client = self.proxy.client_ip(peer.ip(), req.headers());
-        let ctx = Ctx {
-            app: self,
-            room: &room,
-            client,
-            secure: self.config.proxy.public_https
-                || self.proxy.client_https(req.headers(), peer.ip()),
-            json: http::wants_json(req.headers()),
-            binding: crate::binding::fingerprint_with(
-                Some(&conn.binding),
-                room.config.access_binding,
-                room.id(),
-                req.headers(),
+            .any(|p| path.starts_with(p.as_str()));
+        let (outcome, set_cookies) = if exempt {
+            ("exempt", Vec::new())
+        } else {
+            let client = self.proxy.client_ip(peer.ip(), req.headers());
+            let ctx = Ctx {
+                app: self,
+                room: &room,
                 client,
-            ),
-            memo: Some(&conn.memo),
-            next: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                secure: self.config.proxy.public_https
+                    || self.proxy.client_https(req.headers(), peer.ip()),
+                json: http::wants_json(req.headers()),
+                binding: crate::binding::fingerprint_with(
+                    Some(&conn.binding),
+                    room.config.access_binding,
+                    room.id(),
+                    req.headers(),
+                    client,
+                ),
+                memo: Some(&conn.memo),
+                next: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            };
+            match ctx.decide(req.headers()).await {
+                Ok(Decision::Proxy { set_cookies }) => ("admitted", set_cookies),
+                Ok(Decision::Respond(res)) => return Ok((Some(room), "waiting", res)),
+                Err(e) => return Err((Some(room), e)),
+            }
         };
-        let decision = ctx.decide(req.headers()).await;
-        let outcome = match decision {
-            Ok(Decision::Proxy { set_cookies }) => self
-                .forward(
-                    Some(&room),
-                    req,
-                    &room.config.upstream,
-                    peer,
-                    conn,
-                    set_cookies,
-                )
-                .await
-                .map(|res| ("admitted", res)),
-            Ok(Decision::Respond(res)) => Ok(("waiting", res)),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok((outcome, res)) => Ok((Some(room), outcome, res)),
+        let upstream = &room.config.upstream;
+        match self
+            .forward(Some(&room), req, upstream, peer, conn, set_cookies)
+            .await
+        {
+            Ok(res) => Ok((Some(room), outcome, res)),
             Err(e) => Err((Some(room), e)),
         }
     }
