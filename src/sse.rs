@@ -34,6 +34,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -253,38 +254,55 @@ fn drained(mut drain: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> 
 
 type Item = Result<Frame<Bytes>, Infallible>;
 
-fn frame(text: String) -> Item {
-    Ok(Frame::data(Bytes::from(text)))
+fn frame(text: impl Into<Bytes>) -> Item {
+    Ok(Frame::data(text.into()))
+}
+
+/// Room for a whole event (its `id:` and `event:` lines and the status
+/// JSON, about 350 bytes), so writing one allocates once.
+const EVENT_CAPACITY: usize = 512;
+
+/// Where a fan stands by the snapshot alone, or `None` when they are past
+/// their turn and only the room knows (admitted, claimed, skipped...).
+fn place_by_snapshot(snap: &Snapshot, epoch: u64, seq: u64, floor: u64) -> Option<Place> {
+    if snap.epoch != epoch {
+        // The room was reset: this place no longer exists.
+        return Some(Place::Expired);
+    }
+    // Ranks are seqs, except for a shuffled pre-queue.
+    let rank = snap.shuffled.as_ref().map_or(seq, |s| s.rank(seq));
+    if !snap.open {
+        Some(Place::PreQueue)
+    } else if rank > snap.serving {
+        let serving = snap.serving.max(floor);
+        Some(Place::Waiting {
+            position: rank.saturating_sub(serving).max(1),
+        })
+    } else {
+        None
+    }
 }
 
 impl Conn {
-    /// The fan's status now, from the snapshot alone while they wait.
+    /// The fan's status now, from the snapshot alone while they wait (read
+    /// in place: every stream does this on every change).
     async fn status(&mut self) -> Status {
-        let snap = self.rx.borrow_and_update().clone();
-        if snap.epoch != self.epoch {
-            // The room was reset: this place no longer exists.
-            return gate::status_of(&self.room, Some(Place::Expired), &snap, &self.next);
+        {
+            let snap = self.rx.borrow_and_update();
+            if let Some(place) = place_by_snapshot(&snap, self.epoch, self.seq, self.floor) {
+                if snap.epoch == self.epoch {
+                    self.floor = self.floor.max(snap.serving);
+                }
+                return gate::status_of(&self.room, Some(place), &snap, &self.next);
+            }
         }
-        // Ranks are seqs, except for a shuffled pre-queue.
-        let rank = snap
-            .shuffled
-            .as_ref()
-            .map_or(self.seq, |s| s.rank(self.seq));
-        let place = if !snap.open {
-            Place::PreQueue
-        } else if rank > snap.serving {
-            let serving = snap.serving.max(self.floor);
-            Place::Waiting {
-                position: rank.saturating_sub(serving).max(1),
-            }
-        } else {
-            // Past their turn: the room knows (a store lookup when shared;
-            // while it does not answer, the stream keeps the last position).
-            match self.room.place(self.epoch, self.seq).await {
-                Ok(place) => place,
-                Err(_) => Place::Waiting { position: 1 },
-            }
+        // Past their turn: the room knows (a store lookup when shared;
+        // while it does not answer, the stream keeps the last position).
+        let place = match self.room.place(self.epoch, self.seq).await {
+            Ok(place) => place,
+            Err(_) => Place::Waiting { position: 1 },
         };
+        let snap = self.rx.borrow();
         self.floor = self.floor.max(snap.serving);
         gate::status_of(&self.room, Some(place), &snap, &self.next)
     }
@@ -292,7 +310,7 @@ impl Conn {
     /// The event for the current status, if it differs from what was
     /// shown and, for a change of position or ETA alone, its [`pace`]
     /// allows it now (else `held` is set to when it will).
-    async fn event(&mut self, always: bool) -> Option<String> {
+    async fn event(&mut self, always: bool) -> Option<Vec<u8>> {
         // Seen before the snapshot is read: a headline published after
         // that read wakes a held stream again, none is missed.
         self.headline.borrow_and_update();
@@ -331,12 +349,13 @@ impl Conn {
         }
         self.last = Some(shown);
         self.last_write = Instant::now();
-        let data = serde_json::to_string(&status).unwrap_or_else(|_| "{}".into());
         let epoch = self.rx.borrow().epoch;
-        Some(format!(
-            "id: {epoch}-{}\nevent: {kind}\ndata: {data}\n\n",
-            self.floor
-        ))
+        // One buffer for the whole event, handed to hyper as it is.
+        let mut text = Vec::with_capacity(EVENT_CAPACITY);
+        let _ = write!(text, "id: {epoch}-{}\nevent: {kind}\ndata: ", self.floor);
+        status.write_json(&mut text);
+        text.extend_from_slice(b"\n\n");
+        Some(text)
     }
 
     fn drain_frame(&mut self) -> Item {
@@ -354,7 +373,8 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
     if !c.started {
         c.started = true;
         let first = c.event(true).await.unwrap_or_default();
-        let text = format!("retry: {}\n{first}", c.retry_ms);
+        let mut text = format!("retry: {}\n", c.retry_ms).into_bytes();
+        text.extend_from_slice(&first);
         return Some((frame(text), c));
     }
     loop {
@@ -412,7 +432,7 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
                 }
                 if now >= beat_at {
                     c.last_write = now;
-                    return Some((frame(": keep-alive\n\n".into()), c));
+                    return Some((frame(&b": keep-alive\n\n"[..]), c));
                 }
             }
         }
