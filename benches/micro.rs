@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request hot path: token issue and verify,
-//! the admitted-request decision, and building the status document.
+//! the admitted-request decision, and building the status document (with
+//! serde, as the API does, and written by hand, as every event stream does).
 //! Run: `cargo bench --bench micro`. Numbers go in BENCHMARKS.md.
 
 use futures_util::FutureExt;
@@ -140,6 +141,22 @@ fn benches(c: &mut Criterion) {
                 "/",
             );
             serde_json::to_vec(&s).unwrap()
+        })
+    });
+    // What every event stream does per change: the same bytes, written by hand.
+    c.bench_function("status/build_and_write_json", |b| {
+        b.iter(|| {
+            let s = gate::status_of(
+                &room,
+                Some(Place::Waiting {
+                    position: black_box(4242),
+                }),
+                &snap,
+                "/",
+            );
+            let mut out = Vec::with_capacity(512);
+            s.write_json(&mut out);
+            out
         })
     });
 }
