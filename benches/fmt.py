@@ -22,6 +22,26 @@ def wrk(path):
     print(f"{rps:.0f} {ms('50%'):.2f} {ms('99%'):.2f} {bad.group(1) if bad else 0}")
 
 
+def cpu_per_request(path, ticks):
+    """A process's CPU per request in µs: `ticks` (1/100 s) over wrk's count."""
+    m = re.search(r"^\s*(\d+) requests in", open(path).read(), re.M)
+    n = int(m.group(1)) if m else 0
+    print(f"{int(ticks) * 10_000 / n:.1f}" if n else "nan")
+
+
+def cpu_median(path):
+    """Median of the CPU-per-request column (the fifth) of `run_wrk` lines."""
+    vals = [r[4] for r in _rows(path) if len(r) > 4 and not math.isnan(r[4])]
+    print(f"{statistics.median(vals):.1f}" if vals else "nan")
+
+
+def cpu_spread(path_a, path_b):
+    """Min-max of the per-pair CPU-per-request ratios a/b."""
+    rs = [a[4] / b[4] for a, b in zip(_rows(path_a), _rows(path_b))
+          if len(a) > 4 and len(b) > 4 and b[4] and not math.isnan(a[4] / b[4])]
+    print(f"{min(rs):.2f}-{max(rs):.2f}" if rs else "n/a")
+
+
 def _rows(path):
     return [[float(x) for x in line.split()] for line in open(path) if line.strip()]
 
@@ -230,5 +250,5 @@ def sse_vs(path_a, path_b):
 
 
 if __name__ == "__main__":
-    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_big": sse_big, "sse_moving": sse_moving, "sse_vs": sse_vs, "sse_moving_vs": sse_moving_vs, "median": median, "spread": spread, "pair_median": pair_median}
+    commands = {"wrk": wrk, "ratio": ratio, "drip": drip, "sse": sse, "sse_big": sse_big, "sse_moving": sse_moving, "sse_vs": sse_vs, "sse_moving_vs": sse_moving_vs, "median": median, "spread": spread, "pair_median": pair_median, "cpu_per_request": cpu_per_request, "cpu_median": cpu_median, "cpu_spread": cpu_spread}
     commands[sys.argv[1]](*sys.argv[2:])
