@@ -262,13 +262,10 @@ fn frame(text: impl Into<Bytes>) -> Item {
 /// JSON, about 350 bytes), so writing one allocates once.
 const EVENT_CAPACITY: usize = 512;
 
-/// Where a fan stands by the snapshot alone, or `None` when they are past
-/// their turn and only the room knows (admitted, claimed, skipped...).
-fn place_by_snapshot(snap: &Snapshot, epoch: u64, seq: u64, floor: u64) -> Option<Place> {
-    if snap.epoch != epoch {
-        // The room was reset: this place no longer exists.
-        return Some(Place::Expired);
-    }
+/// Where a fan stands in the snapshot's epoch by the snapshot alone, or
+/// `None` when they are past their turn and only the room knows
+/// (admitted, claimed, skipped...).
+fn place_by_snapshot(snap: &Snapshot, seq: u64, floor: u64) -> Option<Place> {
     // Ranks are seqs, except for a shuffled pre-queue.
     let rank = snap.shuffled.as_ref().map_or(seq, |s| s.rank(seq));
     if !snap.open {
@@ -289,10 +286,12 @@ impl Conn {
     async fn status(&mut self) -> Status {
         {
             let snap = self.rx.borrow_and_update();
-            if let Some(place) = place_by_snapshot(&snap, self.epoch, self.seq, self.floor) {
-                if snap.epoch == self.epoch {
-                    self.floor = self.floor.max(snap.serving);
-                }
+            if snap.epoch != self.epoch {
+                // The room was reset: this place no longer exists.
+                return gate::status_of(&self.room, Some(Place::Expired), &snap, &self.next);
+            }
+            if let Some(place) = place_by_snapshot(&snap, self.seq, self.floor) {
+                self.floor = self.floor.max(snap.serving);
                 return gate::status_of(&self.room, Some(place), &snap, &self.next);
             }
         }
