@@ -12,7 +12,6 @@
 //! Every public request ends in [`App::handle_public`], which records the
 //! access log line and the error metric in one place.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -257,7 +256,6 @@ impl App {
     pub async fn handle_public(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
         conn: Arc<Connection>,
     ) -> Response<Body> {
         // The access log's facts, gathered only when it is on: copying the
@@ -272,7 +270,7 @@ impl App {
         });
         let as_html =
             !http::wants_json(req.headers()) && !req.uri().path().starts_with("/_waitroom/");
-        let (room, outcome) = match self.dispatch(req, peer, &conn).await {
+        let (room, outcome) = match self.dispatch(req, &conn).await {
             Ok((room, outcome, res)) => (room, Ok((outcome, res))),
             Err((room, e)) => (room, Err(e)),
         };
@@ -287,12 +285,8 @@ impl App {
         res
     }
 
-    async fn dispatch(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        conn: &Connection,
-    ) -> Dispatched {
+    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, conn: &Connection) -> Dispatched {
+        let peer = conn.addr;
         let path = req.uri().path();
         if path.starts_with("/_waitroom/") {
             return crate::api::handle(self, req, peer)
@@ -303,7 +297,7 @@ impl App {
         let Some(room) = self.route(host_of(&req), path).cloned() else {
             return match &self.config.proxy.default_upstream {
                 Some(up) => self
-                    .forward(None, req, up, peer, conn, Vec::new())
+                    .forward(None, req, up, conn, Vec::new())
                     .await
                     .map(|res| (None, "passthrough", res))
                     .map_err(|e| (None, e)),
@@ -344,7 +338,7 @@ impl App {
         };
         let upstream = &room.config.upstream;
         match self
-            .forward(Some(&room), req, upstream, peer, conn, set_cookies)
+            .forward(Some(&room), req, upstream, conn, set_cookies)
             .await
         {
             Ok(res) => Ok((Some(room), outcome, res)),
@@ -357,12 +351,11 @@ impl App {
         room: Option<&Arc<Room>>,
         req: Request<Incoming>,
         upstream: &Upstream,
-        peer: SocketAddr,
         conn: &Connection,
         set_cookies: Vec<String>,
     ) -> Result<Response<Body>, GatewayError> {
         let room_label = room.map(|r| r.id()).unwrap_or("-");
-        match self.proxy.forward(req, upstream, peer, conn).await {
+        match self.proxy.forward(req, upstream, conn).await {
             Ok(fwd) => {
                 let status = fwd.response.status();
                 self.metrics

@@ -7,7 +7,7 @@
 //! that let a keep-alive connection's repeated requests skip repeated work,
 //! plus its peer address already written as header text.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hyper::header::HeaderValue;
@@ -18,6 +18,8 @@ use crate::token::TokenMemo;
 
 /// One client connection's state, shared by its requests.
 pub struct Connection {
+    /// The peer's address, as accepted.
+    pub addr: SocketAddr,
     /// Its own upstream HTTP/1.1 connection (see `proxy::UpstreamLink`).
     pub link: UpstreamLink,
     /// The last token verified on it (see `token::TokenMemo`).
@@ -30,12 +32,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(peer: IpAddr) -> Arc<Connection> {
+    pub fn new(addr: SocketAddr) -> Arc<Connection> {
         Arc::new(Connection {
+            addr,
             link: UpstreamLink::new(),
             memo: TokenMemo::default(),
             binding: FingerprintMemo::default(),
-            peer: peer_header(peer),
+            peer: peer_header(addr.ip()),
         })
     }
 }

@@ -150,7 +150,6 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         upstream: &Upstream,
-        peer: SocketAddr,
         conn: &Connection,
     ) -> Result<Forwarded, UpstreamError> {
         let link = Some(&conn.link)
@@ -178,7 +177,7 @@ impl Proxy {
         .map_err(|e| UpstreamError::Exchange(format!("cannot build upstream URI: {e}")))?;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
-        let trusted = self.is_trusted(peer.ip());
+        let trusted = self.is_trusted(conn.addr.ip());
         rewrite_request_headers(
             req.headers_mut(),
             &conn.peer,
@@ -531,12 +530,13 @@ pub fn rewrite_request_headers(
     scheme: &'static str,
 ) {
     strip_hop_by_hop(h);
-    let reserved = |k: &HeaderName| k.as_str().starts_with(RESERVED_HEADER_PREFIX);
-    if h.keys().any(reserved) {
-        let names: Vec<HeaderName> = h.keys().filter(|k| reserved(k)).cloned().collect();
-        for k in names {
-            h.remove(k);
-        }
+    let reserved: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(RESERVED_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for k in reserved {
+        h.remove(k);
     }
     strip_gateway_cookies(h);
 
@@ -605,6 +605,12 @@ mod tests {
     use super::*;
     use crate::conn::peer_header;
 
+    /// Rewrites `h` as for a request from `peer`.
+    fn rewrite(h: &mut HeaderMap, peer: &str, trusted: bool, scheme: &'static str) {
+        let peer = peer_header(peer.parse().unwrap());
+        rewrite_request_headers(h, &peer, trusted, None, scheme);
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -640,13 +646,7 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
         ]);
-        rewrite_request_headers(
-            &mut h,
-            &peer_header("10.0.0.1".parse().unwrap()),
-            true,
-            None,
-            "http",
-        );
+        rewrite(&mut h, "10.0.0.1", true, "http");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
@@ -662,13 +662,7 @@ mod tests {
             ("x-waitroom-token", "t"),
             ("accept", "*/*"),
         ]);
-        rewrite_request_headers(
-            &mut h,
-            &peer_header("127.0.0.1".parse().unwrap()),
-            false,
-            None,
-            "http",
-        );
+        rewrite(&mut h, "127.0.0.1", false, "http");
         assert_eq!(h.get_all("cookie").iter().count(), 1);
         assert_eq!(h["cookie"], "session=keep");
         for gone in ["connection", "x-secret", "keep-alive", "x-waitroom-token"] {
@@ -680,13 +674,7 @@ mod tests {
     #[test]
     fn a_tls_listener_forwards_https_as_the_proto() {
         let mut h = headers(&[("x-forwarded-proto", "http")]);
-        rewrite_request_headers(
-            &mut h,
-            &peer_header("10.1.2.3".parse().unwrap()),
-            false,
-            None,
-            "https",
-        );
+        rewrite(&mut h, "10.1.2.3", false, "https");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 
@@ -737,13 +725,7 @@ mod tests {
     #[test]
     fn only_gateway_cookies_means_no_cookie_header() {
         let mut h = headers(&[("cookie", "wr_q_demo=abc")]);
-        rewrite_request_headers(
-            &mut h,
-            &peer_header("127.0.0.1".parse().unwrap()),
-            false,
-            None,
-            "http",
-        );
+        rewrite(&mut h, "127.0.0.1", false, "http");
         assert!(!h.contains_key("cookie"));
     }
 }

@@ -119,7 +119,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let public_server = tokio::spawn(serve(
         public,
         public_policy,
-        move |req, peer, conn| a.clone().handle_public(req, peer, conn),
+        move |req, conn| a.clone().handle_public(req, conn),
         stop_rx.clone(),
         grace,
     ));
@@ -127,7 +127,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let admin_server = tokio::spawn(serve(
         admin,
         Policy::new("admin", &limits, None, app.clone()),
-        move |req, _peer, _conn| crate::admin::handle(a.clone(), req),
+        move |req, _conn| crate::admin::handle(a.clone(), req),
         stop_rx,
         grace,
     ));
@@ -623,7 +623,7 @@ async fn serve<F, Fut>(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    F: Fn(Request<Incoming>, SocketAddr, Arc<Connection>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Arc<Connection>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -763,12 +763,12 @@ async fn serve_connection<S, F, Fut>(
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>, SocketAddr, Arc<Connection>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Arc<Connection>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let tracker = activity.clone();
     // Its upstream link (driven below, in this task) and memos.
-    let connection = Connection::new(peer.ip());
+    let connection = Connection::new(peer);
     let for_requests = connection.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn = for_requests.clone();
@@ -778,7 +778,7 @@ async fn serve_connection<S, F, Fut>(
             // Boxed: hyper keeps a slot the size of this future for the whole
             // connection (≈4 KiB with the handler's state inline), which an
             // idle event stream would otherwise carry for its lifetime.
-            let res = Box::pin(h(req, peer, conn)).await;
+            let res = Box::pin(h(req, conn)).await;
             // The request stays in flight until its body is sent (or dropped).
             Ok::<_, Infallible>(res.map(|body| HeldBody {
                 body,
