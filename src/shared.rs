@@ -437,7 +437,7 @@ impl Shared {
 
     /// `n` new places in one ARRIVE call: (seq, epoch) for each, in order.
     async fn arrive_many(&self, room: &Room, n: usize) -> Result<Vec<(u64, u64)>, StoreError> {
-        let epoch = room.snapshot().epoch;
+        let epoch = room.epoch();
         let mut inv = self.key_args(&ARRIVE);
         inv.arg(epoch).arg(self.floor_for(epoch)).arg(n);
         let started = std::time::Instant::now();
