@@ -95,7 +95,7 @@ fn benches(c: &mut Criterion) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         room.tick(true);
         let vid = new_visitor_id();
-        room.claim(epoch, seq, &vid).await.unwrap();
+        room.claim(epoch, seq, &vid, None).await.unwrap();
         (seq, vid)
     });
     let access = keys.sign(&Claims {

@@ -290,6 +290,9 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
         http::json(StatusCode::OK, &Joined { token, status })
     };
     http::add_cookie(&mut res, &cookie);
+    if let Some(c) = ctx.missing_claim_key(req.headers()) {
+        http::add_cookie(&mut res, &c);
+    }
     http::add_cookie(
         &mut res,
         &gate::clear_cookie(&gate::access_cookie_name(room.id()), ctx.secure),
@@ -301,7 +304,7 @@ async fn new_place(
     ctx: &Ctx<'_>,
     req: &Request<Incoming>,
 ) -> Result<(String, String, Place), GatewayError> {
-    ctx.check_pow(req.headers())?;
+    ctx.check_pow(req.headers()).await?;
     ctx.spend_join_budget()?;
     let (epoch, seq, _called) = ctx.room.arrive().await?;
     ctx.app
@@ -316,8 +319,12 @@ async fn new_place(
 async fn claim(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let room = ctx.room;
     let claims = presented(ctx.app, room, req, true)?.ok_or(GatewayError::NoToken)?;
+    let retry = gate::presented_claim_key(req.headers(), room.id())?;
     room.touch(claims.ep, claims.seq).await?;
-    let grant = match room.claim(claims.ep, claims.seq, &claims.vid).await {
+    let grant = match room
+        .claim(claims.ep, claims.seq, &claims.vid, retry.as_ref())
+        .await
+    {
         Ok(g) => g,
         Err(crate::room::RoomError::Claim(e)) => {
             ctx.app
@@ -360,5 +367,7 @@ fn claim_reason(e: crate::queue::ClaimError) -> &'static str {
         AlreadyClaimed => "already_claimed",
         Missed => "turn_passed",
         Unknown => "unknown_place",
+        Paused => "paused",
+        Closed => "closed",
     }
 }

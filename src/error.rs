@@ -133,6 +133,8 @@ impl GatewayError {
             Claim(ClaimError::AlreadyClaimed) => (StatusCode::FORBIDDEN, "place_already_used"),
             Claim(ClaimError::Missed) => (StatusCode::GONE, "turn_passed"),
             Claim(ClaimError::Unknown) => (StatusCode::GONE, "unknown_place"),
+            Claim(ClaimError::Paused) => (StatusCode::CONFLICT, "room_paused"),
+            Claim(ClaimError::Closed) => (StatusCode::CONFLICT, "room_closed"),
             RoomClosed => (StatusCode::CONFLICT, "room_closed"),
             Store(_) | StoreTimeout => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Upstream(UpstreamError::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),

@@ -28,7 +28,7 @@ use crate::error::GatewayError;
 use crate::http::{self, Body};
 use crate::page;
 use crate::queue::Place;
-use crate::room::{Grant, Room, SessionCheck, Snapshot};
+use crate::room::{Grant, RetryKey, Room, SessionCheck, Snapshot};
 use crate::token::{Claims, Expect, Kind, TokenError, TokenMemo};
 
 /// Header carrying a solved proof-of-work challenge (`<challenge>:<n>`).
@@ -37,11 +37,60 @@ pub const POW_HEADER: &str = "x-waitroom-pow";
 /// Header apps use to present their access token on protected routes.
 pub const ACCESS_HEADER: &str = "x-waitroom-token";
 
+/// Header apps send with `POST /_waitroom/claim` so a retry after a lost
+/// answer is recognised as theirs (see `room::RetryKey`).
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// An `Idempotency-Key` is 8 to 128 visible ASCII characters.
+const IDEMPOTENCY_KEY_LEN: std::ops::RangeInclusive<usize> = 8..=128;
+
 pub fn queue_cookie_name(room: &str) -> String {
     format!("wr_q_{room}")
 }
 pub fn access_cookie_name(room: &str) -> String {
     format!("wr_a_{room}")
+}
+/// The browser's claim key: set before its turn comes, presented with its
+/// claim, so only this browser can ask for a lost claim's answer again.
+pub fn claim_key_cookie_name(room: &str) -> String {
+    format!("wr_k_{room}")
+}
+
+/// A fresh claim key for a browser: 128 random bits, hex.
+fn new_claim_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The claim key the client presented: its `Idempotency-Key` (apps), else
+/// the claim-key cookie (browsers). A malformed header is the client's
+/// error; a malformed cookie counts as none (the gateway sets a new one).
+pub fn presented_claim_key(
+    headers: &HeaderMap,
+    room: &str,
+) -> Result<Option<RetryKey>, GatewayError> {
+    if let Some(v) = headers.get(IDEMPOTENCY_HEADER) {
+        let bad = |reason: &str| GatewayError::InvalidHeader {
+            name: "Idempotency-Key",
+            reason: reason.into(),
+        };
+        let text = v.to_str().map_err(|_| bad("not visible ASCII"))?;
+        if !IDEMPOTENCY_KEY_LEN.contains(&text.len()) {
+            return Err(bad("must be 8 to 128 characters"));
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad("must be visible ASCII without spaces"));
+        }
+        return Ok(Some(RetryKey::of(text)));
+    }
+    Ok(browser_claim_key(headers, room).map(RetryKey::of))
+}
+
+/// The claim-key cookie, if present and well formed.
+fn browser_claim_key<'h>(headers: &'h HeaderMap, room: &str) -> Option<&'h str> {
+    http::cookie(headers, &claim_key_cookie_name(room))
+        .ok()
+        .flatten()
+        .filter(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// What to do with a request to a protected route.
@@ -204,13 +253,22 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         }
         None => {}
     }
-    // A closed room says so to everyone not already let in.
-    if matches!(s.state, "waiting" | "none" | "prequeue" | "expired") {
+    // A closed room says so to everyone not already let in, called fans
+    // included; a pause holds the called ones with the waiting ones (they
+    // keep their call and enter when it resumes).
+    if matches!(
+        s.state,
+        "waiting" | "none" | "prequeue" | "expired" | "admitted"
+    ) {
         if snap.closed {
             s.state = "closed";
             s.message = Some(room.config.closed_message.clone());
-        } else if snap.paused && s.state == "waiting" {
+        } else if snap.paused && matches!(s.state, "waiting" | "admitted") {
             s.state = "paused";
+        }
+        if s.state != "admitted" {
+            s.claim_within_secs = None;
+            s.url = None;
         }
     }
     s
@@ -260,7 +318,7 @@ impl Ctx<'_> {
 
     /// Rooms with proof of work: a new place needs a solved challenge
     /// (`X-Waitroom-Pow: <challenge>:<n>`).
-    pub fn check_pow(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
+    pub async fn check_pow(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
         let bits = self.room.config.pow_bits;
         if bits == 0 {
             return Ok(());
@@ -273,17 +331,24 @@ impl Ctx<'_> {
                 bits,
             });
         };
-        self.app
+        let invalid = |reason: crate::pow::PowError| {
+            self.reject(&format!("pow_{}", reason.label()));
+            GatewayError::PowInvalid {
+                reason,
+                challenge: fresh(),
+                bits,
+            }
+        };
+        let solved = self
+            .app
             .pow
-            .verify(proof, self.room.id(), bits, now)
-            .map_err(|reason| {
-                self.reject(&format!("pow_{}", reason.label()));
-                GatewayError::PowInvalid {
-                    reason,
-                    challenge: fresh(),
-                    bits,
-                }
-            })
+            .check(proof, self.room.id(), bits, now)
+            .map_err(invalid)?;
+        if self.room.spend_pow(&solved, &self.app.pow).await? {
+            Ok(())
+        } else {
+            Err(invalid(crate::pow::PowError::Reused))
+        }
     }
 
     fn verify(&self, token: &str, expect: Expect<'_>, now: u64) -> Result<Arc<Claims>, TokenError> {
@@ -345,8 +410,17 @@ impl Ctx<'_> {
     }
 
     fn waiting(&self, place: Place, set_cookies: Vec<String>) -> Response<Body> {
-        let snap = self.room.snapshot();
-        let status = status_of(self.room, Some(place), &snap, self.next);
+        self.waiting_as(place, &self.room.snapshot(), set_cookies)
+    }
+
+    /// The waiting response for `place` as `snap` shows the room.
+    fn waiting_as(
+        &self,
+        place: Place,
+        snap: &Snapshot,
+        set_cookies: Vec<String>,
+    ) -> Response<Body> {
+        let status = status_of(self.room, Some(place), snap, self.next);
         let mut res = if self.json {
             http::json(StatusCode::OK, &status)
         } else if status.state == "closed" {
@@ -404,14 +478,26 @@ impl Ctx<'_> {
         )
     }
 
+    /// Claims a called place for this browser or app and lets it through.
+    /// The claim carries the client's claim key (a browser without one gets
+    /// one now, in the same answer). While the room is paused or closed the
+    /// fan is shown that and keeps the call.
     async fn claim_and_proxy(
         &self,
-        epoch: u64,
-        seq: u64,
-        vid: &str,
+        headers: &HeaderMap,
+        claims: (u64, u64, &str),
         mut set_cookies: Vec<String>,
     ) -> Result<Decision, GatewayError> {
-        match self.room.claim(epoch, seq, vid).await {
+        let (epoch, seq, vid) = claims;
+        let key = match presented_claim_key(headers, self.room.id())? {
+            Some(key) => key,
+            None => {
+                let raw = new_claim_key();
+                set_cookies.push(self.claim_key_cookie(&raw));
+                RetryKey::of(&raw)
+            }
+        };
+        match self.room.claim(epoch, seq, vid, Some(&key)).await {
             Ok(grant) => {
                 if grant.first {
                     self.app
@@ -427,8 +513,42 @@ impl Ctx<'_> {
             Err(crate::room::RoomError::Claim(crate::queue::ClaimError::AlreadyClaimed)) => {
                 Ok(Decision::Respond(self.place_used()))
             }
+            // This replica's view may not show the pause or closing yet:
+            // the fan sees it now, so the page does not come straight back.
+            Err(crate::room::RoomError::Claim(
+                held @ (crate::queue::ClaimError::Paused | crate::queue::ClaimError::Closed),
+            )) => {
+                let place = self.room.place(epoch, seq).await?;
+                let mut snap = self.room.snapshot();
+                snap.paused |= held == crate::queue::ClaimError::Paused;
+                snap.closed |= held == crate::queue::ClaimError::Closed;
+                Ok(Decision::Respond(self.waiting_as(
+                    place,
+                    &snap,
+                    set_cookies,
+                )))
+            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The `Set-Cookie` for a browser's claim key.
+    fn claim_key_cookie(&self, raw: &str) -> String {
+        let ttl = self.app.config.queue_token_ttl.as_secs();
+        cookie(
+            &claim_key_cookie_name(self.room.id()),
+            raw,
+            ttl,
+            self.secure,
+        )
+    }
+
+    /// A claim-key cookie for a browser that has none yet (see
+    /// [`claim_key_cookie_name`]): set while it waits, before its turn.
+    pub fn missing_claim_key(&self, headers: &HeaderMap) -> Option<String> {
+        browser_claim_key(headers, self.room.id())
+            .is_none()
+            .then(|| self.claim_key_cookie(&new_claim_key()))
     }
 
     /// Decides what happens to a request on the room's protected route.
@@ -512,10 +632,24 @@ impl Ctx<'_> {
                         if c.iat + ttl / 2 < now {
                             cookies.push(self.sign_queue_token(epoch, c.seq, c.vid.clone()).1);
                         }
+                        cookies.extend(self.missing_claim_key(headers));
                         return Ok(Decision::Respond(self.waiting(place, cookies)));
                     }
-                    Place::Called { .. } => {
-                        return self.claim_and_proxy(epoch, c.seq, &c.vid, Vec::new()).await;
+                    place @ Place::Called { .. } => {
+                        let snap = self.room.snapshot();
+                        if snap.paused || snap.closed {
+                            return Ok(Decision::Respond(self.waiting(place, Vec::new())));
+                        }
+                        return self
+                            .claim_and_proxy(headers, (epoch, c.seq, &c.vid), Vec::new())
+                            .await;
+                    }
+                    // The claimant again, if it shows its claim key (its
+                    // first answer was lost); anyone else was refused there.
+                    Place::Claimed if presented_claim_key(headers, room_id)?.is_some() => {
+                        return self
+                            .claim_and_proxy(headers, (epoch, c.seq, &c.vid), Vec::new())
+                            .await;
                     }
                     Place::Claimed => return Ok(Decision::Respond(self.place_used())),
                     Place::Missed { .. } | Place::Expired | Place::Unknown => {
@@ -538,7 +672,7 @@ impl Ctx<'_> {
                     page::joining_page(&self.room.config.title, self.room.id(), self.next),
                 )));
             }
-            self.check_pow(headers)?;
+            self.check_pow(headers).await?;
         }
         self.spend_join_budget()?;
         let (epoch, seq, called) = self.room.arrive().await?;
@@ -551,11 +685,13 @@ impl Ctx<'_> {
         let (_, queue_cookie) = self.sign_queue_token(epoch, seq, vid.clone());
         if called {
             return self
-                .claim_and_proxy(epoch, seq, &vid, vec![queue_cookie])
+                .claim_and_proxy(headers, (epoch, seq, &vid), vec![queue_cookie])
                 .await;
         }
         let place = self.room.place(epoch, seq).await?;
-        Ok(Decision::Respond(self.waiting(place, vec![queue_cookie])))
+        let mut cookies = vec![queue_cookie];
+        cookies.extend(self.missing_claim_key(headers));
+        Ok(Decision::Respond(self.waiting(place, cookies)))
     }
 }
 

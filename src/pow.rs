@@ -55,7 +55,18 @@ impl PowError {
 pub struct Pow {
     key: hmac::Key,
     /// Challenges accepted and not yet expired: nonce → expiry (wall secs).
+    /// Used for rooms kept in this process alone; a shared line records
+    /// them in the shared store instead (see [`Solved`]).
     used: DashMap<String, u64>,
+}
+
+/// A challenge solved correctly, not yet recorded as used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Solved {
+    /// The challenge's nonce: what "used once" is counted by.
+    pub nonce: String,
+    /// When the challenge expires anyway (wall-clock seconds).
+    pub expires: u64,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -105,8 +116,26 @@ impl Pow {
         format!("{body}.{}", self.mac(&body))
     }
 
-    /// Checks `proof` (`<challenge>:<n>`) for `room` at `bits`, once.
+    /// Checks `proof` (`<challenge>:<n>`) for `room` at `bits`, once in this
+    /// process.
     pub fn verify(&self, proof: &str, room: &str, bits: u8, now: u64) -> Result<(), PowError> {
+        let solved = self.check(proof, room, bits, now)?;
+        if self.spend(&solved) {
+            Ok(())
+        } else {
+            Err(PowError::Reused)
+        }
+    }
+
+    /// Records `solved` as used in this process; false if it was already.
+    pub fn spend(&self, solved: &Solved) -> bool {
+        self.used
+            .insert(solved.nonce.clone(), solved.expires)
+            .is_none()
+    }
+
+    /// Checks `proof` for `room` at `bits` without recording its use.
+    pub fn check(&self, proof: &str, room: &str, bits: u8, now: u64) -> Result<Solved, PowError> {
         let (challenge, n) = proof.rsplit_once(':').ok_or(PowError::Malformed)?;
         let n: u64 = n.trim().parse().map_err(|_| PowError::Malformed)?;
         let (body, mac) = challenge.rsplit_once('.').ok_or(PowError::Malformed)?;
@@ -138,14 +167,10 @@ impl Pow {
         if !solves(challenge, n, c_bits) {
             return Err(PowError::Unsolved);
         }
-        if self
-            .used
-            .insert((*nonce).to_string(), issued + CHALLENGE_TTL_SECS)
-            .is_some()
-        {
-            return Err(PowError::Reused);
-        }
-        Ok(())
+        Ok(Solved {
+            nonce: (*nonce).to_string(),
+            expires: issued + CHALLENGE_TTL_SECS,
+        })
     }
 
     /// Forgets used challenges that have expired anyway (call periodically).

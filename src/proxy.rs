@@ -45,7 +45,7 @@ use crate::conn::Connection;
 use crate::http::Body;
 
 /// Cookie name prefixes the gateway owns.
-pub const COOKIE_PREFIXES: [&str; 2] = ["wr_q_", "wr_a_"];
+pub const COOKIE_PREFIXES: [&str; 3] = ["wr_q_", "wr_a_", "wr_k_"];
 /// Header prefix the gateway owns: clients' copies are stripped.
 pub const RESERVED_HEADER_PREFIX: &str = "x-waitroom-";
 

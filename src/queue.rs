@@ -103,6 +103,12 @@ pub enum ClaimError {
     Missed,
     #[error("this place in line does not exist")]
     Unknown,
+    /// Paused: a called place keeps its call (its claim window stops) and
+    /// may enter once the room resumes.
+    #[error("the room is paused: your turn is kept, and you can enter when it resumes")]
+    Paused,
+    #[error("the room is closed")]
+    Closed,
 }
 
 /// What survives a restart (see `store`).
@@ -240,6 +246,9 @@ pub struct Queue {
     rejoined: SeqBits,
     /// Outcome changes since the last [`Queue::take_changes`], if recorded.
     changes: Option<Vec<Change>>,
+    /// The room was paused or closed at the last expiry pass: no call
+    /// expires, and every call gets a whole claim window when it resumes.
+    held: bool,
 }
 
 /// The pre-queue's drawn order. Shared (`Arc`) so readers can map a fan's
@@ -332,6 +341,7 @@ impl Queue {
             restored: HashSet::new(),
             rejoined: SeqBits::default(),
             changes: None,
+            held: false,
         };
         q.open = !scheduled;
         q
@@ -757,11 +767,20 @@ impl Queue {
     /// Called places whose claim window has closed become no-shows; their
     /// slot is freed. Returns how many. Also forgets missed places past
     /// their rejoin window.
+    ///
+    /// While the room is paused or closed no call expires (nobody may claim
+    /// then); when it resumes, every call still pending starts a whole claim
+    /// window again, so a fan called just before a pause is not cut short.
     pub fn expire_pending(&mut self, now: Millis) -> u64 {
+        if self.is_held() {
+            self.held = true;
+        } else if std::mem::take(&mut self.held) {
+            self.recall_pending(now);
+        }
         let grace = self.settings.claim_grace_secs * 1000;
         let mut noshows = 0;
         while let Some(&(seq, at)) = self.pending_order.front() {
-            if at + grace > now {
+            if at + grace > now || self.held {
                 break;
             }
             self.pending_order.pop_front();
@@ -788,11 +807,30 @@ impl Queue {
         noshows
     }
 
+    /// Paused or closed: called places may not enter, and keep their call.
+    pub fn is_held(&self) -> bool {
+        self.settings.paused || self.settings.closed
+    }
+
+    /// Every pending call is made again at `now` (after a pause or closing).
+    fn recall_pending(&mut self, now: Millis) {
+        let mut pending: Vec<u64> = self.pending_order.drain(..).map(|(seq, _)| seq).collect();
+        let mut seen = HashSet::new();
+        pending.retain(|&seq| self.pending.contains_key(&seq) && seen.insert(seq));
+        for seq in pending {
+            self.pending.insert(seq, now);
+            self.pending_order.push_back((seq, now));
+            self.record(Change::Called(seq, now));
+        }
+    }
+
     /// Exchanges a called place for access, once. The runtime must persist
     /// the claim before handing out the access token, and call
     /// [`Queue::unclaim`] if it cannot.
     pub fn claim(&mut self, seq: u64, now: Millis) -> Result<(), ClaimError> {
         match self.place(seq, now) {
+            Place::Called { .. } if self.settings.closed => Err(ClaimError::Closed),
+            Place::Called { .. } if self.settings.paused => Err(ClaimError::Paused),
             Place::Called { .. } => {
                 self.claimed.set(seq);
                 self.pending.remove(&seq);
@@ -1227,6 +1265,44 @@ mod tests {
         assert_eq!(q.observed_advance_per_min(), Some(1200.0));
         q.settings.paused = true;
         assert_eq!(q.eta_range_secs(100), None);
+    }
+
+    #[test]
+    fn a_pause_holds_called_places_and_resuming_gives_a_whole_claim_window() {
+        let mut q = queue_with(2);
+        q.record_changes();
+        q.call_head(0);
+        q.settings.paused = true;
+        assert_eq!(q.expire_pending(1_000), 0);
+        assert_eq!(q.claim(1, 1_000), Err(ClaimError::Paused));
+        // Long past the 60 s window: still called, not a no-show.
+        assert_eq!(q.expire_pending(500_000), 0);
+        assert!(matches!(q.place(1, 500_000), Place::Called { .. }));
+        q.settings.paused = false;
+        q.settings.closed = true;
+        assert_eq!(q.claim(1, 500_000), Err(ClaimError::Closed));
+        assert_eq!(q.expire_pending(500_000), 0);
+        q.settings.closed = false;
+        q.take_changes();
+        // Resumed: a whole window from now, told to the replicas as a new call.
+        assert_eq!(q.expire_pending(600_000), 0);
+        assert_eq!(q.take_changes(), vec![Change::Called(1, 600_000)]);
+        assert_eq!(q.place(1, 600_000), Place::Called { claim_by: 660_000 });
+        assert_eq!(q.expire_pending(659_999), 0);
+        assert_eq!(q.claim(1, 659_999), Ok(()));
+    }
+
+    #[test]
+    fn a_call_not_claimed_after_resuming_is_a_no_show_as_before() {
+        let mut q = queue_with(1);
+        q.call_head(0);
+        q.settings.paused = true;
+        q.expire_pending(10_000);
+        q.settings.paused = false;
+        q.expire_pending(20_000);
+        assert_eq!(q.expire_pending(79_999), 0);
+        assert_eq!(q.expire_pending(80_000), 1);
+        assert!(matches!(q.place(1, 80_000), Place::Missed { .. }));
     }
 
     #[test]

@@ -176,6 +176,38 @@ pub struct Session {
     /// When `session_max_secs` ends it, whatever the activity.
     pub max_end_ms: Millis,
     pub last_active_ms: AtomicU64,
+    /// The claim's retry key and when the claim was made, if the claimant
+    /// presented one (see [`RetryKey`]).
+    pub retry: Option<(RetryKey, Millis)>,
+}
+
+/// How long after a claim the same claimant may ask again and get the same
+/// grant (its first answer was lost on the way).
+pub const CLAIM_RETRY_WINDOW_MS: Millis = 30_000;
+
+/// What tells a claimant who lost the answer to its claim from someone who
+/// merely copied the queue token: a digest of the claim's
+/// `Idempotency-Key` (apps) or of the claim-key cookie the gateway set in
+/// the fan's browser before the claim (`gate`). Anyone holding a copy of
+/// the queue token alone has neither, so a repeated claim without the same
+/// key is refused as a place already used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryKey(String);
+
+impl RetryKey {
+    /// The key for what the client presented (any text; only its digest is kept).
+    pub fn of(presented: &str) -> RetryKey {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, presented.as_bytes());
+        let mut hex = String::with_capacity(32);
+        for b in &d.as_ref()[..16] {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        RetryKey(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The outcome of checking an access token against the live sessions.
@@ -706,10 +738,20 @@ impl Room {
     /// Exchanges a called place for an access session, once. The claim is
     /// durable before this returns `Ok`; if the store fails, the place is
     /// left called so the fan can try again.
-    pub async fn claim(&self, epoch: u64, seq: u64, vid: &str) -> Result<Grant, RoomError> {
+    ///
+    /// A place already claimed is refused, unless the same visitor asks
+    /// again with the same `retry` key within [`CLAIM_RETRY_WINDOW_MS`]: then
+    /// the answer is the same session again (`Grant::first` false).
+    pub async fn claim(
+        &self,
+        epoch: u64,
+        seq: u64,
+        vid: &str,
+        retry: Option<&RetryKey>,
+    ) -> Result<Grant, RoomError> {
         let store = match &self.backend {
             Backend::Local(store) => store,
-            Backend::Shared(sh) => return sh.claim(self, epoch, seq, vid).await,
+            Backend::Shared(sh) => return sh.claim(self, epoch, seq, vid, retry).await,
         };
         let now = self.clock.mono_ms();
         let (session_secs, session_max_secs) = {
@@ -717,7 +759,15 @@ impl Room {
             if st.queue.epoch() != epoch {
                 return Err(ClaimError::Unknown.into());
             }
-            st.queue.claim(seq, now)?;
+            match st.queue.claim(seq, now) {
+                Ok(()) => {}
+                Err(ClaimError::AlreadyClaimed) => {
+                    let session_secs = st.queue.settings.session_secs;
+                    drop(st);
+                    return self.repeat_grant(seq, vid, retry, now, session_secs);
+                }
+                Err(e) => return Err(e.into()),
+            }
             self.publish(&st.queue, now);
             (
                 st.queue.settings.session_secs,
@@ -744,6 +794,7 @@ impl Room {
                 vid: vid.to_string(),
                 max_end_ms: now + session_max_secs * 1000,
                 last_active_ms: AtomicU64::new(now),
+                retry: retry.map(|k| (k.clone(), now)),
             },
         );
         let wall = self.clock.wall_secs();
@@ -752,6 +803,38 @@ impl Room {
             seq,
             session_started_wall: wall,
             expires_wall: wall + session_secs.min(session_max_secs),
+        })
+    }
+
+    /// A claim of a place already claimed: the same grant again for the
+    /// claimant who made it (same visitor, same retry key, recently), else
+    /// refused.
+    fn repeat_grant(
+        &self,
+        seq: u64,
+        vid: &str,
+        retry: Option<&RetryKey>,
+        now: Millis,
+        session_secs: u64,
+    ) -> Result<Grant, RoomError> {
+        let refused = || RoomError::Claim(ClaimError::AlreadyClaimed);
+        let (retry, s) = retry.zip(self.sessions.get(&seq)).ok_or_else(refused)?;
+        let claimed_at = match &s.retry {
+            Some((key, at)) if key == retry && s.vid == vid => *at,
+            _ => return Err(refused()),
+        };
+        if now.saturating_sub(claimed_at) >= CLAIM_RETRY_WINDOW_MS
+            || now >= session_end(&s, session_secs)
+        {
+            return Err(refused());
+        }
+        let wall = self.clock.wall_secs();
+        let end = (now + session_secs * 1000).min(s.max_end_ms);
+        Ok(Grant {
+            first: false,
+            seq,
+            session_started_wall: wall.saturating_sub((now - claimed_at) / 1000),
+            expires_wall: wall + (end - now) / 1000,
         })
     }
 
@@ -808,6 +891,7 @@ impl Room {
                     vid: vid.to_string(),
                     max_end_ms,
                     last_active_ms: AtomicU64::new(now),
+                    retry: None,
                 },
             )
             .is_none();
@@ -972,6 +1056,21 @@ impl Room {
         }
         tracing::info!(room = %self.id(), entries, commitment = %seed.commitment(), "opened: pre-queue shuffled");
         Ok(())
+    }
+
+    /// Records a solved proof-of-work challenge as used: in the shared store
+    /// when the line is shared, so one solution is accepted once across
+    /// every replica; else in this process's `local` record. False: it had
+    /// been used already.
+    pub async fn spend_pow(
+        &self,
+        solved: &crate::pow::Solved,
+        local: &crate::pow::Pow,
+    ) -> Result<bool, RoomError> {
+        match &self.backend {
+            Backend::Local(_) => Ok(local.spend(solved)),
+            Backend::Shared(sh) => sh.spend_once(self, &solved.nonce, solved.expires).await,
+        }
     }
 
     /// Applies an admin change; durable before it returns.
@@ -1273,7 +1372,7 @@ mod tests {
         // on the new epoch's place with the same number.
         assert_eq!(room.touch(epoch, 1).await.unwrap(), Place::Unknown);
         assert!(matches!(
-            room.claim(epoch, 1, "v").await,
+            room.claim(epoch, 1, "v", None).await,
             Err(RoomError::Claim(ClaimError::Unknown))
         ));
     }

@@ -36,7 +36,8 @@
 //! past their turn), `seen`, `claims`, `rejoins` (inboxes the lease holder
 //! drains each tick), `sessions` (sorted by idle end) and `sess` (visitor
 //! and hard end of each session), `upfail` (an upstream failure seen by any
-//! replica holds the drip).
+//! replica holds the drip), `spent` (proof-of-work challenges accepted,
+//! by expiry, so one solution buys one place across every replica).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -50,7 +51,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::{OnStoreFailure, RoomConfig};
 use crate::drip::Drip;
 use crate::queue::{ClaimError, Durable, Millis, Place, Queue, SeqBits, Settings, Shuffled};
-use crate::room::{Backend, Clock, Grant, Room, RoomError, Session, SessionCheck, Snapshot};
+use crate::room::{
+    Backend, CLAIM_RETRY_WINDOW_MS, Clock, Grant, RetryKey, Room, RoomError, Session, SessionCheck,
+    Snapshot,
+};
 use crate::shuffle::{self, Seed};
 use crate::store::StoreError;
 
@@ -142,9 +146,9 @@ fn redis_err(e: redis::RedisError) -> StoreError {
 }
 
 /// The room's keys, in the order every script takes them.
-const KEY_NAMES: [&str; 12] = [
+const KEY_NAMES: [&str; 13] = [
     "meta", "next", "lease", "state", "claimed", "fate", "seen", "claims", "rejoins", "sessions",
-    "sess", "upfail",
+    "sess", "upfail", "spent",
 ];
 
 /// What the lease holder publishes for every replica each tick.
@@ -510,7 +514,7 @@ impl Shared {
         }
         let mut inv = self.key_args(&LOOKUP);
         inv.arg(epoch).arg(seq);
-        let (found, claimed, fate, now): (i64, i64, String, i64) =
+        let (found, claimed, fate, now, resumed): (i64, i64, String, i64, i64) =
             self.call(room.id(), inv).await?;
         if found == 0 {
             return Ok(Place::Unknown);
@@ -520,8 +524,9 @@ impl Shared {
         }
         Ok(match parse_fate(&fate) {
             Some(Fate::Called(at)) => {
-                let by = at + self.configured.claim_grace_secs as i64 * 1000;
-                if now < by {
+                // A pause stops the claim window; resuming starts it again.
+                let by = at.max(resumed) + self.configured.claim_grace_secs as i64 * 1000;
+                if now < by || snap.paused || snap.closed {
                     Place::Called {
                         claim_by: self.mono_ms(by),
                     }
@@ -562,6 +567,7 @@ impl Shared {
         epoch: u64,
         seq: u64,
         vid: &str,
+        retry: Option<&RetryKey>,
     ) -> Result<Grant, RoomError> {
         let snap = room.snapshot();
         if snap.epoch != epoch {
@@ -576,12 +582,16 @@ impl Shared {
             .arg(vid)
             .arg(self.configured.claim_grace_secs * 1000)
             .arg(snap.session_secs * 1000)
-            .arg(snap.session_max_secs * 1000);
+            .arg(snap.session_max_secs * 1000)
+            .arg(retry.map_or("", RetryKey::as_str))
+            .arg(CLAIM_RETRY_WINDOW_MS);
         let (outcome, _now): (i64, i64) = self.call(room.id(), inv).await?;
         match outcome {
             1 | 2 => {}
             -1 => return Err(ClaimError::Unknown.into()),
             -2 => return Err(ClaimError::AlreadyClaimed.into()),
+            -4 => return Err(ClaimError::Paused.into()),
+            -5 => return Err(ClaimError::Closed.into()),
             _ => return Err(ClaimError::Missed.into()),
         }
         let now = room.clock.mono_ms();
@@ -591,6 +601,7 @@ impl Shared {
                 vid: vid.to_string(),
                 max_end_ms: now + snap.session_max_secs * 1000,
                 last_active_ms: AtomicU64::new(now),
+                retry: retry.map(|k| (k.clone(), now)),
             },
         );
         let wall = room.clock.wall_secs();
@@ -657,6 +668,7 @@ impl Shared {
                 vid: vid.to_string(),
                 max_end_ms,
                 last_active_ms: AtomicU64::new(now),
+                retry: None,
             },
         );
         self.session_activity
@@ -722,6 +734,20 @@ impl Shared {
         Err(RoomError::Store(StoreError::Io(
             "the room's settings kept changing meanwhile; try again".into(),
         )))
+    }
+
+    /// Marks a one-time proof (a proof-of-work challenge) used, once across
+    /// every replica. False: it had been used already.
+    pub(crate) async fn spend_once(
+        &self,
+        room: &Room,
+        id: &str,
+        expires_wall_secs: u64,
+    ) -> Result<bool, RoomError> {
+        let mut inv = self.key_args(&SPEND);
+        inv.arg(id).arg(expires_wall_secs * 1000);
+        let fresh: i64 = self.call(room.id(), inv).await?;
+        Ok(fresh == 1)
     }
 
     pub(crate) async fn reset(&self, room: &Room) -> Result<u64, RoomError> {
@@ -1503,7 +1529,7 @@ local claims = redis.call('LRANGE', KEYS[8], 0, -1)
 local rejoins = redis.call('LRANGE', KEYS[9], 0, -1)
 redis.call('DEL', KEYS[7], KEYS[8], KEYS[9])
 local ended = redis.call('ZRANGEBYSCORE', KEYS[10], '-inf', now)
-for _, s in ipairs(ended) do redis.call('HDEL', KEYS[11], s) end
+for _, s in ipairs(ended) do redis.call('HDEL', KEYS[11], s, 'k' .. s) end
 redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now)
 local m = redis.call('HMGET', KEYS[1], 'settings', 'seed', 'opened')
 return {role, now, ep, redis.call('GET', KEYS[4]) or '', m[1] or '', m[2] or '', m[3] or '',
@@ -1537,41 +1563,58 @@ return 1
 });
 
 /// Exchanges a called place for a session, once (ARGV: epoch, seq, vid,
-/// grace_ms, session_ms, max_ms). Returns {1 | -1 unknown epoch | -2 claimed
-/// | -3 not called or window passed, now}.
+/// grace_ms, session_ms, max_ms, retry key or '', retry window ms).
+/// Returns {1 | 2 the same claim again | -1 unknown epoch | -2 claimed |
+/// -3 not called or window passed | -4 paused | -5 closed, now}.
+///
+/// The room's settings are read here, not from a replica's view, which
+/// lags an admin's pause by up to a tick. A call's window starts again when
+/// the room resumes (`resumed` in `meta`), as the lease holder's line does.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1, now} end
 if redis.call('GETBIT', KEYS[5], ARGV[2]) == 1 then
-  -- The same visitor again within seconds (a reply lost on the way): the
-  -- same answer. Later, a place is used once.
-  local s = redis.call('HGET', KEYS[11], ARGV[2])
-  if s and string.sub(s, 1, #ARGV[3] + 1) == ARGV[3] .. ' ' then
-    local claimed_at = tonumber(string.match(s, ' (%d+)$') or '0') - tonumber(ARGV[6])
-    if now - claimed_at < 5000 then return {2, now} end
+  -- A lost answer asked for again: only by the claimant who presented
+  -- the same retry key, soon after. A copy of the queue token is not it.
+  if ARGV[7] ~= '' then
+    local s = redis.call('HGET', KEYS[11], ARGV[2])
+    local k = redis.call('HGET', KEYS[11], 'k' .. ARGV[2])
+    if s and k and string.sub(s, 1, #ARGV[3] + 1) == ARGV[3] .. ' ' then
+      local key, at = string.match(k, '^(%S+) (%d+)$')
+      if key == ARGV[7] and now - tonumber(at) < tonumber(ARGV[8]) then return {2, now} end
+    end
   end
   return {-2, now}
 end
 local f = redis.call('HGET', KEYS[6], ARGV[2])
 if not f or string.sub(f, 1, 2) ~= 'c:' then return {-3, now} end
-if tonumber(string.sub(f, 3)) + tonumber(ARGV[4]) <= now then return {-3, now} end
+local settings = cjson.decode(redis.call('HGET', KEYS[1], 'settings') or '{}')
+if settings.closed == true then return {-5, now} end
+if settings.paused == true then return {-4, now} end
+local called = math.max(tonumber(string.sub(f, 3)), tonumber(redis.call('HGET', KEYS[1], 'resumed') or '0'))
+if called + tonumber(ARGV[4]) <= now then return {-3, now} end
 redis.call('SETBIT', KEYS[5], ARGV[2], 1)
 redis.call('HDEL', KEYS[6], ARGV[2])
 redis.call('ZADD', KEYS[10], now + tonumber(ARGV[5]), ARGV[2])
 redis.call('HSET', KEYS[11], ARGV[2], ARGV[3] .. ' ' .. string.format('%d', now + tonumber(ARGV[6])))
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[11], 'k' .. ARGV[2], ARGV[7] .. ' ' .. string.format('%d', now))
+end
 redis.call('RPUSH', KEYS[8], ARGV[2])
 return {1, now}
 "#,
     )
 });
 
-/// Where a place past its turn stands (ARGV: epoch, seq).
+/// Where a place past its turn stands (ARGV: epoch, seq). Returns {found,
+/// claimed, fate, now, when the room last resumed or 0}.
 static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {0, 0, '', now} end
-return {1, redis.call('GETBIT', KEYS[5], ARGV[2]), redis.call('HGET', KEYS[6], ARGV[2]) or '', now}
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {0, 0, '', now, 0} end
+return {1, redis.call('GETBIT', KEYS[5], ARGV[2]), redis.call('HGET', KEYS[6], ARGV[2]) or '', now,
+  tonumber(redis.call('HGET', KEYS[1], 'resumed') or '0')}
 "#,
     )
 });
@@ -1625,10 +1668,25 @@ local raw = redis.call('HGET', KEYS[1], 'settings')
 if not raw then return {0, ''} end
 if raw ~= ARGV[3] then return {2, raw} end
 local cur = cjson.decode(raw)
+local was_held = cur.paused == true or cur.closed == true
 for k, v in pairs(cjson.decode(ARGV[2])) do cur[k] = v end
 local merged = cjson.encode(cur)
 redis.call('HSET', KEYS[1], 'settings', merged)
+if was_held and not (cur.paused == true or cur.closed == true) then
+  redis.call('HSET', KEYS[1], 'resumed', string.format('%d', now))
+end
 return {1, merged}
+"#,
+    )
+});
+
+/// A one-time proof is used (ARGV: its id, when it expires in wall-clock
+/// ms). Returns 1 the first time, 0 after. Expired entries go as it goes.
+static SPEND: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', string.format('%d', now))
+return redis.call('ZADD', KEYS[13], 'NX', ARGV[2], ARGV[1])
 "#,
     )
 });
@@ -1638,7 +1696,7 @@ static RESET: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 redis.call('DEL', KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11])
-redis.call('HDEL', KEYS[1], 'opened', 'seed')
+redis.call('HDEL', KEYS[1], 'opened', 'seed', 'resumed')
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'settings', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'seed', ARGV[3]) end
 redis.call('SET', KEYS[4], ARGV[4])

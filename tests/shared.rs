@@ -98,6 +98,16 @@ async fn claim(base: &str, token: &str) -> reqwest::StatusCode {
         .status()
 }
 
+async fn claim_with_key(base: &str, token: &str, key: Option<&str>) -> reqwest::StatusCode {
+    let mut req = client()
+        .post(format!("{base}/_waitroom/claim?room=demo"))
+        .bearer_auth(token);
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    req.send().await.unwrap().status()
+}
+
 /// Claims and returns the access token.
 async fn claim_access(base: &str, token: &str) -> String {
     let url = format!("{base}/_waitroom/claim?room=demo");
@@ -592,16 +602,38 @@ async fn a_session_taken_on_one_replica_is_honoured_by_the_others() {
         procs[0].as_ref().unwrap().public.clone(),
         procs[1].as_ref().unwrap().public.clone(),
     );
-    eventually(10, "called", || async {
-        (status(&a, &fans[0].token).await["state"] == "admitted").then_some(())
+    eventually(10, "called, as both replicas see it", || async {
+        (status(&a, &fans[0].token).await["state"] == "admitted"
+            && status(&b, &fans[0].token).await["state"] == "admitted")
+            .then_some(())
     })
     .await;
-    let access = claim_access(&a, &fans[0].token).await;
+    let key = "app-claim-key-0001";
+    let url = format!("{a}/_waitroom/claim?room=demo");
+    let res = client()
+        .post(url)
+        .bearer_auth(&fans[0].token)
+        .header("idempotency-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let access = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
-        claim(&b, &fans[0].token).await,
+        claim_with_key(&b, &fans[0].token, Some(key)).await,
         200,
-        "a claim retried at once (its reply lost) gets the same answer"
+        "a claim retried with its Idempotency-Key (its answer lost) gets the same answer"
     );
+    for other in [None, Some("not-the-claimants-key")] {
+        assert_eq!(
+            claim_with_key(&b, &fans[0].token, other).await,
+            403,
+            "a repeat without the claimant's key ({other:?}) is a copy"
+        );
+    }
     for base in [&b, &a, &b] {
         let res = client()
             .get(format!("{base}/checkout"))
@@ -883,5 +915,155 @@ async fn a_burst_of_arrivals_on_two_replicas_gets_unique_gapless_places() {
             0.0,
             "no arrival refused for want of Redis"
         );
+    }
+}
+
+/// Three replicas on the shared Redis serving one room (`room` adds lines).
+async fn three_replicas(room: &str) -> (TestUpstream, tempfile::TempDir, Vec<Option<Proc>>) {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &shared_redis_url(),
+        &unique_prefix(),
+        "",
+        room,
+    );
+    let procs = (0..3).map(|_| Some(Proc::start(&config))).collect();
+    (up, dir, procs)
+}
+
+fn public(procs: &[Option<Proc>], i: usize) -> String {
+    procs[i].as_ref().unwrap().public.clone()
+}
+
+#[tokio::test]
+async fn a_copied_queue_cookie_replayed_on_other_replicas_never_claims_a_second_time() {
+    let (up, _dir, procs) = three_replicas("admit_rate_per_min = 6000").await;
+    let fan = Fan::new(&public(&procs, 0));
+    fan.get("/checkout").await;
+    let queue = fan.cookie("wr_q_demo").expect("queue cookie");
+    let key = fan.cookie("wr_k_demo").expect("claim-key cookie");
+    eventually(10, "called", || async {
+        (fan.status("demo").await["state"] == "admitted").then_some(())
+    })
+    .await;
+    let res = fan.get("/checkout").await;
+    assert_eq!(res.json::<Value>().await.unwrap()["upstream"], true);
+
+    // Copies of the queue cookie, each from a fresh jar, another
+    // User-Agent and another replica, at once after the claim.
+    for i in 0..30 {
+        let base = public(&procs, 1 + i % 2);
+        let copier = reqwest::Client::builder()
+            .no_proxy()
+            .user_agent(format!("copier/{i}"))
+            .build()
+            .unwrap();
+        let res = copier
+            .post(format!("{base}/_waitroom/claim?room=demo"))
+            .header("cookie", format!("wr_q_demo={queue}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "copy {i} on {base} claimed again");
+        let res = copier
+            .get(format!("{base}/checkout"))
+            .header("cookie", format!("wr_q_demo={queue}"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "copy {i} on {base} got through");
+    }
+    assert_eq!(
+        up.requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the fan reached the checkout"
+    );
+
+    // The fan's own retry (answer lost) on another replica: its claim key.
+    let res = client()
+        .get(format!("{}/checkout", public(&procs, 2)))
+        .header("cookie", format!("wr_q_demo={queue}; wr_k_demo={key}"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["upstream"], true);
+}
+
+#[tokio::test]
+async fn a_pause_on_one_replica_holds_a_called_fan_on_another_at_once_and_keeps_the_call() {
+    let (_up, _dir, procs) =
+        three_replicas("admit_rate_per_min = 6000\nclaim_grace_secs = 5").await;
+    let (token, _) = join_ok(&public(&procs, 0)).await;
+    eventually(10, "called", || async {
+        (status(&public(&procs, 2), &token).await["state"] == "admitted").then_some(())
+    })
+    .await;
+    paused(&procs, 1, true).await;
+    // No waiting for the pause to reach replica 2's view: Redis decides.
+    let res = client()
+        .post(format!("{}/_waitroom/claim?room=demo", public(&procs, 2)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "room_paused");
+    eventually(5, "every replica shows the pause", || async {
+        let mut all = true;
+        for i in 0..3 {
+            all &= status(&public(&procs, i), &token).await["state"] == "paused";
+        }
+        all.then_some(())
+    })
+    .await;
+    // Longer than the claim window: the call is kept.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    paused(&procs, 1, false).await;
+    assert_eq!(
+        claim(&public(&procs, 2), &token).await,
+        200,
+        "the call survived the pause, on every replica at once"
+    );
+}
+
+#[tokio::test]
+async fn one_solved_proof_of_work_buys_one_place_across_every_replica() {
+    let (_up, _dir, procs) = three_replicas("pow_bits = 8").await;
+    let v: Value = client()
+        .get(format!(
+            "{}/_waitroom/challenge?room=demo",
+            public(&procs, 0)
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let challenge = v["challenge"].as_str().unwrap().to_string();
+    let proof = format!("{challenge}:{}", waitroom::pow::solve(&challenge, 8));
+    let join_with = |i: usize| {
+        let (base, proof) = (public(&procs, i), proof.clone());
+        async move {
+            client()
+                .post(format!("{base}/_waitroom/join?room=demo"))
+                .header("accept", "application/json")
+                .header("x-waitroom-pow", proof)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(join_with(0).await.status(), 200);
+    for i in [1, 2, 0] {
+        let res = join_with(i).await;
+        assert_eq!(res.status(), 422, "replica {i} took the same proof again");
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["reason"], "reused", "{v}");
     }
 }
