@@ -1163,12 +1163,17 @@ impl Shared {
             Some(Seed::from_hex(seed_hex).map_err(|e| StoreError::Corrupt(format!("seed: {e}")))?)
         };
         let mut pipe = redis::pipe();
-        pipe.get(&self.keys[4]).hgetall(&self.keys[5]);
-        let (claimed_bytes, fates): (Vec<u8>, Vec<(String, String)>) =
+        pipe.get(&self.keys[4])
+            .hgetall(&self.keys[5])
+            .hget(&self.keys[0], "resumed");
+        let (claimed_bytes, fates, resumed): (Vec<u8>, Vec<(String, String)>, Option<i64>) =
             on_io(&self.con, move |mut con| async move {
                 pipe.query_async(&mut con).await
             })
             .await?;
+        // A call made before the room last resumed runs from the resume,
+        // as the claim script counts it.
+        let resumed = resumed.unwrap_or(0);
         let published: Option<Published> = serde_json::from_str(state)
             .ok()
             .filter(|p: &Published| p.snapshot.epoch == epoch);
@@ -1216,7 +1221,7 @@ impl Shared {
                 continue;
             };
             match parse_fate(f) {
-                Some(Fate::Called(at)) => called.push((seq, self.mono_ms(at))),
+                Some(Fate::Called(at)) => called.push((seq, self.mono_ms(at.max(resumed)))),
                 Some(Fate::Missed(at)) => missed.push((seq, self.mono_ms(at))),
                 Some(Fate::Rejoining) => rejoining.push(seq),
                 None => {}
