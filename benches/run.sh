@@ -66,8 +66,9 @@ else
 fi
 SSE_BIG_REPLICAS=$(( (SSE_BIG + SSE_N - 1) / SSE_N ))
 
-cargo build --release --quiet --bins --example bare_proxy
+cargo build --release --quiet --bins --example bare_proxy --example loadgen
 BIN=target/release/waitroom
+LOADGEN=target/release/examples/loadgen
 WORK=$(mktemp -d /tmp/waitroom-bench.XXXXXX)
 PIDS=()
 REDIS_PORT=""; REDIS_OURS=0; KEY_PREFIX="bench-$$-$RANDOM"
@@ -286,7 +287,7 @@ sse_run() { # PUBLIC ADMIN PID ROOM [MORE LOADGEN ARGUMENTS…]
     [ "$(ls "/proc/$pid/fd" | wc -l)" -lt 1000 ] && break
     sleep 0.1
   done
-  "$BIN" loadgen sse --public "127.0.0.1:$pub" --admin "127.0.0.1:$adm" --admin-token "$TOKEN" \
+  "$LOADGEN" sse --public "127.0.0.1:$pub" --admin "127.0.0.1:$adm" --admin-token "$TOKEN" \
     --room "$room" --connections "$SSE_N" --sources 8 --gateway-pid "$pid" "$@" 2>&1 | tail -1
 }
 # SSE_BIG waiters: more than one process may hold open here, so on
@@ -302,7 +303,7 @@ sse_big() {
     args+=(--public "127.0.0.1:$port" --gateway-pid "$GW_PID")
   done
   for adm in "${admins[@]}"; do wait_ready "$adm"; done
-  "$BIN" loadgen sse "${args[@]}" --admin "127.0.0.1:${admins[0]}" --admin-token "$TOKEN" \
+  "$LOADGEN" sse "${args[@]}" --admin "127.0.0.1:${admins[0]}" --admin-token "$TOKEN" \
     --room sse --connections "$SSE_BIG" --per-process "$SSE_N" --sources 32 2>&1 | tail -1
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
@@ -329,7 +330,7 @@ fi
 DRIP_ROWS=""
 if want d; then
   for rate in $DRIP_RATES; do
-    J=$("$BIN" loadgen drip --public "127.0.0.1:$PUB" --admin "127.0.0.1:$ADM" --admin-token "$TOKEN" \
+    J=$("$LOADGEN" drip --public "127.0.0.1:$PUB" --admin "127.0.0.1:$ADM" --admin-token "$TOKEN" \
       --room drip --rate "$rate" --secs "$DRIP_SECS" 2>&1 | tail -1)
     DRIP_ROWS+=$($FMT drip "$J")$'\n'
   done
@@ -341,7 +342,7 @@ RDRIP_JSON=""
 if want d && want e; then
   start_gateway waitroom-redis2
   wait_ready "$R2ADM"
-  RDRIP_JSON=$("$BIN" loadgen drip --public "127.0.0.1:$RPUB" --also-public "127.0.0.1:$R2PUB" \
+  RDRIP_JSON=$("$LOADGEN" drip --public "127.0.0.1:$RPUB" --also-public "127.0.0.1:$R2PUB" \
     --admin "127.0.0.1:$RADM" --admin-token "$TOKEN" \
     --room drip --rate "$REDIS_DRIP_RATE" --secs "$DRIP_SECS" 2>&1 | tail -1)
 fi

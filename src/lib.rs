@@ -22,7 +22,6 @@ pub mod error;
 pub mod gate;
 pub mod http;
 pub mod limits;
-pub mod loadgen;
 pub mod memo;
 pub mod metrics;
 pub mod page;

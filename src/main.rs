@@ -54,87 +54,6 @@ enum Command {
         #[arg(long)]
         seq: Option<u32>,
     },
-    /// Load generators for the benchmark harness (benches/run.sh); loopback only.
-    Loadgen {
-        #[command(subcommand)]
-        kind: Loadgen,
-    },
-}
-
-#[derive(Subcommand)]
-enum Loadgen {
-    /// Open N event streams, change the room, measure the fan-out.
-    Sse {
-        /// A public listener (repeatable: replicas of a shared room share
-        /// the streams out between them).
-        #[arg(long, required = true)]
-        public: Vec<std::net::SocketAddr>,
-        #[arg(long)]
-        admin: std::net::SocketAddr,
-        #[arg(long)]
-        admin_token: String,
-        #[arg(long, default_value = "bench")]
-        room: String,
-        #[arg(long, default_value_t = 1000)]
-        connections: usize,
-        #[arg(long, default_value_t = 8)]
-        sources: u8,
-        /// A gateway's pid, to read its RSS and CPU (repeatable: summed).
-        #[arg(long)]
-        gateway_pid: Vec<u32>,
-        /// Streams per load-generator process (each needs one open file
-        /// per stream).
-        #[arg(long, default_value_t = 15000)]
-        per_process: usize,
-        /// After the change, let the line move this many seconds (each
-        /// stream then a fan of its own, in a fresh line).
-        #[arg(long, requires = "moving_rate_per_min")]
-        moving_secs: Option<u64>,
-        /// The admit rate while the line moves.
-        #[arg(long, requires = "moving_secs")]
-        moving_rate_per_min: Option<u64>,
-    },
-    /// One child process of `loadgen sse` (driven over stdin/stdout).
-    #[command(hide = true)]
-    SseStreams {
-        #[arg(long, required = true)]
-        public: Vec<std::net::SocketAddr>,
-        #[arg(long)]
-        room: String,
-        /// Absent: each stream joins as a fan of its own.
-        #[arg(long)]
-        token: Option<String>,
-        #[arg(long)]
-        count: usize,
-        #[arg(long, default_value_t = 8)]
-        sources: u8,
-        #[arg(long, default_value_t = 0)]
-        offset: usize,
-    },
-    /// Entries per second against the configured rate.
-    Drip {
-        #[arg(long)]
-        public: std::net::SocketAddr,
-        /// Another replica's public listener (repeatable): joins and claims
-        /// are spread over all of them.
-        #[arg(long)]
-        also_public: Vec<std::net::SocketAddr>,
-        #[arg(long)]
-        admin: std::net::SocketAddr,
-        #[arg(long)]
-        admin_token: String,
-        #[arg(long, default_value = "bench")]
-        room: String,
-        #[arg(long)]
-        rate: u64,
-        #[arg(long, default_value_t = 60)]
-        secs: u64,
-    },
-    /// A tiny `200 ok` upstream.
-    Upstream {
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
-    },
 }
 
 fn verify_shuffle(
@@ -183,94 +102,6 @@ fn verify_shuffle(
     ExitCode::SUCCESS
 }
 
-fn run_loadgen(runtime: &tokio::runtime::Runtime, kind: Loadgen) -> ExitCode {
-    use serde_json::Value;
-    use waitroom::loadgen;
-    let result = runtime.block_on(async {
-        match kind {
-            Loadgen::Sse {
-                public,
-                admin,
-                admin_token,
-                room,
-                connections,
-                sources,
-                gateway_pid,
-                per_process,
-                moving_secs,
-                moving_rate_per_min,
-            } => {
-                loadgen::sse(loadgen::SseOptions {
-                    publics: public,
-                    admin,
-                    admin_token,
-                    room,
-                    connections,
-                    sources,
-                    gateway_pids: gateway_pid,
-                    per_process,
-                    moving: moving_secs
-                        .zip(moving_rate_per_min)
-                        .map(|(secs, rate_per_min)| loadgen::Moving { rate_per_min, secs }),
-                })
-                .await
-            }
-            Loadgen::SseStreams {
-                public,
-                room,
-                token,
-                count,
-                sources,
-                offset,
-            } => {
-                loadgen::streams(loadgen::StreamsOptions {
-                    publics: public,
-                    room,
-                    token,
-                    count,
-                    sources,
-                    offset,
-                })
-                .await
-            }
-            Loadgen::Drip {
-                public,
-                also_public,
-                admin,
-                admin_token,
-                room,
-                rate,
-                secs,
-            } => {
-                loadgen::drip(loadgen::DripOptions {
-                    public,
-                    also_public,
-                    admin,
-                    admin_token,
-                    room,
-                    rate_per_min: rate,
-                    secs,
-                })
-                .await
-            }
-            Loadgen::Upstream { listen } => loadgen::upstream(listen)
-                .await
-                .map(|()| serde_json::Value::Null),
-        }
-    });
-    match result {
-        Ok(Value::Null) => ExitCode::SUCCESS,
-        Ok(v) => {
-            println!("{v}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("waitroom loadgen: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -294,23 +125,9 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A load-generator child is one of several processes on the same cores
-    // as the gateway it measures: one thread each, not one per core.
-    let child = matches!(
-        cli.command,
-        Command::Loadgen {
-            kind: Loadgen::SseStreams { .. }
-        }
-    );
-    let runtime = if child {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -341,7 +158,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Loadgen { kind } => run_loadgen(&runtime, kind),
         Command::VerifyShuffle {
             seed,
             entries,

@@ -1,4 +1,4 @@
-//! `waitroom loadgen`: load generators for the benchmark harness
+//! The load generators themselves for the benchmark harness
 //! (`benches/run.sh`). Plain HTTP/1.1 over loopback; every run is bounded
 //! in connections and time. Loopback targets only.
 //!
@@ -517,7 +517,7 @@ impl Child {
     fn spawn(opts: &StreamsOptions) -> Result<Child, LoadgenError> {
         use tokio::io::AsyncBufReadExt;
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-        cmd.args(["loadgen", "sse-streams", "--room", &opts.room])
+        cmd.args(["sse-streams", "--room", &opts.room])
             .args(["--count", &opts.count.to_string()])
             .args(["--sources", &opts.sources.to_string()])
             .args(["--offset", &opts.offset.to_string()]);
