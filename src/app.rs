@@ -100,7 +100,7 @@ impl App {
                 on_failure,
                 lease_ms,
             } => Opener::Shared(
-                crate::shared::connect(url)?,
+                crate::store::redis::connect(url)?,
                 key_prefix,
                 *on_failure,
                 *lease_ms,
@@ -113,7 +113,7 @@ impl App {
                     Room::open(rc.clone(), store.clone(), clock, *seq_block, hold).await
                 }
                 Opener::Shared(con, key_prefix, on_failure, lease_ms) => {
-                    crate::shared::open_room(
+                    crate::store::redis::open_room(
                         rc.clone(),
                         con.clone(),
                         key_prefix,
@@ -183,7 +183,7 @@ impl App {
         // still counts what they did.
         for room in &self.rooms {
             if matches!(room.backend, crate::room::Backend::Shared(_)) {
-                tokio::spawn(crate::shared::run(room.clone(), TICK, stop.clone()));
+                tokio::spawn(crate::store::redis::run(room.clone(), TICK, stop.clone()));
             }
         }
         let mut interval = tokio::time::interval(TICK);

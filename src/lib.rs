@@ -31,7 +31,6 @@ pub mod queue;
 pub mod rfc3339;
 pub mod room;
 pub mod server;
-pub mod shared;
 pub mod shuffle;
 pub mod sse;
 pub mod store;

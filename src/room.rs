@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use crate::config::{QueueMode, RoomConfig};
 use crate::drip::{Drip, TickReport};
 use crate::queue::{ClaimError, Millis, Place, Queue, Settings, Shuffled};
-use crate::shared::Shared;
 use crate::shuffle::{self, Seed};
+use crate::store::redis::Shared;
 use crate::store::{Record, Store, StoreError};
 
 /// Time for the whole process: monotonic for the queue, wall for tokens.
@@ -920,7 +920,7 @@ impl Room {
 
     /// One drip step: expire sessions, advance the line, publish, persist
     /// progress when it moved. Called about ten times a second. (A shared
-    /// room is driven by `shared::run` instead: this only hands over what
+    /// room is driven by `store::redis::run` instead: this only hands over what
     /// its ticks did, for the metrics.)
     pub fn tick(self: &Arc<Self>, sweep_sessions: bool) -> TickReport {
         let Backend::Local(store) = &self.backend else {

@@ -1,7 +1,7 @@
 //! Claims under attack on the embedded store: a copied queue token never
 //! buys a second entry, a lost answer stays recoverable for the claimant
 //! alone, and a pause or closing holds fans who were already called.
-//! (The same rules on three Redis replicas are in `shared.rs`.)
+//! (The same rules on three Redis replicas are in `tests/shared.rs`.)
 
 mod common;
 

@@ -1467,105 +1467,26 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
 
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
 
+/// A script from `scripts/`, with `now` (Redis's clock, ms) defined first.
 fn script(body: &str) -> Script {
     Script::new(&format!("{NOW}{body}"))
 }
 
 /// Joins the room's epoch, or starts the first one (ARGV: epoch, settings, seed).
-static INIT: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if redis.call('HEXISTS', KEYS[1], 'epoch') == 0 then
-  -- A new epoch: whatever an older life of this room left is void.
-  redis.call('DEL', KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11])
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'settings', ARGV[2])
-  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'seed', ARGV[3]) end
-end
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'settings', 'seed', 'opened')
-return {m[1], m[2], m[3] or '', m[4] or '', redis.call('GET', KEYS[4]) or '', now}
-"#,
-    )
-});
+static INIT: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/init.lua")));
 
 /// New places: the counter, raised first to what this replica has seen
 /// issued in this epoch, then moved on by the count (ARGV: epoch, floor,
 /// count). Returns {the last of the new numbers, epoch}.
-static ARRIVE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local ep = redis.call('HGET', KEYS[1], 'epoch')
-if ep == ARGV[1] then
-  local n = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if n < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
-end
-return {redis.call('INCRBY', KEYS[2], ARGV[3]), ep or '0'}
-"#,
-    )
-});
+static ARRIVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/arrive.lua")));
 
 /// Every tick (ARGV: node, lease_ms, seen csv, rejoins csv, epoch, counter
 /// floor, may take the lease 0|1).
-static PULL: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[7], ARGV[3]) end
-if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[9], ARGV[4]) end
-local ep = redis.call('HGET', KEYS[1], 'epoch') or ''
-if ep == ARGV[5] then
-  -- Numbers this replica saw handed out are never handed out again, even
-  -- if Redis lost its last writes.
-  local n = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if n < tonumber(ARGV[6]) then redis.call('SET', KEYS[2], ARGV[6]) end
-end
-local holder = redis.call('GET', KEYS[3])
-local role = 1
-if not holder and ARGV[7] == '0' then
-  return {0, now, ep, redis.call('GET', KEYS[4]) or ''}
-elseif not holder then
-  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-  role = 2
-elseif holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
-else
-  return {0, now, ep, redis.call('GET', KEYS[4]) or ''}
-end
-local seen = redis.call('LRANGE', KEYS[7], 0, -1)
-local claims = redis.call('LRANGE', KEYS[8], 0, -1)
-local rejoins = redis.call('LRANGE', KEYS[9], 0, -1)
-redis.call('DEL', KEYS[7], KEYS[8], KEYS[9])
-local ended = redis.call('ZRANGEBYSCORE', KEYS[10], '-inf', now)
-for _, s in ipairs(ended) do redis.call('HDEL', KEYS[11], s, 'k' .. s) end
-redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now)
-local m = redis.call('HMGET', KEYS[1], 'settings', 'seed', 'opened')
-return {role, now, ep, redis.call('GET', KEYS[4]) or '', m[1] or '', m[2] or '', m[3] or '',
-  tonumber(redis.call('GET', KEYS[2]) or '0'), seen, claims, rejoins,
-  redis.call('ZCARD', KEYS[10]), redis.call('PTTL', KEYS[12])}
-"#,
-    )
-});
+static PULL: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/pull.lua")));
 
 /// The lease holder's decisions (ARGV: node, epoch, state, opened, a
 /// settings patch, then seq/fate pairs; an empty fate deletes).
-static COMMIT: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then return -1 end
-for i = 6, #ARGV, 2 do
-  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[6], ARGV[i])
-  else redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]) end
-end
-if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[1], 'opened', ARGV[4]) end
-if ARGV[5] ~= '' then
-  local cur = cjson.decode(redis.call('HGET', KEYS[1], 'settings'))
-  for k, v in pairs(cjson.decode(ARGV[5])) do cur[k] = v end
-  redis.call('HSET', KEYS[1], 'settings', cjson.encode(cur))
-end
-redis.call('SET', KEYS[4], ARGV[3])
-return 1
-"#,
-    )
-});
+static COMMIT: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/commit.lua")));
 
 /// Exchanges a called place for a session, once (ARGV: epoch, seq, vid,
 /// grace_ms, session_ms, max_ms, retry key or '', retry window ms).
@@ -1575,87 +1496,19 @@ return 1
 /// The room's settings are read here, not from a replica's view, which
 /// lags an admin's pause by up to a tick. A call's window starts again when
 /// the room resumes (`resumed` in `meta`), as the lease holder's line does.
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1, now} end
-if redis.call('GETBIT', KEYS[5], ARGV[2]) == 1 then
-  -- A lost answer asked for again: only by the claimant who presented
-  -- the same retry key, soon after. A copy of the queue token is not it.
-  if ARGV[7] ~= '' then
-    local s = redis.call('HGET', KEYS[11], ARGV[2])
-    local k = redis.call('HGET', KEYS[11], 'k' .. ARGV[2])
-    if s and k and string.sub(s, 1, #ARGV[3] + 1) == ARGV[3] .. ' ' then
-      local key, at = string.match(k, '^(%S+) (%d+)$')
-      if key == ARGV[7] and now - tonumber(at) < tonumber(ARGV[8]) then return {2, now} end
-    end
-  end
-  return {-2, now}
-end
-local f = redis.call('HGET', KEYS[6], ARGV[2])
-if not f or string.sub(f, 1, 2) ~= 'c:' then return {-3, now} end
-local settings = cjson.decode(redis.call('HGET', KEYS[1], 'settings') or '{}')
-if settings.closed == true then return {-5, now} end
-if settings.paused == true then return {-4, now} end
-local called = math.max(tonumber(string.sub(f, 3)), tonumber(redis.call('HGET', KEYS[1], 'resumed') or '0'))
-if called + tonumber(ARGV[4]) <= now then return {-3, now} end
-redis.call('SETBIT', KEYS[5], ARGV[2], 1)
-redis.call('HDEL', KEYS[6], ARGV[2])
-redis.call('ZADD', KEYS[10], now + tonumber(ARGV[5]), ARGV[2])
-redis.call('HSET', KEYS[11], ARGV[2], ARGV[3] .. ' ' .. string.format('%d', now + tonumber(ARGV[6])))
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[11], 'k' .. ARGV[2], ARGV[7] .. ' ' .. string.format('%d', now))
-end
-redis.call('RPUSH', KEYS[8], ARGV[2])
-return {1, now}
-"#,
-    )
-});
+static CLAIM: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/claim.lua")));
 
 /// Where a place past its turn stands (ARGV: epoch, seq). Returns {found,
 /// claimed, fate, now, when the room last resumed or 0}.
-static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {0, 0, '', now, 0} end
-return {1, redis.call('GETBIT', KEYS[5], ARGV[2]), redis.call('HGET', KEYS[6], ARGV[2]) or '', now,
-  tonumber(redis.call('HGET', KEYS[1], 'resumed') or '0')}
-"#,
-    )
-});
+static LOOKUP: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/lookup.lua")));
 
 /// A session this replica does not hold (ARGV: epoch, seq). Returns
 /// {idle end or -1, visitor, hard end, now}.
-static SESSION: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {-1, '', 0, now} end
-local idle = redis.call('ZSCORE', KEYS[10], ARGV[2])
-local s = redis.call('HGET', KEYS[11], ARGV[2])
-if not idle or not s then return {-1, '', 0, now} end
-local vid, max_end = string.match(s, '^(%S+) (%d+)$')
-return {tonumber(idle), vid or '', tonumber(max_end or '0'), now}
-"#,
-    )
-});
+static SESSION: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/session.lua")));
 
 /// Activity slides sessions' idle end, never past their hard end
 /// (ARGV: session_ms, seqs...).
-static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-for i = 2, #ARGV do
-  local s = redis.call('HGET', KEYS[11], ARGV[i])
-  if s then
-    local max_end = tonumber(string.match(s, ' (%d+)$') or '0')
-    local e = math.min(now + tonumber(ARGV[1]), max_end)
-    redis.call('ZADD', KEYS[10], 'XX', 'GT', e, ARGV[i])
-  end
-end
-return 1
-"#,
-    )
-});
+static EXTEND: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/extend.lua")));
 
 /// Rounds of read-change-write before an admin change gives up (each lost
 /// round means another replica changed the settings in between).
@@ -1665,73 +1518,21 @@ const SETTINGS_ATTEMPTS: usize = 5;
 /// are still exactly what the change was computed from (ARGV: epoch, a JSON
 /// object of the changed fields, the settings it was computed from).
 /// Returns {1, merged}; {2, current} when they differ; {0, ''} after a reset.
-static SETTINGS: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {0, ''} end
-local raw = redis.call('HGET', KEYS[1], 'settings')
-if not raw then return {0, ''} end
-if raw ~= ARGV[3] then return {2, raw} end
-local cur = cjson.decode(raw)
-local was_held = cur.paused == true or cur.closed == true
-for k, v in pairs(cjson.decode(ARGV[2])) do cur[k] = v end
-local merged = cjson.encode(cur)
-redis.call('HSET', KEYS[1], 'settings', merged)
-if was_held and not (cur.paused == true or cur.closed == true) then
-  redis.call('HSET', KEYS[1], 'resumed', string.format('%d', now))
-end
-return {1, merged}
-"#,
-    )
-});
+static SETTINGS: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/settings.lua")));
 
 /// A one-time proof is used (ARGV: its id, when it expires in wall-clock
 /// ms). Returns 1 the first time, 0 after. Expired entries go as it goes.
-static SPEND: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', string.format('%d', now))
-return redis.call('ZADD', KEYS[13], 'NX', ARGV[2], ARGV[1])
-"#,
-    )
-});
+static SPEND: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/spend.lua")));
 
 /// A new epoch (ARGV: epoch, settings, seed, state).
-static RESET: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-redis.call('DEL', KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11])
-redis.call('HDEL', KEYS[1], 'opened', 'seed', 'resumed')
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'settings', ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'seed', ARGV[3]) end
-redis.call('SET', KEYS[4], ARGV[4])
-return 1
-"#,
-    )
-});
+static RESET: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/reset.lua")));
 
 /// Shutdown: last signs of life, and the lease given up if held
 /// (ARGV: node, seen csv, rejoins csv).
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[7], ARGV[2]) end
-if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[9], ARGV[3]) end
-if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
-return 1
-"#,
-    )
-});
+static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/release.lua")));
 
 /// An upstream failure holds every replica's drip (ARGV: hold_ms).
-static UPFAIL: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-redis.call('SET', KEYS[12], '1', 'PX', ARGV[1])
-return 1
-"#,
-    )
-});
+static UPFAIL: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/upfail.lua")));
 
 #[cfg(test)]
 mod tests {
