@@ -330,7 +330,7 @@ impl App {
                 memo: Some(&conn.memo),
                 next: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             };
-            match ctx.decide(req.headers()).await {
+            match ctx.decide(&req).await {
                 Ok(Decision::Proxy { set_cookies }) => ("admitted", set_cookies),
                 Ok(Decision::Respond(res)) => return Ok((Some(room), "waiting", res)),
                 Err(e) => return Err((Some(room), e)),

@@ -169,6 +169,8 @@ struct RawProxy {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     public_url: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
     connect_timeout_ms: Option<u64>,
     response_timeout_secs: Option<u64>,
     upstream_hold_secs: Option<u64>,
@@ -333,6 +335,11 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// `https` when the public URL says so: cookies get `Secure`.
     pub public_https: bool,
+    /// The public URL's origin (`scheme://host[:port]`, normalised by
+    /// `csrf::normalize_origin`): browsers posting from it are this site.
+    pub public_origin: Option<String>,
+    /// Other origins whose pages may post to the fan endpoints (`csrf`).
+    pub allowed_origins: Vec<String>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     /// How long the drip holds after the room's upstream failed.
@@ -672,6 +679,27 @@ fn validate(
             }
         },
     };
+    let public_origin = raw
+        .proxy
+        .public_url
+        .as_deref()
+        .and_then(|u| u.parse::<Uri>().ok())
+        .and_then(|uri| {
+            let (scheme, authority) = (uri.scheme_str()?, uri.authority()?);
+            crate::csrf::normalize_origin(&format!("{scheme}://{authority}"))
+        });
+    let mut allowed_origins = Vec::new();
+    for (i, o) in raw.proxy.allowed_origins.iter().enumerate() {
+        match crate::csrf::normalize_origin(o) {
+            Some(origin) => allowed_origins.push(origin),
+            None => problem(
+                &format!("proxy.allowed_origins[{i}]"),
+                format!(
+                    "{o:?} is not an origin like \"https://www.example.com\" (scheme and host, no path)"
+                ),
+            ),
+        }
+    }
     let connect_timeout_ms = raw
         .proxy
         .connect_timeout_ms
@@ -1041,6 +1069,8 @@ fn validate(
             default_upstream,
             trusted_proxies,
             public_https,
+            public_origin,
+            allowed_origins,
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             response_timeout: Duration::from_secs(response_timeout_secs),
             upstream_hold: Duration::from_secs(upstream_hold_secs),

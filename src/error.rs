@@ -81,6 +81,9 @@ pub enum GatewayError {
     Draining,
     #[error("too many live event streams on this node; retry shortly")]
     TooManyStreams,
+    /// A state-changing request from another site's page (see `csrf`).
+    #[error("{0}")]
+    CrossSite(crate::csrf::CrossSite),
     #[error("the room has already opened: its opening time can no longer change")]
     AlreadyOpen,
     /// A new place needs a solved challenge first (`X-Waitroom-Pow`).
@@ -145,6 +148,7 @@ impl GatewayError {
             BodyRead(_) => (StatusCode::BAD_REQUEST, "body_read_failed"),
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
+            CrossSite(_) => (StatusCode::FORBIDDEN, "cross_site_request"),
             AlreadyOpen => (StatusCode::CONFLICT, "already_open"),
             PowRequired { .. } => (StatusCode::PRECONDITION_REQUIRED, "pow_required"),
             PowInvalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "pow_invalid"),
@@ -189,6 +193,9 @@ impl GatewayError {
             } else {
                 let mut body = json!({ "error": code, "message": message });
                 if let GatewayError::InvalidToken(reason) = &self {
+                    body["reason"] = json!(reason.label());
+                }
+                if let GatewayError::CrossSite(reason) = &self {
                     body["reason"] = json!(reason.label());
                 }
                 if let GatewayError::InvalidValue { field, .. } = &self {

@@ -19,8 +19,9 @@
 
 use std::sync::Arc;
 
-use hyper::header::HeaderMap;
-use hyper::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::app::App;
@@ -286,6 +287,55 @@ impl Ctx<'_> {
             })
     }
 
+    /// Refuses a state-changing request from another site's page (see `csrf`).
+    pub fn refuse_cross_site<B>(&self, req: &Request<B>) -> Result<(), GatewayError> {
+        crate::csrf::check_request(
+            req.headers(),
+            req.uri(),
+            self.secure,
+            &self.app.config.proxy,
+        )
+        .map_err(GatewayError::CrossSite)
+    }
+
+    /// Whether the request holds a live session of this room: an access
+    /// token (`X-Waitroom-Token` or the cookie) bound to this client whose
+    /// session has not ended. A join asks first, so it never replaces a
+    /// place that is in use.
+    pub async fn holds_live_session(&self, headers: &HeaderMap) -> Result<bool, GatewayError> {
+        let access = headers
+            .get(ACCESS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                http::cookie(headers, &access_cookie_name(self.room.id()))
+                    .ok()
+                    .flatten()
+            });
+        let Some(token) = access else {
+            return Ok(false);
+        };
+        let epoch = self.room.epoch();
+        let expect = Expect {
+            kind: Kind::Access,
+            room: self.room.id(),
+            epoch,
+        };
+        let claims = match self.verify(token, expect, self.app.clock.wall_secs()) {
+            Ok(c) if c.bnd == self.binding => c,
+            _ => return Ok(false),
+        };
+        let check = self
+            .room
+            .check_session(
+                epoch,
+                claims.seq,
+                &claims.vid,
+                claims.sat.unwrap_or(claims.iat),
+            )
+            .await?;
+        Ok(matches!(check, SessionCheck::Live { .. }))
+    }
+
     fn verify(&self, token: &str, expect: Expect<'_>, now: u64) -> Result<Arc<Claims>, TokenError> {
         match self.memo {
             Some(memo) => self.app.keys.verify_with(memo, token, expect, now),
@@ -432,7 +482,8 @@ impl Ctx<'_> {
     }
 
     /// Decides what happens to a request on the room's protected route.
-    pub async fn decide(&self, headers: &HeaderMap) -> Result<Decision, GatewayError> {
+    pub async fn decide(&self, req: &Request<Incoming>) -> Result<Decision, GatewayError> {
+        let headers = req.headers();
         if self.room.bypass() {
             // The shared store is down and the room is set to fail open.
             self.app
@@ -526,6 +577,19 @@ impl Ctx<'_> {
             }
         }
 
+        // Another site's form posting here arrives without our (Lax)
+        // cookies, and a new place's cookie would replace the fan's own.
+        // As a GET the same navigation carries them: the fan lands with
+        // the place or session they hold (or, holding none, gets one).
+        if !matches!(*req.method(), Method::GET | Method::HEAD)
+            && self.refuse_cross_site(req).is_err()
+        {
+            let mut res = http::html(StatusCode::SEE_OTHER, String::new());
+            if let Ok(location) = HeaderValue::from_str(self.next) {
+                res.headers_mut().insert(header::LOCATION, location);
+            }
+            return Ok(Decision::Respond(res));
+        }
         if self.room.snapshot().closed {
             return Ok(Decision::Respond(self.waiting(Place::Unknown, Vec::new())));
         }
