@@ -154,7 +154,7 @@ pub async fn handle(
             .map_err(GatewayError::CrossSite)?;
     }
     if req.uri().path() == "/_waitroom/events" {
-        return crate::sse::handle(app, req).await;
+        return crate::sse::handle(app, req, peer).await;
     }
     let (allow, handler) = match req.uri().path() {
         "/_waitroom/status" => ("GET, HEAD", Endpoint::Status),

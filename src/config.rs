@@ -30,6 +30,11 @@ pub const DEFAULT_UPSTREAM_HOLD_SECS: u64 = 5;
 pub const DEFAULT_SSE_MAX_CONNECTIONS: usize = 50_000;
 pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 pub const DEFAULT_SSE_RETRY_MS: u64 = 3_000;
+/// Open event streams per place on one node: a few tabs plus the app.
+pub const DEFAULT_SSE_MAX_STREAMS_PER_PLACE: usize = 4;
+/// Open event streams per client address (IPv4, or IPv6 /64) on one node:
+/// sized for a carrier NAT, where thousands of phones share one address.
+pub const DEFAULT_SSE_MAX_STREAMS_PER_CLIENT: usize = 200;
 /// Open connections per listener; beyond it new ones are closed at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
@@ -118,6 +123,8 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawSse {
     max_connections: Option<usize>,
+    max_streams_per_place: Option<usize>,
+    max_streams_per_client: Option<usize>,
     heartbeat_secs: Option<u64>,
     retry_ms: Option<u64>,
 }
@@ -276,6 +283,10 @@ pub struct LimitsConfig {
 pub struct SseConfig {
     /// Concurrent event streams per node; beyond it: 503 with Retry-After.
     pub max_connections: usize,
+    /// Open streams per place per node; a new one beyond it supersedes the oldest.
+    pub max_streams_per_place: usize,
+    /// Open streams per client address per node; beyond it: 429 with Retry-After.
+    pub max_streams_per_client: usize,
     /// Comment lines this often keep intermediaries from cutting idle streams.
     pub heartbeat: Duration,
     /// The `retry:` reconnect hint sent to clients.
@@ -847,6 +858,27 @@ fn validate(
             "must be between 1 and 10000000".into(),
         );
     }
+    let sse_max_streams_per_place = raw
+        .sse
+        .max_streams_per_place
+        .unwrap_or(DEFAULT_SSE_MAX_STREAMS_PER_PLACE);
+    if !(1..=10_000_000).contains(&sse_max_streams_per_place) {
+        problem(
+            "sse.max_streams_per_place",
+            "must be between 1 and 10000000 (a fan's tabs plus the app: a handful)".into(),
+        );
+    }
+    let sse_max_streams_per_client = raw
+        .sse
+        .max_streams_per_client
+        .unwrap_or(DEFAULT_SSE_MAX_STREAMS_PER_CLIENT);
+    if !(1..=10_000_000).contains(&sse_max_streams_per_client) {
+        problem(
+            "sse.max_streams_per_client",
+            "must be between 1 and 10000000 (size it for a carrier NAT: many fans share one address)"
+                .into(),
+        );
+    }
     let sse_heartbeat_secs = raw.sse.heartbeat_secs.unwrap_or(DEFAULT_SSE_HEARTBEAT_SECS);
     if !(1..=300).contains(&sse_heartbeat_secs) {
         problem("sse.heartbeat_secs", "must be between 1 and 300".into());
@@ -1081,6 +1113,8 @@ fn validate(
         log_format,
         sse: SseConfig {
             max_connections: sse_max_connections,
+            max_streams_per_place: sse_max_streams_per_place,
+            max_streams_per_client: sse_max_streams_per_client,
             heartbeat: Duration::from_secs(sse_heartbeat_secs),
             retry_ms: sse_retry_ms,
         },

@@ -37,5 +37,6 @@ pub mod shared;
 pub mod shuffle;
 pub mod sse;
 pub mod store;
+pub mod streams;
 pub mod tls;
 pub mod token;
