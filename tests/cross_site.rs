@@ -2,7 +2,7 @@
 //! change state refuse cross-site requests (Sec-Fetch-Site, else Origin),
 //! apps without those headers keep working, and a join never replaces a
 //! place or session the client already holds. Over real sockets; the same
-//! attacks from a real browser are in `cross_site_browser.rs`.
+//! attacks from a real browser are in `browser_fan.rs`.
 
 mod common;
 
