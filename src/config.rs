@@ -1368,6 +1368,48 @@ mod tests {
     }
 
     #[test]
+    fn origins_and_stream_limits_are_validated_and_normalised() {
+        let with = |extra: &str| GOOD.replace("        [[rooms]]", &format!("{extra}\n[[rooms]]"));
+        let c = Config::from_toml_str(
+            &with(
+                "[proxy]\npublic_url = \"https://Tickets.Example.com:443/shop\"\n\
+                 allowed_origins = [\"https://WWW.example.com/\"]",
+            ),
+            &EnvOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.proxy.public_origin.as_deref(),
+            Some("https://tickets.example.com")
+        );
+        assert_eq!(c.proxy.allowed_origins, ["https://www.example.com"]);
+        assert_eq!(
+            c.sse.max_streams_per_place,
+            DEFAULT_SSE_MAX_STREAMS_PER_PLACE
+        );
+        assert_eq!(
+            c.sse.max_streams_per_client,
+            DEFAULT_SSE_MAX_STREAMS_PER_CLIENT
+        );
+        let fields: Vec<String> = problems(&with(
+            "[proxy]\nallowed_origins = [\"https://a.example/path\", \"*\"]\n\
+             [sse]\nmax_streams_per_place = 0\nmax_streams_per_client = 0",
+        ))
+        .into_iter()
+        .map(|p| p.field)
+        .collect();
+        assert_eq!(
+            fields,
+            [
+                "proxy.allowed_origins[0]",
+                "proxy.allowed_origins[1]",
+                "sse.max_streams_per_place",
+                "sse.max_streams_per_client"
+            ]
+        );
+    }
+
+    #[test]
     fn syntax_error_is_reported() {
         assert!(matches!(
             Config::from_toml_str("[listen\n", &EnvOverrides::default()),
