@@ -150,8 +150,7 @@ pub async fn handle(
         req.uri().path(),
         "/_waitroom/join" | "/_waitroom/claim" | "/_waitroom/events"
     ) {
-        crate::csrf::check_request(req.headers(), req.uri(), secure, &app.config.proxy)
-            .map_err(GatewayError::CrossSite)?;
+        gate::refuse_cross_site(app, &req, secure)?;
     }
     if req.uri().path() == "/_waitroom/events" {
         return crate::sse::handle(app, req, peer).await;

@@ -73,25 +73,6 @@ pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a hyper::Uri) -> Option<&
         .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
-/// [`check`] with what the configuration and the request say about our
-/// own origin; `https`: the fan reached us over https.
-pub fn check_request(
-    headers: &HeaderMap,
-    uri: &hyper::Uri,
-    https: bool,
-    proxy: &crate::config::ProxyConfig,
-) -> Result<(), CrossSite> {
-    check(
-        headers,
-        &OwnSite {
-            https,
-            host: request_host(headers, uri),
-            public_origin: proxy.public_origin.as_deref(),
-            allowed: &proxy.allowed_origins,
-        },
-    )
-}
-
 /// `Ok` unless the request comes from another site's page (module docs).
 pub fn check(headers: &HeaderMap, own: &OwnSite<'_>) -> Result<(), CrossSite> {
     let origin = headers

@@ -228,6 +228,19 @@ pub fn clear_cookie(name: &str, secure: bool) -> String {
     cookie(name, "", 0, secure)
 }
 
+/// Refuses a state-changing request from another site's page (see
+/// `csrf`); `https`: the client reached us over https.
+pub fn refuse_cross_site<B>(app: &App, req: &Request<B>, https: bool) -> Result<(), GatewayError> {
+    let proxy = &app.config.proxy;
+    let own = crate::csrf::OwnSite {
+        https,
+        host: crate::csrf::request_host(req.headers(), req.uri()),
+        public_origin: proxy.public_origin.as_deref(),
+        allowed: &proxy.allowed_origins,
+    };
+    crate::csrf::check(req.headers(), &own).map_err(GatewayError::CrossSite)
+}
+
 /// Per-request facts the decision needs.
 pub struct Ctx<'a> {
     pub app: &'a App,
@@ -285,17 +298,6 @@ impl Ctx<'_> {
                     bits,
                 }
             })
-    }
-
-    /// Refuses a state-changing request from another site's page (see `csrf`).
-    pub fn refuse_cross_site<B>(&self, req: &Request<B>) -> Result<(), GatewayError> {
-        crate::csrf::check_request(
-            req.headers(),
-            req.uri(),
-            self.secure,
-            &self.app.config.proxy,
-        )
-        .map_err(GatewayError::CrossSite)
     }
 
     /// Whether the request holds a live session of this room: an access
@@ -582,7 +584,7 @@ impl Ctx<'_> {
         // As a GET the same navigation carries them: the fan lands with
         // the place or session they hold (or, holding none, gets one).
         if !matches!(*req.method(), Method::GET | Method::HEAD)
-            && self.refuse_cross_site(req).is_err()
+            && refuse_cross_site(self.app, req, self.secure).is_err()
         {
             let mut res = http::html(StatusCode::SEE_OTHER, String::new());
             if let Ok(location) = HeaderValue::from_str(self.next) {
