@@ -121,6 +121,9 @@ keys = [{ kid = "b1", secret = "bench-secret-bench-secret-bench-secret-0123" }]
 $4
 [sse]
 max_connections = 100000
+# The SSE runs put every stream on one token, from a few addresses.
+max_streams_per_place = 10000000
+max_streams_per_client = 10000000
 # All load comes from 127.0.0.x: the per-client join limit would turn the
 # arrival spike into a measurement of 429s.
 [limits]

@@ -30,7 +30,9 @@ use crate::token::{Claims, Expect, Kind};
 
 #[derive(Serialize)]
 struct Joined {
-    token: String,
+    /// The queue token; `null` when the fan holds a live session and
+    /// presented no place.
+    token: Option<String>,
     #[serde(flatten)]
     status: Status,
 }
@@ -141,8 +143,17 @@ pub async fn handle(
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(GatewayError::BodyTooLarge(MAX_BODY_BYTES));
     }
+    let secure = app.config.proxy.public_https || app.proxy.client_https(req.headers(), peer.ip());
+    // Joining, claiming and opening a stream (which may supersede another
+    // of the same place) change a fan's state: never from another site.
+    if matches!(
+        req.uri().path(),
+        "/_waitroom/join" | "/_waitroom/claim" | "/_waitroom/events"
+    ) {
+        gate::refuse_cross_site(app, &req, secure)?;
+    }
     if req.uri().path() == "/_waitroom/events" {
-        return crate::sse::handle(app, req).await;
+        return crate::sse::handle(app, req, peer).await;
     }
     let (allow, handler) = match req.uri().path() {
         "/_waitroom/status" => ("GET, HEAD", Endpoint::Status),
@@ -167,7 +178,7 @@ pub async fn handle(
         app,
         room: &q.room,
         client,
-        secure: app.config.proxy.public_https || app.proxy.client_https(req.headers(), peer.ip()),
+        secure,
         json: true,
         next: &q.next,
         binding: crate::binding::fingerprint(
@@ -255,8 +266,31 @@ async fn status(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>
     ))
 }
 
+/// `POST /_waitroom/join`: the fan's place, never a replacement for one in
+/// use. A live session is answered with its state (`active`) and keeps its
+/// cookies; a valid place is kept (and its token renewed); only a fan
+/// holding neither, or a place that is used up or gone, gets a new one.
+///
+/// The rule for anything that may one day swap a fan's place (device
+/// handoff, account tokens): only through an explicit same-origin POST
+/// (see `csrf`), and the fan then keeps the better of the two places.
 async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let room = ctx.room;
+    if ctx.holds_live_session(req.headers()).await? {
+        let snap = room.snapshot();
+        let mut status = gate::status_of(room, None, &snap, ctx.next);
+        status.state = "active";
+        status.url = Some(ctx.next.to_string());
+        status.message = Some("You are already in: your session is live.".into());
+        return Ok(joined_answer(
+            ctx,
+            req,
+            Joined {
+                token: None,
+                status,
+            },
+        ));
+    }
     let existing = presented(ctx.app, room, req, false)?;
     let (token, cookie, place) = match existing {
         Some(c) => match room.touch(c.ep, c.seq).await? {
@@ -273,31 +307,48 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
     };
     let snap = room.snapshot();
     let status = gate::status_of(room, Some(place), &snap, ctx.next);
+    let mut res = joined_answer(
+        ctx,
+        req,
+        Joined {
+            token: Some(token),
+            status,
+        },
+    );
+    http::add_cookie(&mut res, &cookie);
+    // An access cookie presented here is not live (checked above): clear
+    // it, or the route would show "session ended" instead of the place.
+    if http::cookie(req.headers(), &gate::access_cookie_name(room.id()))
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        http::add_cookie(
+            &mut res,
+            &gate::clear_cookie(&gate::access_cookie_name(room.id()), ctx.secure),
+        );
+    }
+    Ok(res)
+}
+
+/// Join's answer: JSON, or for an HTML form (the "join again" button of
+/// the session-ended page) a `303` back to the route.
+fn joined_answer(ctx: &Ctx<'_>, req: &Request<Incoming>, joined: Joined) -> Response<Body> {
     let browser_form = !http::wants_json(req.headers())
         && req
             .headers()
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/html"));
-    let mut res = if browser_form {
-        // The "join again" button of the session-ended page: back to the route.
+    if browser_form {
         let mut res = http::html(StatusCode::SEE_OTHER, String::new());
         if let Ok(loc) = HeaderValue::from_str(ctx.next) {
             res.headers_mut().insert(header::LOCATION, loc);
         }
         res
     } else {
-        http::json(StatusCode::OK, &Joined { token, status })
-    };
-    http::add_cookie(&mut res, &cookie);
-    if let Some(c) = ctx.missing_claim_key(req.headers()) {
-        http::add_cookie(&mut res, &c);
+        http::json(StatusCode::OK, &joined)
     }
-    http::add_cookie(
-        &mut res,
-        &gate::clear_cookie(&gate::access_cookie_name(room.id()), ctx.secure),
-    );
-    Ok(res)
 }
 
 async fn new_place(

@@ -63,6 +63,8 @@ pub struct App {
     pub drain: tokio::sync::watch::Sender<bool>,
     /// Event streams open on this node (capped by `sse.max_connections`).
     pub sse_open: AtomicUsize,
+    /// Event streams open on this node by place and by client address.
+    pub streams: crate::streams::Streams,
     /// New places per client address (`limits.joins_per_min_per_client`).
     pub join_limiter: JoinLimiter,
     /// Proof-of-work challenges for rooms with `pow_bits`.
@@ -155,6 +157,10 @@ impl App {
             draining: AtomicBool::new(false),
             drain: tokio::sync::watch::channel(false).0,
             sse_open: AtomicUsize::new(0),
+            streams: crate::streams::Streams::new(
+                config.sse.max_streams_per_place,
+                config.sse.max_streams_per_client,
+            ),
             config,
         }))
     }
@@ -330,7 +336,7 @@ impl App {
                 memo: Some(&conn.memo),
                 next: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             };
-            match ctx.decide(req.headers()).await {
+            match ctx.decide(&req).await {
                 Ok(Decision::Proxy { set_cookies }) => ("admitted", set_cookies),
                 Ok(Decision::Respond(res)) => return Ok((Some(room), "waiting", res)),
                 Err(e) => return Err((Some(room), e)),

@@ -30,6 +30,11 @@ pub const DEFAULT_UPSTREAM_HOLD_SECS: u64 = 5;
 pub const DEFAULT_SSE_MAX_CONNECTIONS: usize = 50_000;
 pub const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 pub const DEFAULT_SSE_RETRY_MS: u64 = 3_000;
+/// Open event streams per place on one node: a few tabs plus the app.
+pub const DEFAULT_SSE_MAX_STREAMS_PER_PLACE: usize = 4;
+/// Open event streams per client address (IPv4, or IPv6 /64) on one node:
+/// sized for a carrier NAT, where thousands of phones share one address.
+pub const DEFAULT_SSE_MAX_STREAMS_PER_CLIENT: usize = 200;
 /// Open connections per listener; beyond it new ones are closed at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
@@ -118,6 +123,8 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawSse {
     max_connections: Option<usize>,
+    max_streams_per_place: Option<usize>,
+    max_streams_per_client: Option<usize>,
     heartbeat_secs: Option<u64>,
     retry_ms: Option<u64>,
 }
@@ -169,6 +176,8 @@ struct RawProxy {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     public_url: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
     connect_timeout_ms: Option<u64>,
     response_timeout_secs: Option<u64>,
     upstream_hold_secs: Option<u64>,
@@ -274,6 +283,10 @@ pub struct LimitsConfig {
 pub struct SseConfig {
     /// Concurrent event streams per node; beyond it: 503 with Retry-After.
     pub max_connections: usize,
+    /// Open streams per place per node; a new one beyond it supersedes the oldest.
+    pub max_streams_per_place: usize,
+    /// Open streams per client address per node; beyond it: 429 with Retry-After.
+    pub max_streams_per_client: usize,
     /// Comment lines this often keep intermediaries from cutting idle streams.
     pub heartbeat: Duration,
     /// The `retry:` reconnect hint sent to clients.
@@ -333,6 +346,11 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// `https` when the public URL says so: cookies get `Secure`.
     pub public_https: bool,
+    /// The public URL's origin (`scheme://host[:port]`, normalised by
+    /// `csrf::normalize_origin`): browsers posting from it are this site.
+    pub public_origin: Option<String>,
+    /// Other origins whose pages may post to the fan endpoints (`csrf`).
+    pub allowed_origins: Vec<String>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     /// How long the drip holds after the room's upstream failed.
@@ -672,6 +690,27 @@ fn validate(
             }
         },
     };
+    let public_origin = raw
+        .proxy
+        .public_url
+        .as_deref()
+        .and_then(|u| u.parse::<Uri>().ok())
+        .and_then(|uri| {
+            let (scheme, authority) = (uri.scheme_str()?, uri.authority()?);
+            crate::csrf::normalize_origin(&format!("{scheme}://{authority}"))
+        });
+    let mut allowed_origins = Vec::new();
+    for (i, o) in raw.proxy.allowed_origins.iter().enumerate() {
+        match crate::csrf::normalize_origin(o) {
+            Some(origin) => allowed_origins.push(origin),
+            None => problem(
+                &format!("proxy.allowed_origins[{i}]"),
+                format!(
+                    "{o:?} is not an origin like \"https://www.example.com\" (scheme and host, no path)"
+                ),
+            ),
+        }
+    }
     let connect_timeout_ms = raw
         .proxy
         .connect_timeout_ms
@@ -817,6 +856,27 @@ fn validate(
         problem(
             "sse.max_connections",
             "must be between 1 and 10000000".into(),
+        );
+    }
+    let sse_max_streams_per_place = raw
+        .sse
+        .max_streams_per_place
+        .unwrap_or(DEFAULT_SSE_MAX_STREAMS_PER_PLACE);
+    if !(1..=10_000_000).contains(&sse_max_streams_per_place) {
+        problem(
+            "sse.max_streams_per_place",
+            "must be between 1 and 10000000 (a fan's tabs plus the app: a handful)".into(),
+        );
+    }
+    let sse_max_streams_per_client = raw
+        .sse
+        .max_streams_per_client
+        .unwrap_or(DEFAULT_SSE_MAX_STREAMS_PER_CLIENT);
+    if !(1..=10_000_000).contains(&sse_max_streams_per_client) {
+        problem(
+            "sse.max_streams_per_client",
+            "must be between 1 and 10000000 (size it for a carrier NAT: many fans share one address)"
+                .into(),
         );
     }
     let sse_heartbeat_secs = raw.sse.heartbeat_secs.unwrap_or(DEFAULT_SSE_HEARTBEAT_SECS);
@@ -1041,6 +1101,8 @@ fn validate(
             default_upstream,
             trusted_proxies,
             public_https,
+            public_origin,
+            allowed_origins,
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             response_timeout: Duration::from_secs(response_timeout_secs),
             upstream_hold: Duration::from_secs(upstream_hold_secs),
@@ -1051,6 +1113,8 @@ fn validate(
         log_format,
         sse: SseConfig {
             max_connections: sse_max_connections,
+            max_streams_per_place: sse_max_streams_per_place,
+            max_streams_per_client: sse_max_streams_per_client,
             heartbeat: Duration::from_secs(sse_heartbeat_secs),
             retry_ms: sse_retry_ms,
         },
@@ -1300,6 +1364,48 @@ mod tests {
         assert!(
             fields.contains(&"rooms[0].session_secs".to_string()),
             "{fields:?}"
+        );
+    }
+
+    #[test]
+    fn origins_and_stream_limits_are_validated_and_normalised() {
+        let with = |extra: &str| GOOD.replace("        [[rooms]]", &format!("{extra}\n[[rooms]]"));
+        let c = Config::from_toml_str(
+            &with(
+                "[proxy]\npublic_url = \"https://Tickets.Example.com:443/shop\"\n\
+                 allowed_origins = [\"https://WWW.example.com/\"]",
+            ),
+            &EnvOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.proxy.public_origin.as_deref(),
+            Some("https://tickets.example.com")
+        );
+        assert_eq!(c.proxy.allowed_origins, ["https://www.example.com"]);
+        assert_eq!(
+            c.sse.max_streams_per_place,
+            DEFAULT_SSE_MAX_STREAMS_PER_PLACE
+        );
+        assert_eq!(
+            c.sse.max_streams_per_client,
+            DEFAULT_SSE_MAX_STREAMS_PER_CLIENT
+        );
+        let fields: Vec<String> = problems(&with(
+            "[proxy]\nallowed_origins = [\"https://a.example/path\", \"*\"]\n\
+             [sse]\nmax_streams_per_place = 0\nmax_streams_per_client = 0",
+        ))
+        .into_iter()
+        .map(|p| p.field)
+        .collect();
+        assert_eq!(
+            fields,
+            [
+                "proxy.allowed_origins[0]",
+                "proxy.allowed_origins[1]",
+                "sse.max_streams_per_place",
+                "sse.max_streams_per_client"
+            ]
         );
     }
 

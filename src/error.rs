@@ -81,6 +81,12 @@ pub enum GatewayError {
     Draining,
     #[error("too many live event streams on this node; retry shortly")]
     TooManyStreams,
+    /// `sse.max_streams_per_client` streams from this address are open.
+    #[error("too many live event streams from your network; close some tabs or retry shortly")]
+    TooManyClientStreams,
+    /// A state-changing request from another site's page (see `csrf`).
+    #[error("{0}")]
+    CrossSite(crate::csrf::CrossSite),
     #[error("the room has already opened: its opening time can no longer change")]
     AlreadyOpen,
     /// A new place needs a solved challenge first (`X-Waitroom-Pow`).
@@ -111,6 +117,9 @@ impl From<RoomError> for GatewayError {
 
 /// `Retry-After` for answers that are only briefly unavailable.
 const STORE_RETRY_AFTER_SECS: u64 = 5;
+/// `Retry-After` when a client address has all its event streams open:
+/// one of them has to end first, which takes longer than a blip.
+const CLIENT_STREAMS_RETRY_AFTER_SECS: u64 = 30;
 
 impl GatewayError {
     /// Status and machine-readable code.
@@ -147,6 +156,8 @@ impl GatewayError {
             BodyRead(_) => (StatusCode::BAD_REQUEST, "body_read_failed"),
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
+            TooManyClientStreams => (StatusCode::TOO_MANY_REQUESTS, "too_many_client_streams"),
+            CrossSite(_) => (StatusCode::FORBIDDEN, "cross_site_request"),
             AlreadyOpen => (StatusCode::CONFLICT, "already_open"),
             PowRequired { .. } => (StatusCode::PRECONDITION_REQUIRED, "pow_required"),
             PowInvalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "pow_invalid"),
@@ -193,6 +204,9 @@ impl GatewayError {
                 if let GatewayError::InvalidToken(reason) = &self {
                     body["reason"] = json!(reason.label());
                 }
+                if let GatewayError::CrossSite(reason) = &self {
+                    body["reason"] = json!(reason.label());
+                }
                 if let GatewayError::InvalidValue { field, .. } = &self {
                     body["field"] = json!(field);
                 }
@@ -228,6 +242,12 @@ impl GatewayError {
                 h.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(STORE_RETRY_AFTER_SECS),
+                );
+            }
+            GatewayError::TooManyClientStreams => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(CLIENT_STREAMS_RETRY_AFTER_SECS),
                 );
             }
             GatewayError::RateLimited { retry_after_secs } => {

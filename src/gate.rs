@@ -19,8 +19,9 @@
 
 use std::sync::Arc;
 
-use hyper::header::HeaderMap;
-use hyper::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::app::App;
@@ -285,6 +286,19 @@ pub fn clear_cookie(name: &str, secure: bool) -> String {
     cookie(name, "", 0, secure)
 }
 
+/// Refuses a state-changing request from another site's page (see
+/// `csrf`); `https`: the client reached us over https.
+pub fn refuse_cross_site<B>(app: &App, req: &Request<B>, https: bool) -> Result<(), GatewayError> {
+    let proxy = &app.config.proxy;
+    let own = crate::csrf::OwnSite {
+        https,
+        host: crate::csrf::request_host(req.headers(), req.uri()),
+        public_origin: proxy.public_origin.as_deref(),
+        allowed: &proxy.allowed_origins,
+    };
+    crate::csrf::check(req.headers(), &own).map_err(GatewayError::CrossSite)
+}
+
 /// Per-request facts the decision needs.
 pub struct Ctx<'a> {
     pub app: &'a App,
@@ -349,6 +363,44 @@ impl Ctx<'_> {
         } else {
             Err(invalid(crate::pow::PowError::Reused))
         }
+    }
+
+    /// Whether the request holds a live session of this room: an access
+    /// token (`X-Waitroom-Token` or the cookie) bound to this client whose
+    /// session has not ended. A join asks first, so it never replaces a
+    /// place that is in use.
+    pub async fn holds_live_session(&self, headers: &HeaderMap) -> Result<bool, GatewayError> {
+        let access = headers
+            .get(ACCESS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                http::cookie(headers, &access_cookie_name(self.room.id()))
+                    .ok()
+                    .flatten()
+            });
+        let Some(token) = access else {
+            return Ok(false);
+        };
+        let epoch = self.room.epoch();
+        let expect = Expect {
+            kind: Kind::Access,
+            room: self.room.id(),
+            epoch,
+        };
+        let claims = match self.verify(token, expect, self.app.clock.wall_secs()) {
+            Ok(c) if c.bnd == self.binding => c,
+            _ => return Ok(false),
+        };
+        let check = self
+            .room
+            .check_session(
+                epoch,
+                claims.seq,
+                &claims.vid,
+                claims.sat.unwrap_or(claims.iat),
+            )
+            .await?;
+        Ok(matches!(check, SessionCheck::Live { .. }))
     }
 
     fn verify(&self, token: &str, expect: Expect<'_>, now: u64) -> Result<Arc<Claims>, TokenError> {
@@ -545,14 +597,15 @@ impl Ctx<'_> {
 
     /// A claim-key cookie for a browser that has none yet (see
     /// [`claim_key_cookie_name`]): set while it waits, before its turn.
-    pub fn missing_claim_key(&self, headers: &HeaderMap) -> Option<String> {
+    fn missing_claim_key(&self, headers: &HeaderMap) -> Option<String> {
         browser_claim_key(headers, self.room.id())
             .is_none()
             .then(|| self.claim_key_cookie(&new_claim_key()))
     }
 
     /// Decides what happens to a request on the room's protected route.
-    pub async fn decide(&self, headers: &HeaderMap) -> Result<Decision, GatewayError> {
+    pub async fn decide(&self, req: &Request<Incoming>) -> Result<Decision, GatewayError> {
+        let headers = req.headers();
         if self.room.bypass() {
             // The shared store is down and the room is set to fail open.
             self.app
@@ -660,6 +713,19 @@ impl Ctx<'_> {
             }
         }
 
+        // Another site's form posting here arrives without our (Lax)
+        // cookies, and a new place's cookie would replace the fan's own.
+        // As a GET the same navigation carries them: the fan lands with
+        // the place or session they hold (or, holding none, gets one).
+        if !matches!(*req.method(), Method::GET | Method::HEAD)
+            && refuse_cross_site(self.app, req, self.secure).is_err()
+        {
+            let mut res = http::html(StatusCode::SEE_OTHER, String::new());
+            if let Ok(location) = HeaderValue::from_str(self.next) {
+                res.headers_mut().insert(header::LOCATION, location);
+            }
+            return Ok(Decision::Respond(res));
+        }
         if self.room.snapshot().closed {
             return Ok(Decision::Respond(self.waiting(Place::Unknown, Vec::new())));
         }

@@ -44,7 +44,11 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body>
 }
 
 /// A page the gateway renders itself, with its security headers: the CSP
-/// (see [`crate::page::content_security_policy`]), no framing, no referrer.
+/// (see [`crate::page::content_security_policy`]), no framing, and no
+/// referrer to other origins. `same-origin` rather than `no-referrer`:
+/// under `no-referrer` a browser sends `Origin: null` with the page's own
+/// form POSTs (the "join again" button), which a browser without
+/// `Sec-Fetch-Site` could then not tell from another site's (see `csrf`).
 pub fn html(status: StatusCode, body: String) -> Response<Body> {
     let mut res = response(status, "text/html; charset=utf-8", body);
     let h = res.headers_mut();
@@ -55,7 +59,7 @@ pub fn html(status: StatusCode, body: String) -> Response<Body> {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     res
 }

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub upstream_responses: IntCounterVec,
     pub errors: IntCounterVec,
     pub sse_connections: prometheus::IntGauge,
+    pub sse_streams: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub join_limiter_clients: prometheus::IntGauge,
     pub connections_open: IntGaugeVec,
@@ -194,6 +195,12 @@ impl Metrics {
                     .expect("metric names are unique");
                 g
             },
+            sse_streams: counter(
+                &r,
+                "waitroom_sse_streams_total",
+                "Event streams by outcome: opened, superseded (a newer stream of the same place took its room), refused_client_budget (sse.max_streams_per_client).",
+                &["outcome"],
+            ),
             rate_limited: counter(
                 &r,
                 "waitroom_rate_limited_total",

@@ -73,6 +73,9 @@ pub const DEFAULT_TEMPLATE: &str = r#"<!doctype html><html lang="en"><head><meta
 
 /// The live-update script: Server-Sent Events, with polling where
 /// EventSource is missing; forwards with `location.replace` when admitted.
+/// On `superseded` (the place is open in newer tabs) it closes the stream
+/// and offers a button that takes the place back here by reloading; it
+/// never reconnects by itself, or two tabs would evict each other forever.
 /// Its text is the same for every fan (the URLs come from the element's
 /// `data-` attributes), so one SHA-256 in the Content-Security-Policy
 /// allows exactly this script and nothing else.
@@ -103,6 +106,13 @@ function show(d){
   note(why[d.eta_reason]||"");
   return true;
 }
+function away(){
+  done=true;if(es)es.close();
+  var n=$("wr-note")||document.body.appendChild(document.createElement("p"));
+  n.hidden=false;n.textContent="This place is open in another tab. ";
+  var b=document.createElement("button");b.type="button";b.textContent="Use this tab";
+  b.onclick=function(){location.reload();};n.appendChild(b);
+}
 function poll(delay){
   if(done)return;
   fetch(st,{credentials:"same-origin",headers:{"Accept":"application/json"},cache:"no-store"})
@@ -116,6 +126,7 @@ function connect(){
   ["prequeue","position","paused","closed","admitted","claimed","expired"].forEach(function(k){
     es.addEventListener(k,function(e){try{if(!show(JSON.parse(e.data)))es.close();}catch(x){}});
   });
+  es.addEventListener("superseded",away);
   es.onopen=function(){var n=$("wr-note");if(n&&n.textContent.indexOf("Reconnecting")===0)note("");};
   es.onerror=function(){
     if(done)return;

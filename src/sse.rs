@@ -23,7 +23,11 @@
 //!   `closed` events when what the fan sees changes;
 //! - `admitted` (with `url`), `claimed` or `expired`, after which it ends;
 //! - a `: keep-alive` comment when nothing was written for `heartbeat_secs`;
-//! - on drain (shutdown), a jittered `retry:` and the end of the stream.
+//! - on drain (shutdown), a jittered `retry:` and the end of the stream;
+//! - `superseded`, then the end, when newer streams of the same place
+//!   push it over `sse.max_streams_per_place` (see `streams`). It carries
+//!   no `retry:`; a client must not reconnect on its own after it (the
+//!   page offers a button instead), or two tabs would evict each other.
 //!
 //! Every event has an `id:` of the form `<epoch>-<serving>`. A client that
 //! reconnects with `Last-Event-ID` never sees a position higher than the one
@@ -35,6 +39,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,7 +51,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::app::App;
@@ -56,6 +61,9 @@ use crate::http::{self, Body};
 use crate::queue::Place;
 use crate::room::{Headline, Room, Snapshot};
 use crate::token::{Expect, Kind};
+
+/// What a superseded stream's last event says.
+pub const SUPERSEDED_MESSAGE: &str = "This place is open in another tab or app.";
 
 /// At most one update a second per connection.
 pub const COALESCE: Duration = Duration::from_secs(1);
@@ -73,13 +81,28 @@ pub fn pace(eta_secs: Option<u64>, heartbeat: Duration) -> Duration {
     share.min(heartbeat).max(COALESCE)
 }
 
-/// Holds one slot of the per-node connection cap until dropped.
-struct Slot(Arc<App>);
+/// Holds one slot of the per-node connection cap, and the stream's share
+/// of its place's and its address's counts, until dropped.
+struct Slot {
+    app: Arc<App>,
+    ticket: Option<crate::streams::Ticket>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.sse_open.fetch_sub(1, Ordering::Relaxed);
+        self.app.sse_open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ticket) = &self.ticket {
+            self.app.streams.close(ticket);
+        }
     }
+}
+
+/// Why a stream stops before the fan's place is settled.
+enum Stop {
+    /// The gateway is shutting down: reconnect elsewhere.
+    Drain,
+    /// Newer streams of the same place took its room: do not reconnect.
+    Superseded,
 }
 
 /// What the fan was last shown; an event is written only when it changes.
@@ -100,10 +123,11 @@ struct Conn {
     /// A position-only update held back until then ([`pace`]); meanwhile
     /// the stream listens to `headline` instead of `rx`.
     held: Option<Instant>,
-    /// Resolves when the gateway starts draining. Made once per stream and
-    /// kept: re-registering with the drain channel on every event, as a
-    /// fresh `changed()` would, cost each event a lock and a list removal.
-    drain: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Resolves when the gateway starts draining or a newer stream of the
+    /// place supersedes this one. Made once per stream and kept:
+    /// re-registering with the drain channel on every event, as a fresh
+    /// `changed()` would, cost each event a lock and a list removal.
+    stop: Pin<Box<dyn Future<Output = Stop> + Send>>,
     /// The heartbeat / sign-of-life timer, kept and moved on rather than
     /// made anew per event (a later deadline moves without touching the
     /// timer wheel).
@@ -120,7 +144,7 @@ struct Conn {
     retry_ms: u64,
     started: bool,
     done: bool,
-    _slot: Slot,
+    slot: Slot,
 }
 
 /// Parses `Last-Event-ID` (`<epoch>-<serving>`).
@@ -141,6 +165,7 @@ pub fn parse_last_event_id(value: &str) -> Result<(u64, u64), String> {
 pub async fn handle(
     app: &Arc<App>,
     req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, GatewayError> {
     if req.method() != Method::GET {
         return Err(GatewayError::MethodNotAllowed("GET"));
@@ -195,11 +220,32 @@ pub async fn handle(
         return Err(GatewayError::Draining);
     }
     let open = app.sse_open.fetch_add(1, Ordering::Relaxed);
-    let slot = Slot(app.clone());
+    let mut slot = Slot {
+        app: app.clone(),
+        ticket: None,
+    };
     if open >= app.config.sse.max_connections {
-        drop(slot);
         return Err(GatewayError::TooManyStreams);
     }
+    let place = crate::streams::PlaceKey {
+        room: app
+            .rooms
+            .iter()
+            .position(|r| Arc::ptr_eq(r, &room))
+            .expect("parse_query returns one of the app's rooms"),
+        epoch,
+        seq: claims.seq,
+    };
+    let client = app.proxy.client_ip(peer.ip(), req.headers());
+    let (ticket, superseded) = app.streams.open(place, client).map_err(|_| {
+        app.metrics
+            .sse_streams
+            .with_label_values(&["refused_client_budget"])
+            .inc();
+        GatewayError::TooManyClientStreams
+    })?;
+    slot.ticket = Some(ticket);
+    app.metrics.sse_streams.with_label_values(&["opened"]).inc();
     room.touch(epoch, claims.seq).await?;
 
     let heartbeat = app.config.sse.heartbeat;
@@ -210,7 +256,7 @@ pub async fn handle(
         rx: room.subscribe(),
         headline: room.subscribe_headline(),
         held: None,
-        drain: drained(app.drain.subscribe()),
+        stop: stop_signal(app.drain.subscribe(), superseded),
         timer: Box::pin(tokio::time::sleep_until(now + touch_every.min(heartbeat))),
         room,
         seq: claims.seq,
@@ -225,7 +271,7 @@ pub async fn handle(
         retry_ms: app.config.sse.retry_ms,
         started: false,
         done: false,
-        _slot: slot,
+        slot,
     };
     let stream = futures_util::stream::unfold(conn, next_frame);
     let body = StreamBody::new(stream).map_err(|never: Infallible| match never {});
@@ -241,12 +287,21 @@ pub async fn handle(
     Ok(res)
 }
 
-/// A future that resolves once `drain` changes (or its sender is gone),
-/// and stays pending if polled again after that.
-fn drained(mut drain: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+/// A future that resolves once `drain` changes (or its sender is gone) or
+/// `superseded` is told so, and stays pending if polled again after that.
+fn stop_signal(
+    mut drain: watch::Receiver<bool>,
+    superseded: oneshot::Receiver<()>,
+) -> Pin<Box<dyn Future<Output = Stop> + Send>> {
     Box::pin(
         async move {
-            let _ = drain.changed().await;
+            tokio::select! {
+                biased;
+                _ = drain.changed() => Stop::Drain,
+                // A sender dropped without a word (the place's entry went
+                // away) supersedes nothing: this branch is then disabled.
+                Ok(()) = superseded => Stop::Superseded,
+            }
         }
         .fuse(),
     )
@@ -357,11 +412,36 @@ impl Conn {
         Some(text)
     }
 
-    fn drain_frame(&mut self) -> Item {
+    /// The last frame of a stream stopped by [`Stop`].
+    fn stop_frame(&mut self, why: Stop) -> Item {
         self.done = true;
-        // Spread reconnects so a restarted node is not stampeded.
-        let jitter = rand::random::<u64>() % self.retry_ms.max(1);
-        frame(format!("retry: {}\n\n", self.retry_ms + jitter))
+        match why {
+            Stop::Drain => {
+                // Spread reconnects so a restarted node is not stampeded.
+                let jitter = rand::random::<u64>() % self.retry_ms.max(1);
+                frame(format!("retry: {}\n\n", self.retry_ms + jitter))
+            }
+            Stop::Superseded => {
+                self.slot
+                    .app
+                    .metrics
+                    .sse_streams
+                    .with_label_values(&["superseded"])
+                    .inc();
+                let mut text = Vec::with_capacity(160);
+                text.extend_from_slice(b"event: superseded\ndata: ");
+                let _ = serde_json::to_writer(
+                    &mut text,
+                    &serde_json::json!({
+                        "room": self.room.id(),
+                        "state": "superseded",
+                        "message": SUPERSEDED_MESSAGE,
+                    }),
+                );
+                text.extend_from_slice(b"\n\n");
+                frame(text)
+            }
+        }
     }
 }
 
@@ -384,8 +464,8 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
         }
         tokio::select! {
             biased;
-            () = &mut c.drain => {
-                let f = c.drain_frame();
+            why = &mut c.stop => {
+                let f = c.stop_frame(why);
                 return Some((f, c));
             }
             // Held: the pause, rate change or reset ends the hold, and the
@@ -404,8 +484,8 @@ async fn next_frame(mut c: Conn) -> Option<(Item, Conn)> {
                 if since < COALESCE {
                     tokio::select! {
                         _ = tokio::time::sleep(COALESCE - since) => {}
-                        () = &mut c.drain => {
-                            let f = c.drain_frame();
+                        why = &mut c.stop => {
+                            let f = c.stop_frame(why);
                             return Some((f, c));
                         }
                     }

@@ -826,7 +826,7 @@ async fn security_headers_are_on_every_gateway_page_and_the_csp_allows_the_waiti
     let h = res.headers().clone();
     let csp = h["content-security-policy"].to_str().unwrap().to_string();
     assert_eq!(h["x-frame-options"], "DENY");
-    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["referrer-policy"], "same-origin");
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["cache-control"], "no-store");
     for directive in [
