@@ -71,11 +71,16 @@ pub fn split(authority: &str) -> Result<(&str, Option<u16>), HostError> {
             None => (authority, None),
         };
         let name = name.strip_suffix('.').unwrap_or(name);
-        let valid = !name.is_empty()
-            && name
-                .split('.')
-                .all(|label| !label.is_empty() && label.bytes().all(is_name_byte));
-        if !valid {
+        // One pass: name bytes only, and no empty label (a leading dot
+        // counts as one, hence `previous` starting as '.').
+        let mut previous = b'.';
+        for &b in name.as_bytes() {
+            if (b == b'.' && previous == b'.') || (b != b'.' && !is_name_byte(b)) {
+                return Err(HostError::BadName);
+            }
+            previous = b;
+        }
+        if previous == b'.' {
             return Err(HostError::BadName);
         }
         (name, port)
