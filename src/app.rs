@@ -2,12 +2,17 @@
 //! store, and the public request flow:
 //!
 //! ```text
-//!   request ─→ /_waitroom/* ─→ api (status, join, claim)
-//!          └─→ route by host + longest path prefix
-//!                ├─ no room ─→ default upstream, or 404
-//!                ├─ exempt path ─→ proxy
-//!                └─ gate::decide ─→ proxy (+ cookies) | waiting page
+//!   request ─→ normal path (path::normalize; none safe: 400)
+//!     ├─→ /_waitroom/* ─→ api (status, join, claim)
+//!     └─→ route by host (host::of_request; malformed: 400)
+//!         + longest path prefix (path::without_params)
+//!           ├─ no room ─→ default upstream, or 404
+//!           ├─ exempt path ─→ proxy
+//!           └─ gate::decide ─→ proxy (+ cookies) | waiting page
 //! ```
+//!
+//! Everything after the first step sees the normal path, and it is the
+//! path forwarded: the gateway and the upstream read the same route.
 //!
 //! Every public request ends in [`App::handle_public`], which records the
 //! access log line and the error metric in one place.
