@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request hot path: token issue and verify,
-//! the admitted-request decision, and building the status document (with
-//! serde, as the API does, and written by hand, as every event stream does).
+//! the admitted-request decision, reading a request's path and host for
+//! routing, and building the status document (with serde, as the API does,
+//! and written by hand, as every event stream does).
 //! Run: `cargo bench --bench micro`. Numbers go in BENCHMARKS.md.
 
 use futures_util::FutureExt;
@@ -126,6 +127,21 @@ fn benches(c: &mut Criterion) {
             )
             .now_or_never()
             .expect("a local session check never waits")
+        })
+    });
+
+    // What routing adds to every request: the path's normal form and
+    // routing view, and the host, for a request that needs no rewriting.
+    let uri: hyper::Uri = "/checkout/seats/42?section=b&row=7".parse().unwrap();
+    let mut headers = hyper::HeaderMap::new();
+    headers.insert(hyper::header::HOST, "tickets.example.com".parse().unwrap());
+    c.bench_function("route/normal_path_and_host", |b| {
+        b.iter(|| {
+            let uri = black_box(&uri);
+            let path = waitroom::path::normalize(uri.path()).unwrap();
+            let view = waitroom::path::without_params(&path);
+            let host = waitroom::host::of_request(uri, black_box(&headers)).unwrap();
+            (view.len(), host.map(str::len))
         })
     });
 

@@ -21,6 +21,20 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
   fi
 fi
 
+# The hostile-path tests run a real nginx (Debian's nginx-light) as an
+# upstream that normalises paths; it runs in the foreground on a free port
+# with its own temp directory, so no nginx service is started or touched.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing nginx-light for the hostile-path tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  else
+    echo "scripts/test.sh: the hostile-path tests need nginx; install it (as root: apt-get install nginx-light)" >&2
+    exit 1
+  fi
+fi
+
 # The shared-store tests need redis-server (they also start their own on
 # free ports) and a Redis answering at WAITROOM_TEST_REDIS_URL (default
 # 127.0.0.1:6379); start one when none answers. Each test uses its own key

@@ -2,16 +2,22 @@
 //! store, and the public request flow:
 //!
 //! ```text
-//!   request ─→ /_waitroom/* ─→ api (status, join, claim)
-//!          └─→ route by host + longest path prefix
-//!                ├─ no room ─→ default upstream, or 404
-//!                ├─ exempt path ─→ proxy
-//!                └─ gate::decide ─→ proxy (+ cookies) | waiting page
+//!   request ─→ normal path (path::normalize; none safe: 400)
+//!     ├─→ /_waitroom/* ─→ api (status, join, claim)
+//!     └─→ route by host (host::of_request; malformed: 400)
+//!         + longest path prefix (path::without_params)
+//!           ├─ no room ─→ default upstream, or 404
+//!           ├─ exempt path ─→ proxy
+//!           └─ gate::decide ─→ proxy (+ cookies) | waiting page
 //! ```
+//!
+//! Everything after the first step sees the normal path, and it is the
+//! path forwarded: the gateway and the upstream read the same route.
 //!
 //! Every public request ends in [`App::handle_public`], which records the
 //! access log line and the error metric in one place.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -69,18 +75,6 @@ pub struct App {
     pub join_limiter: JoinLimiter,
     /// Proof-of-work challenges for rooms with `pow_bits`.
     pub pow: crate::pow::Pow,
-}
-
-/// Whether `path` lies inside the route `prefix` (on a segment boundary).
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return path.starts_with('/');
-    }
-    let prefix = prefix.trim_end_matches('/');
-    path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl App {
@@ -170,7 +164,9 @@ impl App {
     }
 
     /// The room protecting `host` + `path`: the longest matching prefix,
-    /// a room bound to the host winning over one for any host.
+    /// a room bound to the host winning over one for any host. `host` as
+    /// [`crate::host::of_request`] gives it, `path` as
+    /// [`crate::path::without_params`] gives it for the normal path.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Room>> {
         self.rooms
             .iter()
@@ -179,7 +175,7 @@ impl App {
                 (Some(h), Some(req)) => h.eq_ignore_ascii_case(req),
                 (Some(_), None) => false,
             })
-            .filter(|r| prefix_matches(&r.config.path_prefix, path))
+            .filter(|r| crate::path::prefix_matches(&r.config.path_prefix, path))
             .max_by_key(|r| (r.config.path_prefix.len(), r.config.host.is_some()))
     }
 
@@ -291,8 +287,19 @@ impl App {
         res
     }
 
-    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, conn: &Connection) -> Dispatched {
+    async fn dispatch(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: &Connection,
+    ) -> Dispatched {
         let peer = conn.addr;
+        // Every decision below is taken on the normal path, and the normal
+        // path is what is forwarded (see `path`).
+        match crate::path::normalize(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => {}
+            Ok(Cow::Owned(normal)) => *req.uri_mut() = crate::path::with_path(req.uri(), &normal),
+            Err(e) => return Err((None, GatewayError::InvalidPath(e))),
+        }
         let path = req.uri().path();
         if path.starts_with("/_waitroom/") {
             return crate::api::handle(self, req, peer)
@@ -300,7 +307,10 @@ impl App {
                 .map(|res| (None, "api", res))
                 .map_err(|e| (None, e));
         }
-        let Some(room) = self.route(host_of(&req), path).cloned() else {
+        let host = crate::host::of_request(req.uri(), req.headers())
+            .map_err(|e| (None, GatewayError::InvalidHost(e)))?;
+        let view = crate::path::without_params(path);
+        let Some(room) = self.route(host, &view).cloned() else {
             return match &self.config.proxy.default_upstream {
                 Some(up) => self
                     .forward(None, req, up, conn, Vec::new())
@@ -314,7 +324,7 @@ impl App {
             .config
             .exempt_paths
             .iter()
-            .any(|p| path.starts_with(p.as_str()));
+            .any(|e| crate::path::exempt_matches(e, path, &view));
         let (outcome, set_cookies) = if exempt {
             ("exempt", Vec::new())
         } else {
@@ -414,38 +424,3 @@ impl App {
 /// the outcome's label with the response, or the error.
 type Dispatched =
     Result<(Option<Arc<Room>>, &'static str, Response<Body>), (Option<Arc<Room>>, GatewayError)>;
-
-/// The host the request is for, without its port (routing compares it
-/// case-insensitively, so it is not lowered here).
-fn host_of(req: &Request<Incoming>) -> Option<&str> {
-    let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
-    // Drop a trailing :port; keep IPv6 literals ("[::1]:8080" → "[::1]").
-    Some(match raw.rsplit_once(':') {
-        Some((h, port))
-            if port.bytes().all(|b| b.is_ascii_digit())
-                && (!h.contains(':') || h.ends_with(']')) =>
-        {
-            h
-        }
-        _ => raw,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_match_on_segment_boundaries() {
-        assert!(prefix_matches("/", "/anything"));
-        assert!(prefix_matches("/shop", "/shop"));
-        assert!(prefix_matches("/shop", "/shop/cart"));
-        assert!(prefix_matches("/shop/", "/shop/cart"));
-        assert!(!prefix_matches("/shop", "/shopping"));
-        assert!(!prefix_matches("/shop", "/"));
-    }
-}

@@ -920,14 +920,26 @@ fn validate(
                 &f("path_prefix"),
                 format!("{path_prefix:?} must start with '/' and not with /_waitroom"),
             );
+        } else if let Err(e) = check_route_path(&path_prefix) {
+            problem(&f("path_prefix"), e);
         }
-        let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
-        if let Some(h) = &host
-            && (h.is_empty() || h.parse::<hyper::http::uri::Authority>().is_err())
-        {
-            problem(&f("host"), format!("{h:?} is not a valid host name"));
-        }
-        if !routes.insert((host.clone(), path_prefix.clone())) {
+        let host = r.host.as_ref().map(|h| match crate::host::split(h) {
+            Ok((name, None)) => name.to_ascii_lowercase(),
+            Ok((_, Some(_))) => {
+                problem(
+                    &f("host"),
+                    format!("{h:?} must be a host name without a port (rooms match any port)"),
+                );
+                h.clone()
+            }
+            Err(_) => {
+                problem(&f("host"), format!("{h:?} is not a valid host name"));
+                h.clone()
+            }
+        });
+        // Room prefixes match ignoring case, so two rooms differing only in
+        // case would protect the same route.
+        if !routes.insert((host.clone(), path_prefix.to_ascii_lowercase())) {
             problem(
                 &f("path_prefix"),
                 format!("another room already protects {path_prefix:?} on this host"),
@@ -939,6 +951,8 @@ fn validate(
                     &format!("rooms[{i}].exempt_paths[{j}]"),
                     format!("{e:?} must start with '/'"),
                 );
+            } else if let Err(why) = check_route_path(e) {
+                problem(&format!("rooms[{i}].exempt_paths[{j}]"), why);
             }
         }
         if !(1..=6_000_000).contains(&r.admit_rate_per_min) {
@@ -1147,6 +1161,26 @@ fn parse_addr(s: &str, field: &str, problem: &mut impl FnMut(&str, String)) -> O
     }
 }
 
+/// A room's `path_prefix` or exempt path must be written in the normal form
+/// requests are decided on (see `path`), without `;` parameters (routing
+/// ignores them): in any other spelling it would never match, or match
+/// something other than what it says. It is refused, not rewritten, so the
+/// file says what the gateway does.
+fn check_route_path(value: &str) -> Result<(), String> {
+    if value.contains(';') {
+        return Err(format!(
+            "{value:?} must not contain ';' (routing ignores ';' parameters)"
+        ));
+    }
+    match crate::path::normalize(value) {
+        Err(e) => Err(format!("{value:?}: {e}")),
+        Ok(normal) if normal != value => {
+            Err(format!("{value:?} is not in normal form: write {normal:?}"))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
 fn parse_upstream(
     s: &str,
     field: &str,
@@ -1350,6 +1384,51 @@ mod tests {
         let p = problems(&text);
         assert!(p.iter().any(|p| p.field == "rooms[1].id"), "{p:?}");
         assert!(p.iter().any(|p| p.field == "rooms[1].path_prefix"), "{p:?}");
+    }
+
+    #[test]
+    fn route_paths_must_be_normal_and_hosts_are_names_without_ports() {
+        let room = |extra: &str| {
+            format!(
+                "{GOOD}\n[[rooms]]\nid = \"r\"\nupstream = \"http://127.0.0.1:1\"\nadmit_rate_per_min = 1\n{extra}\n"
+            )
+        };
+        for (extra, field) in [
+            ("path_prefix = \"/shop/../admin\"", "rooms[1].path_prefix"),
+            ("path_prefix = \"//shop\"", "rooms[1].path_prefix"),
+            ("path_prefix = \"/%73hop\"", "rooms[1].path_prefix"),
+            ("path_prefix = \"/shop;x\"", "rooms[1].path_prefix"),
+            ("path_prefix = \"/a%2fb\"", "rooms[1].path_prefix"),
+            (
+                "exempt_paths = [\"/static/./\"]",
+                "rooms[1].exempt_paths[0]",
+            ),
+            (
+                "exempt_paths = [\"/st%61tic/\"]",
+                "rooms[1].exempt_paths[0]",
+            ),
+            (
+                "exempt_paths = [\"/static;v/\"]",
+                "rooms[1].exempt_paths[0]",
+            ),
+            ("host = \"tickets.example:443\"", "rooms[1].host"),
+            ("host = \"tickets..example\"", "rooms[1].host"),
+            ("host = \"\"", "rooms[1].host"),
+        ] {
+            let p = problems(&room(extra));
+            assert!(p.iter().any(|p| p.field == field), "{extra}: {p:?}");
+        }
+        let p = problems(&room("path_prefix = \"/%73hop\""));
+        assert!(p[0].reason.contains("write \"/shop\""), "{p:?}");
+        let text = room("host = \"Tickets.Example.\"\npath_prefix = \"/shop/\"");
+        let c = Config::from_toml_str(&text, &EnvOverrides::default()).unwrap();
+        assert_eq!(c.rooms[1].host.as_deref(), Some("tickets.example"));
+        // Prefixes match ignoring case: two rooms differing only in case collide.
+        let p = problems(&format!(
+            "{}[[rooms]]\nid = \"s\"\nupstream = \"http://127.0.0.1:1\"\nadmit_rate_per_min = 1\npath_prefix = \"/SHOP/\"\n",
+            room("path_prefix = \"/shop/\"")
+        ));
+        assert!(p.iter().any(|p| p.field == "rooms[2].path_prefix"), "{p:?}");
     }
 
     /// Regression (found by the property tests): a huge `session_secs`

@@ -5,8 +5,10 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
+use crate::host::HostError;
 use crate::http::{self, Body, ParseError};
 use crate::metrics::Metrics;
+use crate::path::PathError;
 use crate::proxy::UpstreamError;
 use crate::queue::ClaimError;
 use crate::room::RoomError;
@@ -43,6 +45,12 @@ pub enum GatewayError {
     InvalidParam { name: &'static str, reason: String },
     #[error("the {name} header is invalid: {reason}")]
     InvalidHeader { name: &'static str, reason: String },
+    /// A request path with no safe normal form (see `path`).
+    #[error("{0}")]
+    InvalidPath(PathError),
+    /// A request host that is malformed or ambiguous (see `host`).
+    #[error("{0}")]
+    InvalidHost(HostError),
     #[error("no room with id {0:?}")]
     UnknownRoom(String),
     #[error("no such endpoint")]
@@ -132,6 +140,8 @@ impl GatewayError {
             MissingParam(_) => (StatusCode::BAD_REQUEST, "missing_parameter"),
             InvalidParam { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             InvalidHeader { .. } => (StatusCode::BAD_REQUEST, "invalid_header"),
+            InvalidPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            InvalidHost(_) => (StatusCode::BAD_REQUEST, "invalid_host"),
             UnknownRoom(_) => (StatusCode::NOT_FOUND, "unknown_room"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             NoRoute => (StatusCode::NOT_FOUND, "no_route"),
@@ -205,6 +215,12 @@ impl GatewayError {
                     body["reason"] = json!(reason.label());
                 }
                 if let GatewayError::CrossSite(reason) = &self {
+                    body["reason"] = json!(reason.label());
+                }
+                if let GatewayError::InvalidPath(reason) = &self {
+                    body["reason"] = json!(reason.label());
+                }
+                if let GatewayError::InvalidHost(reason) = &self {
                     body["reason"] = json!(reason.label());
                 }
                 if let GatewayError::InvalidValue { field, .. } = &self {

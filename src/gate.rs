@@ -762,7 +762,9 @@ impl Ctx<'_> {
 }
 
 /// Validates a `next` URL: a path on this host inside the room's route, so
-/// the forward after admission can never leave the site (no open redirect).
+/// the forward after admission can never leave the site (no open redirect)
+/// nor the room. Returns it with its path in normal form (see `path`): a
+/// browser resolves `..` itself, so the check is made on what it will ask for.
 pub fn validate_next(next: &str, path_prefix: &str) -> Result<String, String> {
     if next.len() > 2048 {
         return Err("longer than 2048 bytes".into());
@@ -773,11 +775,13 @@ pub fn validate_next(next: &str, path_prefix: &str) -> Result<String, String> {
     if next.chars().any(|c| c.is_control()) {
         return Err("must not contain control characters".into());
     }
-    let path = next.split(['?', '#']).next().unwrap_or("");
-    if !crate::app::prefix_matches(path_prefix, path) {
+    let end = next.find(['?', '#']).unwrap_or(next.len());
+    let (path, rest) = next.split_at(end);
+    let path = crate::path::normalize(path).map_err(|e| e.to_string())?;
+    if !crate::path::prefix_matches(path_prefix, &crate::path::without_params(&path)) {
         return Err(format!("must stay inside the room's route {path_prefix:?}"));
     }
-    Ok(next.to_string())
+    Ok(format!("{path}{rest}"))
 }
 
 #[cfg(test)]
@@ -797,10 +801,17 @@ mod tests {
             "/other",
             "shop",
             "/shop/\u{7}",
+            "/shop/../admin",
+            "/shop/%2e%2e/admin?x",
+            "/shop%2fadmin",
         ] {
             assert!(validate_next(bad, "/shop").is_err(), "{bad:?} accepted");
         }
         assert!(validate_next("/anything", "/").is_ok());
+        assert_eq!(
+            validate_next("/x/../shop/./cart?a=/../b", "/shop"),
+            Ok("/shop/cart?a=/../b".into())
+        );
     }
 
     proptest::proptest! {

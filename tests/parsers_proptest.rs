@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use waitroom::config::{Config, EnvOverrides, SigningKey};
 use waitroom::gate::validate_next;
 use waitroom::http::{cookie, query_pairs};
+use waitroom::path::{normalize, without_params};
 use waitroom::sse::parse_last_event_id;
 use waitroom::token::{Claims, Expect, Keys, Kind};
 
@@ -94,4 +95,40 @@ fn form_encode(k: &str, v: &str) -> String {
     form_urlencoded::Serializer::new(String::new())
         .append_pair(k, v)
         .finish()
+}
+
+/// Path pieces that matter to normalisation, for building hostile paths.
+fn path_pieces() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        proptest::sample::select(vec![
+            "/", "/", "/", "a", "Z", "~", ".", "..", "%2e", "%2E", "%2f", "%5c", "\\", "%41",
+            "%7E", "%25", "%3B", "%c3%a9", "é", ";", ";v=1", "%00", "%", "%zz", "\"",
+        ]),
+        0..16,
+    )
+    .prop_map(|parts| format!("/{}", parts.concat()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, .. ProptestConfig::default() })]
+
+    /// Whatever the path, a normal form is idempotent, starts with '/', has
+    /// no empty, "." or ".." segment (parameters removed), and is accepted
+    /// by hyper's parser; so is its routing view.
+    #[test]
+    fn normal_paths_are_normal_and_idempotent(path in path_pieces()) {
+        let Ok(normal) = normalize(&path) else { return Ok(()) };
+        prop_assert!(normal.starts_with('/'), "{:?} -> {:?}", path, normal);
+        prop_assert!(!normal.contains("//"), "{:?} -> {:?}", path, normal);
+        for segment in normal.split('/').skip(1) {
+            let name = segment.split(';').next().unwrap_or("");
+            prop_assert!(name != "." && name != "..", "{:?} -> {:?}", path, normal);
+        }
+        prop_assert!(!normal.contains('\\'));
+        prop_assert!(matches!(normalize(&normal), Ok(std::borrow::Cow::Borrowed(n)) if n == normal));
+        let view = without_params(&normal);
+        prop_assert!(!view.contains(';'));
+        prop_assert!(matches!(normalize(&view), Ok(std::borrow::Cow::Borrowed(n)) if n == view));
+        prop_assert!(normal.parse::<hyper::http::uri::PathAndQuery>().is_ok(), "{:?}", normal);
+    }
 }
