@@ -952,6 +952,16 @@ async fn a_copied_queue_cookie_replayed_on_other_replicas_never_claims_a_second_
     let res = fan.get("/checkout").await;
     assert_eq!(res.json::<Value>().await.unwrap()["upstream"], true);
 
+    // Every replica's view has the place past its turn (else a lagging
+    // replica would rightly show a waiting page, not a refusal).
+    for i in 0..3 {
+        let base = public(&procs, i);
+        eventually(10, "every replica sees the claim", || async {
+            let s = status(&base, &queue).await;
+            (s["state"] == "claimed").then_some(())
+        })
+        .await;
+    }
     // Copies of the queue cookie, each from a fresh jar, another
     // User-Agent and another replica, at once after the claim.
     for i in 0..30 {
