@@ -13,7 +13,10 @@
 //! more on a new connection.
 //!
 //! Requests keep their method, path, query and body (streamed, never
-//! buffered). Hop-by-hop headers are dropped both ways; the gateway's own
+//! buffered). A failure of the client's own body (bad framing, cut short,
+//! reset), or a body still arriving when the response timeout ends, is the
+//! client's ([`ForwardError`]): only the upstream's own failures count
+//! against its health. Hop-by-hop headers are dropped both ways; the gateway's own
 //! cookies (`wr_q_*`, `wr_a_*`) and `X-Waitroom-*` headers never reach the
 //! upstream. `X-Forwarded-For/-Proto/-Host` are set from the connection
 //! unless the peer is a configured trusted proxy, whose values are kept
@@ -49,6 +52,24 @@ pub const COOKIE_PREFIXES: [&str; 2] = ["wr_q_", "wr_a_"];
 /// Header prefix the gateway owns: clients' copies are stripped.
 pub const RESERVED_HEADER_PREFIX: &str = "x-waitroom-";
 
+/// Why a request could not be forwarded: the upstream failed, or the
+/// client's own request body did. Only the first says anything about the
+/// upstream's health.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The body the client was sending failed: bad chunked framing, cut
+    /// short by a close, a reset HTTP/2 stream.
+    #[error("the request body was cut short, reset or badly framed")]
+    RequestBody,
+    /// The response timeout ran out before the whole request body had been
+    /// handed to the upstream. A client trickling its body would otherwise
+    /// make every such request an upstream timeout (and hold the drip).
+    #[error("the request body was not complete within the response timeout")]
+    RequestBodyTimeout,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to the upstream: {0}")]
@@ -60,7 +81,7 @@ pub enum UpstreamError {
 }
 
 pub struct Proxy {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
     trusted: Vec<IpNet>,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -148,10 +169,12 @@ impl Proxy {
     /// goes over that link when it can.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         upstream: &Upstream,
         conn: &Connection,
-    ) -> Result<Forwarded, UpstreamError> {
+    ) -> Result<Forwarded, ForwardError> {
+        let (body, progress) = RequestBody::watch(req);
+        let mut req = body;
         let link = Some(&conn.link)
             .filter(|_| req.version() <= Version::HTTP_11 && upstream.scheme == Scheme::HTTP);
         let path_and_query = req
@@ -199,9 +222,28 @@ impl Proxy {
                 }),
             }
         };
-        let response = tokio::time::timeout(self.response_timeout, exchange)
-            .await
-            .map_err(|_| UpstreamError::Timeout)??;
+        let response = match tokio::time::timeout(self.response_timeout, exchange).await {
+            Ok(Ok(response)) => response,
+            // A failure of the client's own body surfaces as the exchange's
+            // error (hyper's client reports it as a user error whose source
+            // is the body's); the body's own record says whose it was.
+            Ok(Err(e)) => {
+                return Err(match progress.state() {
+                    BodyState::Failed => {
+                        tracing::debug!(error = %e, "the client's request body failed");
+                        ForwardError::RequestBody
+                    }
+                    _ => ForwardError::Upstream(e),
+                });
+            }
+            Err(_) => {
+                return Err(match progress.state() {
+                    BodyState::Complete => ForwardError::Upstream(UpstreamError::Timeout),
+                    BodyState::Failed => ForwardError::RequestBody,
+                    BodyState::Sending => ForwardError::RequestBodyTimeout,
+                });
+            }
+        };
         let elapsed = started.elapsed();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -216,7 +258,7 @@ impl Proxy {
     async fn send_on_link(
         &self,
         link: &UpstreamLink,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         authority: &Authority,
     ) -> Result<Response<Incoming>, UpstreamError> {
         req.headers_mut()
@@ -245,7 +287,7 @@ impl Proxy {
     async fn open_link_connection(
         &self,
         authority: &Authority,
-    ) -> Result<(client_h1::SendRequest<Incoming>, LinkConnection), UpstreamError> {
+    ) -> Result<(client_h1::SendRequest<RequestBody>, LinkConnection), UpstreamError> {
         let connect = async {
             let port = authority.port_u16().unwrap_or(80);
             // IPv6 literals keep their brackets in an authority.
@@ -290,7 +332,7 @@ fn host_value(authority: &Authority) -> HeaderValue {
         .expect("a parsed URI authority is a valid header value")
 }
 
-type LinkConnection = client_h1::Connection<TokioIo<TcpStream>, Incoming>;
+type LinkConnection = client_h1::Connection<TokioIo<TcpStream>, RequestBody>;
 
 /// One upstream HTTP/1.1 connection belonging to one downstream connection
 /// (see the module docs). The server puts a clone in every request's
@@ -312,13 +354,14 @@ struct Link {
 #[derive(Default)]
 struct LinkState {
     authority: Option<Authority>,
-    sender: Option<client_h1::SendRequest<Incoming>>,
+    sender: Option<client_h1::SendRequest<RequestBody>>,
     connection: Option<Pin<Box<LinkConnection>>>,
     /// The downstream task, to wake when a new connection needs driving.
     waker: Option<Waker>,
 }
 
-type SendOutcome = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>>;
+type SendOutcome =
+    Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>;
 
 impl UpstreamLink {
     pub fn new() -> UpstreamLink {
@@ -368,9 +411,9 @@ impl UpstreamLink {
     #[allow(clippy::result_large_err)]
     fn try_send(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         authority: &Authority,
-    ) -> Result<impl Future<Output = SendOutcome> + use<>, Request<Incoming>> {
+    ) -> Result<impl Future<Output = SendOutcome> + use<>, Request<RequestBody>> {
         let mut guard = self.lock();
         let state = &mut *guard;
         match state.sender.as_mut() {
@@ -385,7 +428,7 @@ impl UpstreamLink {
     fn install(
         &self,
         authority: Authority,
-        sender: client_h1::SendRequest<Incoming>,
+        sender: client_h1::SendRequest<RequestBody>,
         connection: LinkConnection,
     ) {
         let mut state = self.lock();
@@ -396,6 +439,108 @@ impl UpstreamLink {
         if let Some(w) = state.waker.take() {
             w.wake();
         }
+    }
+}
+
+/// How far the client's request body got on its way to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Sending,
+    /// Every frame was handed to the upstream connection (or there was no body).
+    Complete,
+    /// Reading it from the client failed.
+    Failed,
+}
+
+/// The record a [`RequestBody`] keeps, read by [`Proxy::forward`] when the
+/// exchange fails. A request without a body has none (nothing allocated).
+#[derive(Clone, Default)]
+struct BodyProgress(Option<Arc<std::sync::atomic::AtomicU8>>);
+
+impl BodyProgress {
+    fn state(&self) -> BodyState {
+        match self.0.as_ref().map(|s| s.load(Ordering::Acquire)) {
+            None => BodyState::Complete,
+            Some(s) => BodyState::from_u8(s),
+        }
+    }
+
+    fn set(&self, state: BodyState) {
+        if let Some(s) = &self.0 {
+            s.store(state as u8, Ordering::Release);
+        }
+    }
+}
+
+impl BodyState {
+    fn from_u8(v: u8) -> BodyState {
+        match v {
+            x if x == BodyState::Complete as u8 => BodyState::Complete,
+            x if x == BodyState::Failed as u8 => BodyState::Failed,
+            _ => BodyState::Sending,
+        }
+    }
+}
+
+/// The client's request body on its way to the upstream, streamed as it
+/// arrives, recording whether it was read to its end or failed. hyper's
+/// client reports a failing body only as a user error of the exchange
+/// (`hyper::Error::is_user`, source: the body's own error), which an
+/// upstream that closed early could also end with; the body's own record
+/// is what tells a client's fault from the upstream's.
+pub struct RequestBody {
+    inner: Incoming,
+    progress: BodyProgress,
+}
+
+impl RequestBody {
+    /// Wraps `req`'s body; the returned record follows it.
+    fn watch(req: Request<Incoming>) -> (Request<RequestBody>, BodyProgress) {
+        use hyper::body::Body as _;
+        let (parts, inner) = req.into_parts();
+        let progress = if inner.is_end_stream() {
+            BodyProgress::default()
+        } else {
+            BodyProgress(Some(Arc::new(std::sync::atomic::AtomicU8::new(
+                BodyState::Sending as u8,
+            ))))
+        };
+        let body = RequestBody {
+            inner,
+            progress: progress.clone(),
+        };
+        (Request::from_parts(parts, body), progress)
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.progress.set(BodyState::Complete),
+            Poll::Ready(Some(Err(_))) => this.progress.set(BodyState::Failed),
+            // hyper stops polling once the body says it has ended.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                this.progress.set(BodyState::Complete)
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
