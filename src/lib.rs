@@ -20,6 +20,7 @@ pub mod demo;
 pub mod drip;
 pub mod error;
 pub mod gate;
+pub mod h2_frames;
 pub mod http;
 pub mod limits;
 pub mod loadgen;

@@ -25,7 +25,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,6 +45,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::app::{App, AppError};
 use crate::config::{Config, ConnectionConfig};
 use crate::conn::Connection;
+use crate::h2_frames::{Clock, FrameClock};
 use crate::http::Body;
 use crate::tls::{CertStore, TlsError};
 
@@ -323,6 +324,11 @@ impl Policy {
 /// `idle_timeout_secs` (60 s), and a load balancer that keeps backend
 /// connections for 60 s (AWS ALB's default) would send requests into
 /// connections just closed.
+///
+/// On an HTTP/2 connection it times what [`FrameClock`] says must arrive
+/// promptly (the preface, each header block, each frame but a body's
+/// data), whether or not other requests are in flight: from its first
+/// byte, however slowly the rest comes.
 struct Activity {
     born: Instant,
     last_ms: AtomicU64,
@@ -333,6 +339,10 @@ struct Activity {
     /// Milliseconds since `born` + 1 at which a request head began
     /// arriving; 0 while none is.
     head_since_ms: AtomicU64,
+    /// HTTP/2: heads are timed by `frame_since_ms`, busy or not.
+    frames: AtomicBool,
+    /// HTTP/2: as `head_since_ms`, for what [`FrameClock`] times.
+    frame_since_ms: AtomicU64,
 }
 
 /// Why a connection task closes its connection itself.
@@ -349,7 +359,27 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             head_limit_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
+            frames: AtomicBool::new(false),
+            frame_since_ms: AtomicU64::new(0),
         })
+    }
+
+    /// From now on, times what an HTTP/2 client sends as [`FrameClock`]
+    /// reports it (see [`H2Timed`]).
+    fn time_frames(&self, limit: Duration) {
+        self.frames.store(true, Ordering::Relaxed);
+        self.time_heads(limit);
+    }
+
+    /// What [`FrameClock`] reported for the bytes just read.
+    fn frame_clock(&self, clock: Clock) {
+        match clock {
+            Clock::Unchanged => {}
+            Clock::Started => self
+                .frame_since_ms
+                .store(self.now_ms().saturating_add(1), Ordering::Relaxed),
+            Clock::Stopped => self.frame_since_ms.store(0, Ordering::Relaxed),
+        }
     }
 
     /// From now on, times request heads (the connection speaks HTTP/1;
@@ -408,11 +438,17 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// How long the head now arriving has taken, if one is.
-    fn head_for(&self) -> Option<Duration> {
-        let since = self.head_since_ms.load(Ordering::Relaxed);
-        (since != 0 && self.in_flight.load(Ordering::Relaxed) == 0)
-            .then(|| Duration::from_millis(self.now_ms().saturating_sub(since - 1)))
+    /// How long the head now arriving has taken, if one is. On HTTP/1 a
+    /// head arrives only between requests.
+    fn head_for(&self, busy: bool) -> Option<Duration> {
+        let since = if self.frames.load(Ordering::Relaxed) {
+            self.frame_since_ms.load(Ordering::Relaxed)
+        } else if busy {
+            0
+        } else {
+            self.head_since_ms.load(Ordering::Relaxed)
+        };
+        (since != 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(since - 1)))
     }
 
     /// Resolves once the connection has been idle for `limit`, or a request
@@ -421,8 +457,9 @@ impl Activity {
     /// It is polled with the connection, in the same task, so it sees a
     /// request end on the poll that ends it; it then looks again (a new
     /// head may be due before an idle timer set while the request ran).
-    /// Between requests it looks again at least once per head limit, so a
-    /// head that begins meanwhile is caught at its deadline. Any other poll
+    /// Between requests (on HTTP/2, always) it looks again at least once
+    /// per head limit, so a head that begins meanwhile is caught at its
+    /// deadline. Any other poll
     /// costs one atomic load and the timer's poll.
     async fn closing(&self, limit: Duration) -> Closing {
         let sleep = tokio::time::sleep(limit);
@@ -443,8 +480,10 @@ impl Activity {
                     return Poll::Ready(Closing::Idle);
                 }
                 let mut wait = if busy { limit } else { limit - quiet };
-                if let (false, Some(head_limit)) = (busy, self.head_limit()) {
-                    match self.head_for() {
+                // An HTTP/2 head may begin while other requests run.
+                let heads_now = !busy || self.frames.load(Ordering::Relaxed);
+                if let (true, Some(head_limit)) = (heads_now, self.head_limit()) {
+                    match self.head_for(busy) {
                         Some(head_for) if head_for >= head_limit => {
                             return Poll::Ready(Closing::SlowHead);
                         }
@@ -551,6 +590,62 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
             self.activity.moved();
         }
         res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/2 connection's stream, showing every byte read to a
+/// [`FrameClock`]. Only HTTP/2 connections carry it: HTTP/1 ones pay
+/// nothing for it.
+struct H2Timed<S> {
+    inner: S,
+    clock: FrameClock,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for H2Timed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let this = &mut *self;
+            let clock = this.clock.feed(&buf.filled()[before..]);
+            this.activity.frame_clock(clock);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for H2Timed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -856,6 +951,12 @@ async fn serve_connection<S, F, Fut>(
             drive(watcher.watch(conn), &connection, &activity, policy, peer).await
         }
         Protocol::Http2 => {
+            activity.time_frames(policy.limits.header_read_timeout);
+            let io = H2Timed {
+                inner: io,
+                clock: FrameClock::new(),
+                activity: activity.clone(),
+            };
             let conn = builders.http2.serve_connection(TokioIo::new(io), service);
             drive(watcher.watch(conn), &connection, &activity, policy, peer).await
         }
