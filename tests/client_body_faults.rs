@@ -233,3 +233,56 @@ async fn a_complete_request_that_the_upstream_never_answers_still_counts_against
     let room = gw.admin_get("/admin/rooms/demo").await;
     assert_eq!(room["upstream_healthy"], false, "{room}");
 }
+
+#[tokio::test]
+async fn an_http2_stream_reset_mid_body_does_not_hold_the_drip() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    type Item = Result<Frame<bytes::Bytes>, std::io::Error>;
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start_with(&room(&up.url()), HOLD).await;
+    let waiting = paused_fans(&gw, 2).await;
+
+    let authority = gw.public.trim_start_matches("http://").to_string();
+    for _ in 0..3 {
+        let stream = TcpStream::connect(&authority).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        // The body's frames come from this channel, then its error.
+        let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Item>(1);
+        let body = StreamBody::new(Box::pin(futures_util::stream::unfold(
+            body_rx,
+            |mut rx| async { rx.recv().await.map(|item| (item, rx)) },
+        )));
+        let req = hyper::Request::post(format!("http://{authority}/static/upload"))
+            .header("content-length", "100")
+            .body(body)
+            .unwrap();
+        let answer = tokio::spawn(sender.send_request(req));
+        body_tx
+            .send(Ok(Frame::data(bytes::Bytes::from_static(b"part of it"))))
+            .await
+            .unwrap();
+        // Give the gateway time to start forwarding, then reset the stream.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = body_tx
+            .send(Err(std::io::Error::other("client gives up")))
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), answer).await;
+    }
+
+    gw.patch_room("demo", serde_json::json!({"paused": false}))
+        .await;
+    let room = gw.admin_get("/admin/rooms/demo").await;
+    assert_eq!(room["upstream_healthy"], true, "{room}");
+    for fan in &waiting {
+        eventually(10, "a waiting fan is admitted", || async {
+            (fan.status("demo").await["state"] == "admitted").then_some(())
+        })
+        .await;
+    }
+}
