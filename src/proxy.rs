@@ -181,8 +181,7 @@ impl Proxy {
         upstream: &Upstream,
         conn: &Connection,
     ) -> Result<Forwarded, ForwardError> {
-        let (body, progress) = RequestBody::watch(req);
-        let mut req = body;
+        let (mut req, progress) = RequestBody::watch(req);
         let link = Some(&conn.link)
             .filter(|_| req.version() <= Version::HTTP_11 && upstream.scheme == Scheme::HTTP);
         let path_and_query = req
@@ -494,10 +493,11 @@ impl BodyState {
 
 /// The client's request body on its way to the upstream, streamed as it
 /// arrives, recording whether it was read to its end or failed. hyper's
-/// client reports a failing body only as a user error of the exchange
-/// (`hyper::Error::is_user`, source: the body's own error), which an
-/// upstream that closed early could also end with; the body's own record
-/// is what tells a client's fault from the upstream's.
+/// client reports a failing request body as a user error of the exchange
+/// (`hyper::Error::is_user`, kind `User::Body`, with the body's own error
+/// as its source), which the pooled client wraps once more; the body's own
+/// record tells a client's fault from the upstream's on every path without
+/// unpicking those chains.
 pub struct RequestBody {
     inner: Incoming,
     progress: BodyProgress,
