@@ -289,9 +289,7 @@ impl Policy {
             app,
         }
     }
-}
 
-impl Policy {
     /// Counts and logs a connection the task closes itself.
     fn note_closing(&self, closing: &Closing, peer: SocketAddr) {
         match closing {
