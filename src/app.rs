@@ -33,7 +33,7 @@ use crate::gate::{Ctx, Decision};
 use crate::http::{self, Body};
 use crate::limits::JoinLimiter;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{ForwardError, Proxy, UpstreamError};
 use crate::room::{Clock, Room, RoomError};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Store, StoreError};
@@ -402,9 +402,14 @@ impl App {
                 }
                 Ok(res)
             }
-            Err(e) => {
+            // The client's own body failed: its fault, counted as a client
+            // error where the answer is made, never against the upstream.
+            Err(e @ (ForwardError::RequestBody | ForwardError::RequestBodyTimeout)) => {
+                Err(e.into())
+            }
+            Err(ForwardError::Upstream(e)) => {
                 let class = match e {
-                    crate::proxy::UpstreamError::Timeout => "timeout",
+                    UpstreamError::Timeout => "timeout",
                     _ => "error",
                 };
                 self.metrics

@@ -9,7 +9,7 @@ use crate::host::HostError;
 use crate::http::{self, Body, ParseError};
 use crate::metrics::Metrics;
 use crate::path::PathError;
-use crate::proxy::UpstreamError;
+use crate::proxy::{ForwardError, UpstreamError};
 use crate::queue::ClaimError;
 use crate::room::RoomError;
 use crate::store::StoreError;
@@ -85,6 +85,8 @@ pub enum GatewayError {
     InvalidValue { field: &'static str, reason: String },
     #[error("cannot read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("this node is shutting down; reconnect shortly")]
     Draining,
     #[error("too many live event streams on this node; retry shortly")]
@@ -109,6 +111,16 @@ pub enum GatewayError {
     /// Too many new places from one client address (IPv4, or IPv6 /64).
     #[error("too many new places from your network; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+}
+
+impl From<ForwardError> for GatewayError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Upstream(u) => GatewayError::Upstream(u),
+            ForwardError::RequestBody => GatewayError::BodyRead(e.to_string()),
+            ForwardError::RequestBodyTimeout => GatewayError::BodyTimeout,
+        }
+    }
 }
 
 impl From<RoomError> for GatewayError {
@@ -164,6 +176,7 @@ impl GatewayError {
             InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             InvalidValue { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
             BodyRead(_) => (StatusCode::BAD_REQUEST, "body_read_failed"),
+            BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
             TooManyClientStreams => (StatusCode::TOO_MANY_REQUESTS, "too_many_client_streams"),

@@ -13,11 +13,19 @@
 //! more on a new connection.
 //!
 //! Requests keep their method, path, query and body (streamed, never
-//! buffered). Hop-by-hop headers are dropped both ways; the gateway's own
-//! cookies (`wr_q_*`, `wr_a_*`) and `X-Waitroom-*` headers never reach the
-//! upstream. `X-Forwarded-For/-Proto/-Host` are set from the connection
-//! unless the peer is a configured trusted proxy, whose values are kept
-//! (and, for `-For`, appended to).
+//! buffered). A failure of the client's own body (bad framing, cut short,
+//! reset), or a body still arriving when the response timeout ends, is the
+//! client's ([`ForwardError`]): only the upstream's own failures count
+//! against its health.
+//!
+//! Hop-by-hop headers are dropped both ways, and so are the headers the
+//! gateway owns (see [`is_reserved_header`]): a client cannot send the
+//! upstream one, nor the upstream send a client one. The gateway's own
+//! cookies (`wr_q_*`, `wr_a_*`) never reach the upstream however they are
+//! spelt, and the upstream cannot set them. `X-Forwarded-For/-Proto/-Host`,
+//! `X-Real-IP` and `Forwarded` are set from the connection unless the peer
+//! is a configured trusted proxy, whose values are kept (and, for
+//! `X-Forwarded-For` and `Forwarded`, appended to).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -41,13 +49,32 @@ use ipnet::IpNet;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{ProxyConfig, Upstream};
-use crate::conn::Connection;
+use crate::conn::{Connection, PeerHeaders};
 use crate::http::Body;
 
 /// Cookie name prefixes the gateway owns.
 pub const COOKIE_PREFIXES: [&str; 3] = ["wr_q_", "wr_a_", "wr_k_"];
-/// Header prefix the gateway owns: clients' copies are stripped.
-pub const RESERVED_HEADER_PREFIX: &str = "x-waitroom-";
+/// Header name prefixes the gateway owns (after `_` is read as `-`, as
+/// CGI and WSGI servers do): see [`is_reserved_header`].
+pub const RESERVED_HEADER_PREFIXES: [&str; 2] = ["x-waitroom", "waitroom-"];
+
+/// Why a request could not be forwarded: the upstream failed, or the
+/// client's own request body did. Only the first says anything about the
+/// upstream's health.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The body the client was sending failed: bad chunked framing, cut
+    /// short by a close, a reset HTTP/2 stream.
+    #[error("the request body was cut short, reset or badly framed")]
+    RequestBody,
+    /// The response timeout ran out before the whole request body had been
+    /// handed to the upstream. A client trickling its body would otherwise
+    /// make every such request an upstream timeout (and hold the drip).
+    #[error("the request body was not complete within the response timeout")]
+    RequestBodyTimeout,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -60,7 +87,7 @@ pub enum UpstreamError {
 }
 
 pub struct Proxy {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
     trusted: Vec<IpNet>,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -79,6 +106,8 @@ pub struct Forwarded {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 // A static, not a const: a const array is built and dropped again at every
 // use, which was most of `strip_hop_by_hop`'s cost (callgrind).
@@ -148,10 +177,11 @@ impl Proxy {
     /// goes over that link when it can.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         upstream: &Upstream,
         conn: &Connection,
-    ) -> Result<Forwarded, UpstreamError> {
+    ) -> Result<Forwarded, ForwardError> {
+        let (mut req, progress) = RequestBody::watch(req);
         let link = Some(&conn.link)
             .filter(|_| req.version() <= Version::HTTP_11 && upstream.scheme == Scheme::HTTP);
         let path_and_query = req
@@ -199,12 +229,33 @@ impl Proxy {
                 }),
             }
         };
-        let response = tokio::time::timeout(self.response_timeout, exchange)
-            .await
-            .map_err(|_| UpstreamError::Timeout)??;
+        let response = match tokio::time::timeout(self.response_timeout, exchange).await {
+            Ok(Ok(response)) => response,
+            // A failure of the client's own body surfaces as the exchange's
+            // error (hyper's client reports it as a user error whose source
+            // is the body's); the body's own record says whose it was.
+            Ok(Err(e)) => {
+                return Err(match progress.state() {
+                    BodyState::Failed => {
+                        tracing::debug!(error = %e, "the client's request body failed");
+                        ForwardError::RequestBody
+                    }
+                    _ => ForwardError::Upstream(e),
+                });
+            }
+            Err(_) => {
+                return Err(match progress.state() {
+                    BodyState::Complete => ForwardError::Upstream(UpstreamError::Timeout),
+                    BodyState::Failed => ForwardError::RequestBody,
+                    BodyState::Sending => ForwardError::RequestBodyTimeout,
+                });
+            }
+        };
         let elapsed = started.elapsed();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        strip_reserved_headers(&mut parts.headers);
+        strip_gateway_set_cookies(&mut parts.headers);
         Ok(Forwarded {
             response: Response::from_parts(parts, body.boxed_unsync()),
             elapsed,
@@ -216,7 +267,7 @@ impl Proxy {
     async fn send_on_link(
         &self,
         link: &UpstreamLink,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         authority: &Authority,
     ) -> Result<Response<Incoming>, UpstreamError> {
         req.headers_mut()
@@ -245,7 +296,7 @@ impl Proxy {
     async fn open_link_connection(
         &self,
         authority: &Authority,
-    ) -> Result<(client_h1::SendRequest<Incoming>, LinkConnection), UpstreamError> {
+    ) -> Result<(client_h1::SendRequest<RequestBody>, LinkConnection), UpstreamError> {
         let connect = async {
             let port = authority.port_u16().unwrap_or(80);
             // IPv6 literals keep their brackets in an authority.
@@ -290,7 +341,7 @@ fn host_value(authority: &Authority) -> HeaderValue {
         .expect("a parsed URI authority is a valid header value")
 }
 
-type LinkConnection = client_h1::Connection<TokioIo<TcpStream>, Incoming>;
+type LinkConnection = client_h1::Connection<TokioIo<TcpStream>, RequestBody>;
 
 /// One upstream HTTP/1.1 connection belonging to one downstream connection
 /// (see the module docs). The server puts a clone in every request's
@@ -312,13 +363,14 @@ struct Link {
 #[derive(Default)]
 struct LinkState {
     authority: Option<Authority>,
-    sender: Option<client_h1::SendRequest<Incoming>>,
+    sender: Option<client_h1::SendRequest<RequestBody>>,
     connection: Option<Pin<Box<LinkConnection>>>,
     /// The downstream task, to wake when a new connection needs driving.
     waker: Option<Waker>,
 }
 
-type SendOutcome = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>>;
+type SendOutcome =
+    Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>;
 
 impl UpstreamLink {
     pub fn new() -> UpstreamLink {
@@ -368,9 +420,9 @@ impl UpstreamLink {
     #[allow(clippy::result_large_err)]
     fn try_send(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         authority: &Authority,
-    ) -> Result<impl Future<Output = SendOutcome> + use<>, Request<Incoming>> {
+    ) -> Result<impl Future<Output = SendOutcome> + use<>, Request<RequestBody>> {
         let mut guard = self.lock();
         let state = &mut *guard;
         match state.sender.as_mut() {
@@ -385,7 +437,7 @@ impl UpstreamLink {
     fn install(
         &self,
         authority: Authority,
-        sender: client_h1::SendRequest<Incoming>,
+        sender: client_h1::SendRequest<RequestBody>,
         connection: LinkConnection,
     ) {
         let mut state = self.lock();
@@ -396,6 +448,109 @@ impl UpstreamLink {
         if let Some(w) = state.waker.take() {
             w.wake();
         }
+    }
+}
+
+/// How far the client's request body got on its way to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Sending,
+    /// Every frame was handed to the upstream connection (or there was no body).
+    Complete,
+    /// Reading it from the client failed.
+    Failed,
+}
+
+/// The record a [`RequestBody`] keeps, read by [`Proxy::forward`] when the
+/// exchange fails. A request without a body has none (nothing allocated).
+#[derive(Clone, Default)]
+struct BodyProgress(Option<Arc<std::sync::atomic::AtomicU8>>);
+
+impl BodyProgress {
+    fn state(&self) -> BodyState {
+        match self.0.as_ref().map(|s| s.load(Ordering::Acquire)) {
+            None => BodyState::Complete,
+            Some(s) => BodyState::from_u8(s),
+        }
+    }
+
+    fn set(&self, state: BodyState) {
+        if let Some(s) = &self.0 {
+            s.store(state as u8, Ordering::Release);
+        }
+    }
+}
+
+impl BodyState {
+    fn from_u8(v: u8) -> BodyState {
+        match v {
+            x if x == BodyState::Complete as u8 => BodyState::Complete,
+            x if x == BodyState::Failed as u8 => BodyState::Failed,
+            _ => BodyState::Sending,
+        }
+    }
+}
+
+/// The client's request body on its way to the upstream, streamed as it
+/// arrives, recording whether it was read to its end or failed. hyper's
+/// client reports a failing request body as a user error of the exchange
+/// (`hyper::Error::is_user`, kind `User::Body`, with the body's own error
+/// as its source), which the pooled client wraps once more; the body's own
+/// record tells a client's fault from the upstream's on every path without
+/// unpicking those chains.
+pub struct RequestBody {
+    inner: Incoming,
+    progress: BodyProgress,
+}
+
+impl RequestBody {
+    /// Wraps `req`'s body; the returned record follows it.
+    fn watch(req: Request<Incoming>) -> (Request<RequestBody>, BodyProgress) {
+        use hyper::body::Body as _;
+        let (parts, inner) = req.into_parts();
+        let progress = if inner.is_end_stream() {
+            BodyProgress::default()
+        } else {
+            BodyProgress(Some(Arc::new(std::sync::atomic::AtomicU8::new(
+                BodyState::Sending as u8,
+            ))))
+        };
+        let body = RequestBody {
+            inner,
+            progress: progress.clone(),
+        };
+        (Request::from_parts(parts, body), progress)
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.progress.set(BodyState::Complete),
+            Poll::Ready(Some(Err(_))) => this.progress.set(BodyState::Failed),
+            // hyper stops polling once the body says it has ended.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                this.progress.set(BodyState::Complete)
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -521,43 +676,21 @@ fn parse_forwarded_addr(entry: &str) -> Option<IpAddr> {
 
 /// Applies the request-side rewriting (see the module docs). `scheme` is
 /// what the client used to reach us (`http` or `https`).
-/// `peer` is the peer's address as header text (see `conn::peer_header`).
 pub fn rewrite_request_headers(
     h: &mut HeaderMap,
-    peer: &HeaderValue,
+    peer: &PeerHeaders,
     trusted: bool,
     original_host: Option<HeaderValue>,
     scheme: &'static str,
 ) {
     strip_hop_by_hop(h);
-    let reserved: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with(RESERVED_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for k in reserved {
-        h.remove(k);
-    }
+    strip_reserved_headers(h);
     strip_gateway_cookies(h);
 
-    let prior_for = if trusted {
-        h.get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    } else {
-        String::new()
-    };
-    if prior_for.trim().is_empty() {
-        h.insert(X_FORWARDED_FOR, peer.clone());
-    } else {
-        // The peer's text is an address: always text.
-        let peer = peer.to_str().unwrap_or_default();
-        if let Ok(v) = HeaderValue::from_str(&format!("{prior_for}, {peer}")) {
-            h.insert(X_FORWARDED_FOR, v);
-        }
+    append_or_set(h, X_FORWARDED_FOR, &peer.ip, trusted);
+    append_or_set(h, FORWARDED, &peer.forwarded, trusted);
+    if !trusted || !h.contains_key(X_REAL_IP) {
+        h.insert(X_REAL_IP, peer.ip.clone());
     }
     if !trusted || !h.contains_key(X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
@@ -577,37 +710,185 @@ pub fn rewrite_request_headers(
     }
 }
 
-/// Removes the gateway's cookies, keeping the upstream's own.
-fn strip_gateway_cookies(h: &mut HeaderMap) {
-    if !h.contains_key(header::COOKIE) {
+/// A list header of hops (`X-Forwarded-For`, `Forwarded`): from a trusted
+/// proxy, its values with `ours` appended; from anyone else, `ours` alone.
+fn append_or_set(h: &mut HeaderMap, name: HeaderName, ours: &HeaderValue, trusted: bool) {
+    let prior = if trusted {
+        h.get_all(&name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        String::new()
+    };
+    if prior.trim().is_empty() {
+        h.insert(name, ours.clone());
+    } else {
+        // Ours is an address or a `for=` node: always text.
+        let ours = ours.to_str().unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_str(&format!("{prior}, {ours}")) {
+            h.insert(name, v);
+        }
+    }
+}
+
+/// Whether the gateway owns a header of this name: one that starts, with
+/// `_` read as `-` and case ignored, with `x-waitroom` (a bare
+/// `X-Waitroom` too) or `waitroom-`. CGI and WSGI servers read
+/// `X_Waitroom_Token` as `X-Waitroom-Token`, so both spellings are ours.
+pub fn is_reserved_header(name: &str) -> bool {
+    let name = name.as_bytes();
+    // Most names start with neither letter: one comparison for them.
+    if !matches!(name.first(), Some(b'x' | b'X' | b'w' | b'W')) {
+        return false;
+    }
+    RESERVED_HEADER_PREFIXES.iter().any(|prefix| {
+        name.len() >= prefix.len()
+            && name.iter().zip(prefix.as_bytes()).all(|(&n, &p)| {
+                let n = if n == b'_' { b'-' } else { n };
+                n.eq_ignore_ascii_case(&p)
+            })
+    })
+}
+
+/// Removes the headers the gateway owns (see [`is_reserved_header`]).
+/// Nothing is allocated when there are none, the usual case.
+fn strip_reserved_headers(h: &mut HeaderMap) {
+    if !h.keys().any(|k| is_reserved_header(k.as_str())) {
         return;
     }
-    let kept: Vec<String> = h
+    let reserved: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| is_reserved_header(k.as_str()))
+        .cloned()
+        .collect();
+    for k in reserved {
+        h.remove(k);
+    }
+}
+
+/// Whether a cookie name is one of the gateway's as any upstream might
+/// read it: surrounding blanks and quotes dropped, case ignored,
+/// percent-escapes decoded, and `.`, `[` and space read as `_` (PHP reads
+/// `wr.a.demo` as `wr_a_demo`).
+pub fn is_gateway_cookie(name: &str) -> bool {
+    let name = name
+        .trim_matches(|c: char| c.is_ascii_whitespace() || c == '"')
+        .as_bytes();
+    // Every prefix is this long: only this much of the name is compared.
+    let mut start = [0u8; 5];
+    let (mut i, mut n) = (0, 0);
+    while n < start.len() && i < name.len() {
+        let mut b = name[i];
+        i += 1;
+        if b == b'%'
+            && let Some(hex) = name.get(i..i + 2)
+            && let Ok(text) = std::str::from_utf8(hex)
+            && let Ok(v) = u8::from_str_radix(text, 16)
+        {
+            b = v;
+            i += 2;
+        }
+        start[n] = match b {
+            b'.' | b'[' | b' ' => b'_',
+            other => other.to_ascii_lowercase(),
+        };
+        n += 1;
+    }
+    n == start.len() && COOKIE_PREFIXES.iter().any(|p| p.as_bytes() == start)
+}
+
+/// The name of one `name=value` cookie pair (all of it if it has no `=`).
+fn cookie_pair_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(name, _)| name)
+}
+
+/// Whether a `;`-separated part of a Cookie header holds one of the
+/// gateway's cookies, also as a `,`-separated pair (RFC 2965's separator,
+/// which some servers still split on).
+fn cookie_part_is_ours(part: &str) -> bool {
+    part.split(',')
+        .any(|pair| is_gateway_cookie(cookie_pair_name(pair)))
+}
+
+/// Removes the gateway's cookies, keeping the upstream's own. Nothing is
+/// rebuilt when none is present.
+fn strip_gateway_cookies(h: &mut HeaderMap) {
+    // UTF-8, not `to_str`'s visible ASCII: browsers send UTF-8 values.
+    let ours = h
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| !COOKIE_PREFIXES.iter().any(|p| pair.starts_with(p)))
-        .map(str::to_string)
-        .collect();
+        .any(|v| match std::str::from_utf8(v.as_bytes()) {
+            Ok(text) => text.split(';').any(cookie_part_is_ours),
+            // Not text: no one can be sure what an upstream would read in it.
+            Err(_) => true,
+        });
+    if !ours {
+        return;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    for text in h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+    {
+        for part in text.split(';') {
+            if cookie_part_is_ours(part) {
+                // The upstream's pairs that shared a part with ours stay.
+                kept.extend(
+                    part.split(',')
+                        .filter(|pair| !is_gateway_cookie(cookie_pair_name(pair)))
+                        .map(str::trim)
+                        .filter(|pair| !pair.is_empty()),
+                );
+            } else if !part.trim().is_empty() {
+                kept.push(part.trim());
+            }
+        }
+    }
+    let kept = kept.join("; ");
     h.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::from_str(&kept)
     {
         h.insert(header::COOKIE, v);
+    }
+}
+
+/// Removes an upstream's `Set-Cookie` for any of the gateway's cookie
+/// names: only the gateway sets (or clears) its own cookies.
+fn strip_gateway_set_cookies(h: &mut HeaderMap) {
+    let ours = |v: &HeaderValue| {
+        let pair = v.as_bytes();
+        let name_end = pair
+            .iter()
+            .position(|&b| b == b'=' || b == b';')
+            .unwrap_or(pair.len());
+        std::str::from_utf8(&pair[..name_end]).is_ok_and(is_gateway_cookie)
+    };
+    if !h.get_all(header::SET_COOKIE).iter().any(ours) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !ours(v))
+        .cloned()
+        .collect();
+    h.remove(header::SET_COOKIE);
+    for v in kept {
+        h.append(header::SET_COOKIE, v);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::peer_header;
 
     /// Rewrites `h` as for a request from `peer`.
     fn rewrite(h: &mut HeaderMap, peer: &str, trusted: bool, scheme: &'static str) {
-        let peer = peer_header(peer.parse().unwrap());
+        let peer = PeerHeaders::new(peer.parse().unwrap());
         rewrite_request_headers(h, &peer, trusted, None, scheme);
     }
 
@@ -630,7 +911,7 @@ mod tests {
         ]);
         rewrite_request_headers(
             &mut h,
-            &peer_header("10.1.2.3".parse().unwrap()),
+            &PeerHeaders::new("10.1.2.3".parse().unwrap()),
             false,
             Some(HeaderValue::from_static("shop.test")),
             "http",
@@ -720,6 +1001,128 @@ mod tests {
             "10.0.0.9".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
+    }
+
+    #[test]
+    fn untrusted_forwarded_and_real_ip_are_replaced_by_the_peer() {
+        let mut h = headers(&[
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+        ]);
+        rewrite(&mut h, "10.1.2.3", false, "http");
+        assert_eq!(h.get_all("forwarded").iter().count(), 1);
+        assert_eq!(h["forwarded"], "for=10.1.2.3");
+        assert_eq!(h["x-real-ip"], "10.1.2.3");
+        let mut h = HeaderMap::new();
+        rewrite(&mut h, "2001:db8::1", false, "http");
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\"");
+        assert_eq!(h["x-real-ip"], "2001:db8::1");
+    }
+
+    #[test]
+    fn trusted_forwarded_is_appended_and_real_ip_kept() {
+        let mut h = headers(&[
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("x-real-ip", "1.2.3.4"),
+        ]);
+        rewrite(&mut h, "10.0.0.1", true, "http");
+        assert_eq!(h["forwarded"], "for=1.2.3.4;proto=https, for=10.0.0.1");
+        assert_eq!(h["x-real-ip"], "1.2.3.4");
+        let mut h = HeaderMap::new();
+        rewrite(&mut h, "10.0.0.1", true, "http");
+        assert_eq!(h["forwarded"], "for=10.0.0.1");
+        assert_eq!(h["x-real-ip"], "10.0.0.1");
+    }
+
+    #[test]
+    fn every_spelling_of_a_gateway_header_is_reserved() {
+        for name in [
+            "x-waitroom-token",
+            "x_waitroom_token",
+            "x-waitroom_token",
+            "x-waitroom",
+            "x_waitroom",
+            "X-Waitroom-Pow",
+            "waitroom-grant",
+            "waitroom_grant",
+        ] {
+            assert!(is_reserved_header(name), "{name}");
+        }
+        for name in [
+            "waitroom",
+            "x-wait",
+            "accept",
+            "x-forwarded-for",
+            "wait-room-x",
+        ] {
+            assert!(!is_reserved_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn reserved_headers_are_stripped_in_every_spelling() {
+        let mut h = headers(&[
+            ("x_waitroom_token", "t"),
+            ("x-waitroom", "1"),
+            ("waitroom-grant", "g"),
+            ("waitroom_grant", "g"),
+            ("x-request-id", "keep"),
+        ]);
+        rewrite(&mut h, "127.0.0.1", false, "http");
+        for gone in [
+            "x_waitroom_token",
+            "x-waitroom",
+            "waitroom-grant",
+            "waitroom_grant",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be stripped");
+        }
+        assert_eq!(h["x-request-id"], "keep");
+    }
+
+    #[test]
+    fn gateway_cookies_are_stripped_however_quoted_or_separated() {
+        for (sent, kept) in [
+            ("a=1, wr_a_demo=x", Some("a=1")),
+            ("\"wr_a_demo\"=x; b=2", Some("b=2")),
+            ("  wr_q_demo =x;c=3", Some("c=3")),
+            ("WR_A_demo=x; d=4", Some("d=4")),
+            ("wr.a.demo=x; e=5", Some("e=5")),
+            ("wr%5Fa_demo=x; f=6", Some("f=6")),
+            ("a=1,wr_q_demo=x, b=2; wr_a_demo=y", Some("a=1; b=2")),
+            ("wr_a_demo", None),
+        ] {
+            let mut h = headers(&[("cookie", sent)]);
+            rewrite(&mut h, "127.0.0.1", false, "http");
+            assert_eq!(h.get("cookie").map(|v| v.to_str().unwrap()), kept, "{sent}");
+        }
+    }
+
+    #[test]
+    fn cookies_without_ours_are_left_as_they_are() {
+        let sent = "session=a,b; theme=\"dark\";x=wr_a_demo";
+        let mut h = headers(&[("cookie", sent)]);
+        rewrite(&mut h, "127.0.0.1", false, "http");
+        assert_eq!(h["cookie"], sent);
+    }
+
+    #[test]
+    fn upstream_answers_lose_reserved_headers_and_gateway_set_cookies() {
+        let mut h = headers(&[
+            ("x-waitroom-token", "forged"),
+            ("waitroom-grant", "g"),
+            ("set-cookie", "wr_a_demo=forged; Path=/"),
+            ("set-cookie", "\"wr_q_demo\"=forged"),
+            ("set-cookie", "session=s; Path=/"),
+            ("content-type", "text/plain"),
+        ]);
+        strip_reserved_headers(&mut h);
+        strip_gateway_set_cookies(&mut h);
+        assert!(!h.contains_key("x-waitroom-token"));
+        assert!(!h.contains_key("waitroom-grant"));
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["session=s; Path=/"]);
+        assert_eq!(h["content-type"], "text/plain");
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Listeners, connection handling and graceful shutdown.
 //!
-//! Both listeners speak HTTP/1.1 and HTTP/2 via hyper's auto builder; the
-//! public one speaks TLS only when `[tls]` is configured (ALPN `h2`,
-//! `http/1.1`). Per connection, in order:
+//! Both listeners speak HTTP/1.1 and HTTP/2, each connection served by
+//! hyper's builder for its protocol; the public one speaks TLS only when
+//! `[tls]` is configured (ALPN `h2`, `http/1.1`). Per connection, in order:
 //!
 //! ```text
 //!   accept ─→ over server.max_connections? close at once (counted)
-//!          ─→ TLS handshake (within header_read_timeout)
-//!          ─→ hyper: request heads within header_read_timeout, heads ≤ max_header_bytes
+//!          ─→ TLS handshake (within header_read_timeout), ALPN picks the protocol;
+//!             or plaintext: the HTTP/2 preface (complete within
+//!             header_read_timeout of its first byte), else HTTP/1
+//!          ─→ request heads within header_read_timeout (see `Activity`), heads ≤
+//!             max_header_bytes (HTTP/1: the head's bytes; HTTP/2: the header list size)
 //!          ─→ closed when idle: no request in flight and no bytes moving
 //!             for idle_timeout (see `Activity`)
 //! ```
@@ -22,15 +25,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -42,6 +45,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::app::{App, AppError};
 use crate::config::{Config, ConnectionConfig};
 use crate::conn::Connection;
+use crate::h2_frames::{Clock, FrameClock};
 use crate::http::Body;
 use crate::tls::{CertStore, TlsError};
 
@@ -285,6 +289,23 @@ impl Policy {
             app,
         }
     }
+
+    /// Counts and logs a connection the task closes itself.
+    fn note_closing(&self, closing: &Closing, peer: SocketAddr) {
+        match closing {
+            Closing::Idle => {
+                self.app
+                    .metrics
+                    .connections_idle_closed
+                    .with_label_values(&[self.name])
+                    .inc();
+                tracing::debug!("closing an idle connection");
+            }
+            Closing::SlowHead => {
+                tracing::debug!(peer = %peer, "closing a connection: its request head took longer than header_read_timeout_secs");
+            }
+        }
+    }
 }
 
 /// When bytes last moved on a connection, and how many requests on it are
@@ -301,16 +322,25 @@ impl Policy {
 /// `idle_timeout_secs` (60 s), and a load balancer that keeps backend
 /// connections for 60 s (AWS ALB's default) would send requests into
 /// connections just closed.
+///
+/// On an HTTP/2 connection it times what [`FrameClock`] says must arrive
+/// promptly (the preface, each header block, each frame but a body's
+/// data), whether or not other requests are in flight: from its first
+/// byte, however slowly the rest comes.
 struct Activity {
     born: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
-    /// Request heads must arrive within this (ms); 0 while the protocol is
-    /// not known to be HTTP/1 (hyper's header timer then applies).
+    /// Request heads must arrive within this (ms); 0 until the connection
+    /// is served as HTTP/1.
     head_limit_ms: AtomicU64,
     /// Milliseconds since `born` + 1 at which a request head began
     /// arriving; 0 while none is.
     head_since_ms: AtomicU64,
+    /// HTTP/2: heads are timed by `frame_since_ms`, busy or not.
+    frames: AtomicBool,
+    /// HTTP/2: as `head_since_ms`, for what [`FrameClock`] times.
+    frame_since_ms: AtomicU64,
 }
 
 /// Why a connection task closes its connection itself.
@@ -327,11 +357,31 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             head_limit_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
+            frames: AtomicBool::new(false),
+            frame_since_ms: AtomicU64::new(0),
         })
     }
 
-    /// From now on, times request heads (the connection speaks HTTP/1 and
-    /// is served without hyper's header timer).
+    /// From now on, times what an HTTP/2 client sends as [`FrameClock`]
+    /// reports it (see [`H2Timed`]).
+    fn time_frames(&self, limit: Duration) {
+        self.frames.store(true, Ordering::Relaxed);
+        self.time_heads(limit);
+    }
+
+    /// What [`FrameClock`] reported for the bytes just read.
+    fn frame_clock(&self, clock: Clock) {
+        match clock {
+            Clock::Unchanged => {}
+            Clock::Started => self
+                .frame_since_ms
+                .store(self.now_ms().saturating_add(1), Ordering::Relaxed),
+            Clock::Stopped => self.frame_since_ms.store(0, Ordering::Relaxed),
+        }
+    }
+
+    /// From now on, times request heads (the connection speaks HTTP/1;
+    /// hyper's own header timer is off).
     fn time_heads(&self, limit: Duration) {
         let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
         self.head_limit_ms.store(ms, Ordering::Relaxed);
@@ -386,11 +436,17 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// How long the head now arriving has taken, if one is.
-    fn head_for(&self) -> Option<Duration> {
-        let since = self.head_since_ms.load(Ordering::Relaxed);
-        (since != 0 && self.in_flight.load(Ordering::Relaxed) == 0)
-            .then(|| Duration::from_millis(self.now_ms().saturating_sub(since - 1)))
+    /// How long the head now arriving has taken, if one is. On HTTP/1 a
+    /// head arrives only between requests.
+    fn head_for(&self, busy: bool) -> Option<Duration> {
+        let since = if self.frames.load(Ordering::Relaxed) {
+            self.frame_since_ms.load(Ordering::Relaxed)
+        } else if busy {
+            0
+        } else {
+            self.head_since_ms.load(Ordering::Relaxed)
+        };
+        (since != 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(since - 1)))
     }
 
     /// Resolves once the connection has been idle for `limit`, or a request
@@ -399,8 +455,9 @@ impl Activity {
     /// It is polled with the connection, in the same task, so it sees a
     /// request end on the poll that ends it; it then looks again (a new
     /// head may be due before an idle timer set while the request ran).
-    /// Between requests it looks again at least once per head limit, so a
-    /// head that begins meanwhile is caught at its deadline. Any other poll
+    /// Between requests (on HTTP/2, always) it looks again at least once
+    /// per head limit, so a head that begins meanwhile is caught at its
+    /// deadline. Any other poll
     /// costs one atomic load and the timer's poll.
     async fn closing(&self, limit: Duration) -> Closing {
         let sleep = tokio::time::sleep(limit);
@@ -421,8 +478,10 @@ impl Activity {
                     return Poll::Ready(Closing::Idle);
                 }
                 let mut wait = if busy { limit } else { limit - quiet };
-                if let (false, Some(head_limit)) = (busy, self.head_limit()) {
-                    match self.head_for() {
+                // An HTTP/2 head may begin while other requests run.
+                let heads_now = !busy || self.frames.load(Ordering::Relaxed);
+                if let (true, Some(head_limit)) = (heads_now, self.head_limit()) {
+                    match self.head_for(busy) {
                         Some(head_for) if head_for >= head_limit => {
                             return Poll::Ready(Closing::SlowHead);
                         }
@@ -544,62 +603,168 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
+/// An HTTP/2 connection's stream, showing every byte read to a
+/// [`FrameClock`]. Only HTTP/2 connections carry it: HTTP/1 ones pay
+/// nothing for it.
+struct H2Timed<S> {
+    inner: S,
+    clock: FrameClock,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for H2Timed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let this = &mut *self;
+            let clock = this.clock.feed(&buf.filled()[before..]);
+            this.activity.frame_clock(clock);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for H2Timed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How often a plaintext connection whose first bytes are part of the
+/// HTTP/2 preface is looked at again: unread bytes keep a socket readable,
+/// so only a timer can wait for more.
+const PREFACE_RECHECK: Duration = Duration::from_millis(50);
 
 /// What a plaintext connection's first bytes say about its protocol.
 #[derive(Debug, PartialEq)]
 enum Sniffed {
     Http1,
-    /// The HTTP/2 preface, part of it so far, nothing yet, or end of stream.
-    Unsure,
+    Http2,
+    /// Part of the HTTP/2 preface so far.
+    Partial,
 }
 
 /// Judges bytes peeked at the start of a connection: once they differ from
-/// the HTTP/2 preface it is HTTP/1, the rule hyper-util's auto builder
-/// applies itself.
+/// the HTTP/2 preface it is HTTP/1 (the rule hyper-util's auto builder
+/// applies too); the whole preface is HTTP/2.
 fn sniff(first: &[u8]) -> Sniffed {
     let n = first.len().min(H2_PREFACE.len());
-    if n > 0 && first[..n] != H2_PREFACE[..n] {
+    if first[..n] != H2_PREFACE[..n] {
         Sniffed::Http1
+    } else if n == H2_PREFACE.len() {
+        Sniffed::Http2
     } else {
-        Sniffed::Unsure
+        Sniffed::Partial
     }
 }
 
-/// Peeks (without consuming) at a plaintext connection's first bytes.
+/// The protocol a connection is served with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// How the start of a plaintext connection went.
+enum Opening {
+    Speaks(Protocol),
+    /// Closed (or failed) before saying anything.
+    Closed,
+    /// No byte within `idle_timeout`.
+    Idle,
+    /// The HTTP/2 preface began but was not complete within
+    /// `header_read_timeout`.
+    SlowPreface,
+}
+
+/// Peeks (without consuming) at a plaintext connection's first bytes until
+/// they tell HTTP/1 from HTTP/2.
 ///
-/// Telling hyper up front that a connection is HTTP/1 saves memory: the
-/// auto builder's own detection reads the first 24 bytes apart and hands
-/// them over as a prefix, so hyper's first read returns only those and its
-/// read buffer grows from 8 to 16 KiB on every connection (seen with
-/// heaptrack; it stays that size while an event stream is open).
-async fn peek_protocol(stream: &TcpStream) -> Sniffed {
+/// Peeking, not reading: handing hyper the first bytes apart (as the auto
+/// builder's own detection does) makes its first read return only those,
+/// and its read buffer grows from 8 to 16 KiB on every connection (seen
+/// with heaptrack; it stays that size while an event stream is open).
+/// Knowing the protocol first also lets each connection be served by that
+/// protocol's own builder, with its exact header limits.
+async fn peek_protocol(stream: &TcpStream, limits: &ConnectionConfig) -> Opening {
     let mut first = [0u8; 24];
-    match stream.peek(&mut first).await {
-        Ok(n) => sniff(&first[..n]),
-        Err(_) => Sniffed::Unsure,
+    let mut n = match tokio::time::timeout(limits.idle_timeout, stream.peek(&mut first)).await {
+        Err(_) => return Opening::Idle,
+        Ok(Ok(0) | Err(_)) => return Opening::Closed,
+        Ok(Ok(n)) => n,
+    };
+    let deadline = Instant::now() + limits.header_read_timeout;
+    loop {
+        match sniff(&first[..n]) {
+            Sniffed::Http1 => return Opening::Speaks(Protocol::Http1),
+            Sniffed::Http2 => return Opening::Speaks(Protocol::Http2),
+            Sniffed::Partial if Instant::now() >= deadline => return Opening::SlowPreface,
+            Sniffed::Partial => tokio::time::sleep(PREFACE_RECHECK).await,
+        }
+        n = match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return Opening::Closed,
+            Ok(n) => n,
+        };
     }
 }
 
-/// The HTTP machinery of one listener: `any` detects the protocol itself;
-/// `http1` is the same configuration for connections known to be HTTP/1,
-/// without hyper's header timer: take it through [`Builders::http1_for`].
+/// The HTTP machinery of one listener, one builder per protocol. HTTP/1
+/// heads are timed by the connection task (see `Activity`), not by hyper.
 struct Builders {
-    any: auto::Builder<TokioExecutor>,
-    http1: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
 }
 
 impl Builders {
-    /// The HTTP/1 machinery for a connection known to speak HTTP/1, whose
-    /// request heads `activity` times from now on in its place.
-    fn http1_for(
-        &self,
-        activity: &Activity,
-        header_read_timeout: Duration,
-    ) -> &auto::Builder<TokioExecutor> {
-        activity.time_heads(header_read_timeout);
-        &self.http1
+    fn new(limits: &ConnectionConfig) -> Builders {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            // The head's bytes, request line to the empty line, exactly.
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        // The h2 crate refuses a header list that reaches its limit; one
+        // more lets a list of exactly `max_header_bytes` through, as HTTP/1.
+        let list_limit =
+            u32::try_from(limits.max_header_bytes.saturating_add(1)).unwrap_or(u32::MAX);
+        h2.timer(TokioTimer::new()).max_header_list_size(list_limit);
+        Builders {
+            http1: h1,
+            http2: h2,
+        }
     }
 }
 
@@ -627,24 +792,7 @@ async fn serve<F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(policy.limits.header_read_timeout)
-        .max_buf_size(policy.limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(policy.limits.max_header_bytes).unwrap_or(u32::MAX));
-    // Connections known to speak HTTP/1 time their request heads in the
-    // connection task instead (see `Activity`).
-    let mut http1 = builder.clone().http1_only();
-    http1.http1().header_read_timeout(None);
-    let builders = Arc::new(Builders {
-        http1,
-        any: builder,
-    });
+    let builders = Arc::new(Builders::new(&policy.limits));
     let policy = Arc::new(policy);
     let metrics = &policy.app.metrics;
     let open = metrics.connections_open.with_label_values(&[policy.name]);
@@ -686,25 +834,30 @@ async fn serve<F, Fut>(
             tokio::spawn(async move {
                 let _admitted = admitted;
                 let activity = Activity::new();
-                // Waiting for the first bytes ends as the connection would
-                // have: at shutdown, or after idle_timeout (then the idle
-                // check below closes it at once).
-                let sniffed = tokio::select! {
-                    s = peek_protocol(&stream) => s,
-                    _ = tokio::time::sleep(policy.limits.idle_timeout) => Sniffed::Unsure,
+                let opened = tokio::select! {
+                    o = peek_protocol(&stream, &policy.limits) => o,
                     _ = stop.changed() => return,
                 };
-                let builder = match sniffed {
-                    Sniffed::Http1 => {
-                        builders.http1_for(&activity, policy.limits.header_read_timeout)
+                let protocol = match opened {
+                    Opening::Speaks(protocol) => protocol,
+                    Opening::Closed => return,
+                    Opening::Idle => {
+                        policy.note_closing(&Closing::Idle, peer);
+                        return;
                     }
-                    Sniffed::Unsure => &builders.any,
+                    Opening::SlowPreface => {
+                        policy.note_closing(&Closing::SlowHead, peer);
+                        return;
+                    }
                 };
                 let io = Tracked {
                     inner: stream,
                     activity: activity.clone(),
                 };
-                serve_connection(io, peer, builder, &policy, handler, activity, watcher).await;
+                serve_connection(
+                    io, peer, protocol, &builders, &policy, handler, activity, watcher,
+                )
+                .await;
             });
         } else {
             tokio::spawn(async move {
@@ -722,15 +875,16 @@ async fn serve<F, Fut>(
                 {
                     Ok(Ok(tls)) => {
                         // HTTP/2 over TLS is chosen by ALPN (RFC 9113 §3.2);
-                        // anything else is HTTP/1, served as a sniffed
-                        // plaintext connection is.
-                        let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            &builders.any
+                        // anything else is HTTP/1.
+                        let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            Protocol::Http2
                         } else {
-                            builders.http1_for(&activity, policy.limits.header_read_timeout)
+                            Protocol::Http1
                         };
-                        serve_connection(tls, peer, builder, &policy, handler, activity, watcher)
-                            .await
+                        serve_connection(
+                            tls, peer, protocol, &builders, &policy, handler, activity, watcher,
+                        )
+                        .await
                     }
                     Ok(Err(e)) => {
                         policy.app.metrics.tls_handshake_failures.inc();
@@ -753,10 +907,12 @@ async fn serve<F, Fut>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<S, F, Fut>(
     io: S,
     peer: SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
+    protocol: Protocol,
+    builders: &Builders,
     policy: &Policy,
     handler: F,
     activity: Arc<Activity>,
@@ -786,11 +942,36 @@ async fn serve_connection<S, F, Fut>(
             }))
         }
     });
-    let conn = watcher.watch(
-        builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned(),
-    );
+    match protocol {
+        Protocol::Http1 => {
+            activity.time_heads(policy.limits.header_read_timeout);
+            let conn = builders.http1.serve_connection(TokioIo::new(io), service);
+            drive(watcher.watch(conn), &connection, &activity, policy, peer).await
+        }
+        Protocol::Http2 => {
+            activity.time_frames(policy.limits.header_read_timeout);
+            let io = H2Timed {
+                inner: io,
+                clock: FrameClock::new(),
+                activity: activity.clone(),
+            };
+            let conn = builders.http2.serve_connection(TokioIo::new(io), service);
+            drive(watcher.watch(conn), &connection, &activity, policy, peer).await
+        }
+    }
+}
+
+/// Runs a connection with its upstream link until it ends or the task
+/// closes it (idle, or a head too slow).
+async fn drive<C>(
+    conn: C,
+    connection: &Connection,
+    activity: &Activity,
+    policy: &Policy,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
     tokio::select! {
         // First: an upstream answer read here is handed to the request
         // waiting for it in the same poll.
@@ -801,20 +982,7 @@ async fn serve_connection<S, F, Fut>(
                 tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
             }
         }
-        closing = activity.closing(policy.limits.idle_timeout) => match closing {
-            Closing::Idle => {
-                policy
-                    .app
-                    .metrics
-                    .connections_idle_closed
-                    .with_label_values(&[policy.name])
-                    .inc();
-                tracing::debug!("closing an idle connection");
-            }
-            Closing::SlowHead => {
-                tracing::debug!(peer = %peer, "closing a connection: its request head took longer than header_read_timeout_secs");
-            }
-        },
+        closing = activity.closing(policy.limits.idle_timeout) => policy.note_closing(&closing, peer),
     }
 }
 
@@ -831,12 +999,13 @@ mod tests {
     }
 
     #[test]
-    fn the_http2_preface_or_part_of_it_is_left_to_the_auto_builder() {
+    fn the_whole_http2_preface_means_http2_and_part_of_it_waits_for_more() {
         let mut longer = H2_PREFACE.to_vec();
         longer.extend_from_slice(b"\0\0\x12\x04");
-        let starts: [&[u8]; 5] = [H2_PREFACE, &H2_PREFACE[..10], b"P", b"", &longer];
-        for first in starts {
-            assert_eq!(sniff(first), Sniffed::Unsure, "{first:?}");
+        assert_eq!(sniff(H2_PREFACE), Sniffed::Http2);
+        assert_eq!(sniff(&longer[..24]), Sniffed::Http2);
+        for first in [&H2_PREFACE[..10], b"P", &H2_PREFACE[..23]] {
+            assert_eq!(sniff(first), Sniffed::Partial, "{first:?}");
         }
     }
 }
