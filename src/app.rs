@@ -278,11 +278,11 @@ impl App {
         };
         let (res, outcome) = match outcome {
             Ok((outcome, res)) => (res, outcome),
-            Err(e) => (e.into_response(&self.metrics, as_html), "error"),
+            Err(e) => (e.into_response(&self.metrics, as_html), Outcome::Error),
         };
         if let Some((started, method, path)) = logged {
             let room = room.as_ref().map_or("-", |r| r.id());
-            tracing::debug!(target: "access", %method, %path, status = res.status().as_u16(), room, outcome, elapsed_us = started.elapsed().as_micros() as u64);
+            tracing::debug!(target: "access", %method, %path, status = res.status().as_u16(), room, outcome = outcome.as_str(), elapsed_us = started.elapsed().as_micros() as u64);
         }
         res
     }
@@ -304,7 +304,7 @@ impl App {
         if path.starts_with("/_waitroom/") {
             return crate::api::handle(self, req, peer)
                 .await
-                .map(|res| (None, "api", res))
+                .map(|res| (None, Outcome::Api, res))
                 .map_err(|e| (None, e));
         }
         let host = crate::host::of_request(req.uri(), req.headers())
@@ -315,7 +315,7 @@ impl App {
                 Some(up) => self
                     .forward(None, req, up, conn, Vec::new())
                     .await
-                    .map(|res| (None, "passthrough", res))
+                    .map(|res| (None, Outcome::Passthrough, res))
                     .map_err(|e| (None, e)),
                 None => Err((None, GatewayError::NoRoute)),
             };
@@ -326,7 +326,7 @@ impl App {
             .iter()
             .any(|e| crate::path::exempt_matches(e, path, &view));
         let (outcome, set_cookies) = if exempt {
-            ("exempt", Vec::new())
+            (Outcome::Exempt, Vec::new())
         } else {
             let client = self.proxy.client_ip(peer.ip(), req.headers());
             let ctx = Ctx {
@@ -347,8 +347,8 @@ impl App {
                 next: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             };
             match ctx.decide(&req).await {
-                Ok(Decision::Proxy { set_cookies }) => ("admitted", set_cookies),
-                Ok(Decision::Respond(res)) => return Ok((Some(room), "waiting", res)),
+                Ok(Decision::Proxy { set_cookies }) => (Outcome::Admitted, set_cookies),
+                Ok(Decision::Respond(res)) => return Ok((Some(room), Outcome::Waiting, res)),
                 Err(e) => return Err((Some(room), e)),
             }
         };
@@ -426,6 +426,36 @@ impl App {
 }
 
 /// What [`App::dispatch`] did, for the access log: the room (if any), and
-/// the outcome's label with the response, or the error.
+/// the outcome with the response, or the error.
 type Dispatched =
-    Result<(Option<Arc<Room>>, &'static str, Response<Body>), (Option<Arc<Room>>, GatewayError)>;
+    Result<(Option<Arc<Room>>, Outcome, Response<Body>), (Option<Arc<Room>>, GatewayError)>;
+
+/// How a public request ended, as the access log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A `/_waitroom/*` endpoint answered.
+    Api,
+    /// No room: sent to the default upstream.
+    Passthrough,
+    /// An exempt path of a room: proxied without a token.
+    Exempt,
+    /// A fan with access (or just admitted): proxied.
+    Admitted,
+    /// The fan was answered by the gateway: waiting page, status, refusal page.
+    Waiting,
+    /// A [`GatewayError`] answered.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Api => "api",
+            Outcome::Passthrough => "passthrough",
+            Outcome::Exempt => "exempt",
+            Outcome::Admitted => "admitted",
+            Outcome::Waiting => "waiting",
+            Outcome::Error => "error",
+        }
+    }
+}

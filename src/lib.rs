@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod batch;
 pub mod binding;
 pub mod config;
 pub mod conn;

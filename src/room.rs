@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::batch::Batch;
 use crate::config::{QueueMode, RoomConfig};
 use crate::drip::{Drip, TickReport};
 use crate::queue::{ClaimError, Millis, Place, Queue, Settings, Shuffled};
@@ -56,24 +57,7 @@ const MONO_BASE_MS: Millis = 86_400_000;
 /// How long an arrival may wait for a sequence-number reservation.
 pub const RESERVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Counts an arrival as waiting for sequence numbers while it lives, so
-/// an arrival that gives up (its client went away) stops being counted.
-struct Awaiting<'a>(&'a AtomicU64);
-
-impl<'a> Awaiting<'a> {
-    fn count(waiting: &'a AtomicU64) -> Awaiting<'a> {
-        waiting.fetch_add(1, Ordering::AcqRel);
-        Awaiting(waiting)
-    }
-}
-
-impl Drop for Awaiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RoomError {
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -254,16 +238,13 @@ pub struct Room {
     pub(crate) backend: Backend,
     snapshot: watch::Sender<Snapshot>,
     headline: watch::Sender<Headline>,
-    /// Held by the one reservation write in flight.
+    /// Arrivals that found the reserved numbers used up, waiting together
+    /// for the one reservation write that covers them all (and the
+    /// low-water reservation made ahead of need).
+    reservations: Arc<Batch<(), RoomError>>,
+    /// Held by the one reservation write in flight (an epoch's first
+    /// reservation is made outside the batch).
     reserving: tokio::sync::Mutex<()>,
-    /// Arrivals waiting for a reservation: the next one covers them all.
-    awaiting_numbers: AtomicU64,
-    /// A background reservation is on its way (one at a time); it wakes
-    /// [`Room::reserved`]'s waiters when it ends.
-    reserving_ahead: AtomicBool,
-    reserved: tokio::sync::Notify,
-    /// Background reservations ended so far, and the last one's failure.
-    reservations: std::sync::Mutex<(u64, Option<StoreError>)>,
     seq_block: u64,
     upstream_hold_ms: Millis,
     /// Monotonic ms + 1 of the last upstream failure; 0 = none.
@@ -372,7 +353,7 @@ impl Room {
             seq_block,
             upstream_hold,
         );
-        room.reserve_more().await?;
+        room.reserve_more(0).await?;
         Ok(room)
     }
 
@@ -405,11 +386,8 @@ impl Room {
             backend,
             snapshot,
             headline,
+            reservations: Arc::new(Batch::new()),
             reserving: tokio::sync::Mutex::new(()),
-            awaiting_numbers: AtomicU64::new(0),
-            reserving_ahead: AtomicBool::new(false),
-            reserved: tokio::sync::Notify::new(),
-            reservations: std::sync::Mutex::new((0, None)),
             seq_block,
             upstream_hold_ms: upstream_hold.as_millis() as Millis,
             upstream_failed_at: AtomicU64::new(0),
@@ -600,28 +578,14 @@ impl Room {
                         return Err(RoomError::ShuttingDown);
                     }
                     // Every arrival that finds the numbers used up waits for
-                    // the same background write, which reserves for all of
-                    // them. (Queueing on the reservation lock instead handed
-                    // it from waiter to waiter, one task wake-up each: the
+                    // the same write, which reserves for all of them.
+                    // (Queueing on the reservation lock instead handed it
+                    // from waiter to waiter, one task wake-up each: the
                     // 10,000 waiting in a burst took over 5 s to pass it,
                     // with numbers to spare.)
-                    let _counted = Awaiting::count(&self.awaiting_numbers);
-                    let reserved = self.reserved.notified();
-                    tokio::pin!(reserved);
-                    reserved.as_mut().enable();
-                    let ended_before = self.reservations_ended().0;
-                    if self.lock().queue.reserved_left() > 0 {
-                        continue;
-                    }
-                    self.reserve_in_background();
-                    tokio::time::timeout_at(deadline, reserved)
+                    tokio::time::timeout_at(deadline, self.reserve_for_waiting())
                         .await
-                        .map_err(|_| RoomError::StoreTimeout)?;
-                    if let (ended, Some(e)) = self.reservations_ended()
-                        && ended > ended_before
-                    {
-                        return Err(e.into());
-                    }
+                        .map_err(|_| RoomError::StoreTimeout)??;
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -630,52 +594,48 @@ impl Room {
         }
     }
 
-    /// How many background reservations have ended, and the last one's
-    /// failure.
-    fn reservations_ended(&self) -> (u64, Option<StoreError>) {
+    /// Joins the next reservation, made once for every arrival waiting
+    /// (see [`Batch`]), in a task of its own: no arrival's deadline or
+    /// vanished client can cancel the write halfway and leave the others
+    /// waiting for nothing.
+    async fn reserve_for_waiting(self: &Arc<Self>) -> Result<(), RoomError> {
+        let room = self.clone();
         self.reservations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .join(
+                move |waiting| {
+                    let room = room.clone();
+                    async move {
+                        room.reserve_more(waiting as u64).await?;
+                        Ok(vec![(); waiting])
+                    }
+                },
+                RoomError::Store(StoreError::Io("the reservation gave no answer".into())),
+            )
+            .await
     }
 
-    /// Starts a reservation in its own task unless one is on its way. Its
-    /// own task, so that no arrival's deadline or vanished client can
-    /// cancel the write halfway and leave the others waiting for nothing.
+    /// Reserves ahead of need (the reserved numbers are running low), unless
+    /// a reservation is on its way already.
     fn reserve_in_background(self: &Arc<Self>) {
-        if self.reserving_ahead.swap(true, Ordering::AcqRel) {
+        if self.reservations.busy() {
             return;
         }
         let room = self.clone();
         tokio::spawn(async move {
-            let outcome = room.reserve_more().await;
-            if let Err(e) = &outcome {
+            if let Err(e) = room.reserve_for_waiting().await {
                 tracing::warn!(room = %room.config.id, error = %e, "sequence reservation failed");
             }
-            {
-                let mut ended = room.reservations.lock().unwrap_or_else(|p| p.into_inner());
-                ended.0 += 1;
-                ended.1 = match outcome {
-                    Err(RoomError::Store(e)) => Some(e),
-                    _ => None,
-                };
-            }
-            // Cleared before the wake-up: an arrival that just missed it
-            // finds the flag down and starts the next reservation itself.
-            room.reserving_ahead.store(false, Ordering::Release);
-            room.reserved.notify_waiters();
         });
     }
 
     /// Durably reserves more sequence numbers when the reserved ones are
-    /// running low: a block, plus one for every arrival already waiting.
+    /// running low: a block, plus one for each of the `waiting` arrivals.
     /// Serialised so concurrent callers reserve once.
-    pub async fn reserve_more(&self) -> Result<(), RoomError> {
+    pub async fn reserve_more(&self, waiting: u64) -> Result<(), RoomError> {
         let Backend::Local(store) = &self.backend else {
             return Ok(());
         };
         let _only_one = self.reserving.lock().await;
-        let waiting = self.awaiting_numbers.load(Ordering::Acquire);
         let (epoch, upto) = {
             let st = self.lock();
             if self.sealed.load(Ordering::Acquire) {
@@ -1154,7 +1114,7 @@ impl Room {
                 settings,
             })
             .await?;
-        self.reserve_more().await?;
+        self.reserve_more(0).await?;
         Ok(epoch)
     }
 

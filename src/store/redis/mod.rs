@@ -48,6 +48,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::Batch;
 use crate::config::{OnStoreFailure, RoomConfig};
 use crate::drip::Drip;
 use crate::queue::{ClaimError, Durable, Millis, Place, Queue, SeqBits, Settings, Shuffled};
@@ -223,86 +224,7 @@ pub struct Shared {
     configured: Settings,
     upfail_sent: AtomicU64,
     /// Arrivals waiting for numbers: (first seq, epoch) each.
-    arrivals: Arc<Batch<(u64, u64)>>,
-}
-
-/// Callers that arrive together share one call: whoever finds no call in
-/// flight starts one (in a task of its own, so no caller's cancellation
-/// cuts it short) for everyone waiting, and the callers that come while it
-/// runs are served by the next. A call per caller instead queued thousands
-/// of calls on the one Redis connection during a burst of arrivals; those
-/// at the back passed the response timeout, and the replica took Redis for
-/// down and held the line.
-struct Batch<T> {
-    waiting: Mutex<Vec<tokio::sync::oneshot::Sender<Result<T, StoreError>>>>,
-    calling: AtomicBool,
-}
-
-impl<T: Send + 'static> Batch<T> {
-    fn new() -> Batch<T> {
-        Batch {
-            waiting: Mutex::new(Vec::new()),
-            calling: AtomicBool::new(false),
-        }
-    }
-
-    /// This caller's share of the next call. `call(n)` makes the call for
-    /// `n` callers and answers each of them, in order, or fails for all.
-    async fn join<F, Fut>(self: &Arc<Self>, call: F) -> Result<T, StoreError>
-    where
-        F: Fn(usize) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Vec<T>, StoreError>> + Send,
-    {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
-        if !self.calling.swap(true, Ordering::AcqRel) {
-            let batch = self.clone();
-            tokio::spawn(async move { batch.serve(call).await });
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Io("the batched call gave no answer".into())))
-    }
-
-    async fn serve<F, Fut>(&self, call: F)
-    where
-        F: Fn(usize) -> Fut,
-        Fut: Future<Output = Result<Vec<T>, StoreError>>,
-    {
-        loop {
-            let group =
-                std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
-            if group.is_empty() {
-                self.calling.store(false, Ordering::Release);
-                // A caller that came after the take saw the flag up and
-                // left its call to this task: serve it, unless a new task
-                // took over in between.
-                let more = !self
-                    .waiting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_empty();
-                if more && !self.calling.swap(true, Ordering::AcqRel) {
-                    continue;
-                }
-                return;
-            }
-            match call(group.len()).await {
-                Ok(answers) => {
-                    for (tx, answer) in group.into_iter().zip(answers) {
-                        let _ = tx.send(Ok(answer));
-                    }
-                }
-                Err(e) => {
-                    for tx in group {
-                        let _ = tx.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    }
+    arrivals: Arc<Batch<(u64, u64), StoreError>>,
 }
 
 impl Shared {
@@ -409,10 +331,13 @@ impl Shared {
         let (shared, for_room) = (self.clone(), room.clone());
         let (seq, epoch) = self
             .arrivals
-            .join(move |n| {
-                let (shared, room) = (shared.clone(), for_room.clone());
-                async move { shared.arrive_many(&room, n).await }
-            })
+            .join(
+                move |n| {
+                    let (shared, room) = (shared.clone(), for_room.clone());
+                    async move { shared.arrive_many(&room, n).await }
+                },
+                StoreError::Io("the batched call gave no answer".into()),
+            )
             .await?;
         self.touches
             .lock()
@@ -1537,90 +1462,6 @@ static UPFAIL: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A call that counts its callers, and waits for `gate` before it
-    /// answers (one permit per call): the test decides when calls end.
-    fn counting_call(
-        calls: Arc<Mutex<Vec<usize>>>,
-        gate: Arc<tokio::sync::Semaphore>,
-    ) -> impl Fn(usize) -> BoxFuture<Result<Vec<usize>, StoreError>> + Send + 'static {
-        move |n| {
-            let (calls, gate) = (calls.clone(), gate.clone());
-            Box::pin(async move {
-                let first = {
-                    let mut c = calls.lock().unwrap();
-                    c.push(n);
-                    c.iter().sum::<usize>() - n
-                };
-                gate.acquire().await.unwrap().forget();
-                Ok((first..first + n).collect())
-            })
-        }
-    }
-
-    type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
-
-    #[tokio::test]
-    async fn callers_that_come_during_a_call_share_the_next_one() {
-        let batch = Arc::new(Batch::<usize>::new());
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let first = tokio::spawn({
-            let (batch, call) = (batch.clone(), counting_call(calls.clone(), gate.clone()));
-            async move { batch.join(call).await }
-        });
-        while calls.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        // 99 more callers while the first call is in flight.
-        let rest: Vec<_> = (0..99)
-            .map(|_| {
-                let (batch, call) = (batch.clone(), counting_call(calls.clone(), gate.clone()));
-                tokio::spawn(async move { batch.join(call).await })
-            })
-            .collect();
-        while batch.waiting.lock().unwrap().len() < 99 {
-            tokio::task::yield_now().await;
-        }
-        gate.add_permits(2);
-        let mut answers = vec![first.await.unwrap().unwrap()];
-        for r in rest {
-            answers.push(r.await.unwrap().unwrap());
-        }
-        assert_eq!(
-            *calls.lock().unwrap(),
-            vec![1, 99],
-            "two calls for 100 callers"
-        );
-        answers.sort_unstable();
-        assert_eq!(
-            answers,
-            (0..100).collect::<Vec<_>>(),
-            "each caller its own answer"
-        );
-        assert!(
-            !batch.calling.load(Ordering::Acquire),
-            "no call left in flight"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_failed_call_fails_every_caller_it_was_for_and_the_next_call_is_made() {
-        let batch = Arc::new(Batch::<u64>::new());
-        let fail =
-            |_n: usize| async { Err::<Vec<u64>, _>(StoreError::Io("redis: timed out".into())) };
-        let joined: Vec<_> = (0..10)
-            .map(|_| {
-                let batch = batch.clone();
-                tokio::spawn(async move { batch.join(fail).await })
-            })
-            .collect();
-        for j in joined {
-            assert!(matches!(j.await.unwrap(), Err(StoreError::Io(e)) if e.contains("timed out")));
-        }
-        let ok = batch.join(|n| async move { Ok(vec![7; n]) }).await;
-        assert_eq!(ok.unwrap(), 7);
-    }
 
     #[test]
     fn fates_parse_strictly() {
