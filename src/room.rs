@@ -23,31 +23,87 @@ use crate::store::redis::Shared;
 use crate::store::{Record, Store, StoreError};
 
 /// Time for the whole process: monotonic for the queue, wall for tokens.
+/// The system's, or (for tests) a [`ManualTime`] that moves only when told,
+/// so time-dependent room behaviour is tested without sleeping.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    start: Instant,
+    source: TimeSource,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TimeSource {
+    System { start: Instant },
+    Manual(&'static ManualTime),
+}
+
+/// A clock's time that moves only by [`ManualTime::advance`].
+#[derive(Debug)]
+pub struct ManualTime {
+    /// Milliseconds since the clock was made.
+    elapsed_ms: AtomicU64,
+    /// Wall-clock milliseconds when it was made.
+    wall_start_ms: u64,
+}
+
+impl ManualTime {
+    pub fn advance(&self, by: Duration) {
+        self.elapsed_ms
+            .fetch_add(by.as_millis() as u64, Ordering::AcqRel);
+    }
 }
 
 impl Default for Clock {
     fn default() -> Self {
         Clock {
-            start: Instant::now(),
+            source: TimeSource::System {
+                start: Instant::now(),
+            },
         }
     }
 }
 
 impl Clock {
+    /// A clock that stands still until its [`ManualTime`] is advanced,
+    /// starting at the system's wall time. For tests: each one lives as
+    /// long as the process (a few bytes), so that `Clock` stays `Copy`.
+    pub fn manual() -> (Clock, &'static ManualTime) {
+        let wall_start_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let time: &'static ManualTime = Box::leak(Box::new(ManualTime {
+            elapsed_ms: AtomicU64::new(0),
+            wall_start_ms,
+        }));
+        (
+            Clock {
+                source: TimeSource::Manual(time),
+            },
+            time,
+        )
+    }
+
     /// Monotonic milliseconds, counted from a day before the process
     /// started, so times from before a restart (a shared line's calls and
     /// misses) stay representable.
     pub fn mono_ms(&self) -> Millis {
-        MONO_BASE_MS + self.start.elapsed().as_millis() as Millis
+        MONO_BASE_MS
+            + match self.source {
+                TimeSource::System { start } => start.elapsed().as_millis() as Millis,
+                TimeSource::Manual(t) => t.elapsed_ms.load(Ordering::Acquire),
+            }
     }
+
     pub fn wall_secs(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        match self.source {
+            TimeSource::System { .. } => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            TimeSource::Manual(t) => {
+                (t.wall_start_ms + t.elapsed_ms.load(Ordering::Acquire)) / 1000
+            }
+        }
     }
 }
 
@@ -1276,9 +1332,78 @@ mod tests {
     }
 
     async fn open(config: RoomConfig, store: Arc<dyn Store>) -> Arc<Room> {
-        Room::open(config, store, Clock::default(), 16, Duration::from_secs(5))
+        open_with(config, store, Clock::default()).await
+    }
+
+    async fn open_with(config: RoomConfig, store: Arc<dyn Store>, clock: Clock) -> Arc<Room> {
+        Room::open(config, store, clock, 16, Duration::from_secs(5))
             .await
             .unwrap()
+    }
+
+    /// A fresh embedded room on a manual clock.
+    async fn manual_room(extra: &str) -> (Arc<Room>, &'static ManualTime, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let (clock, time) = Clock::manual();
+        (open_with(room_config(extra), store, clock).await, time, dir)
+    }
+
+    #[tokio::test]
+    async fn a_pause_keeps_a_called_place_past_its_claim_window_on_a_clock_that_never_sleeps() {
+        let (room, time, _dir) = manual_room("claim_grace_secs = 60").await;
+        let (epoch, seq, _) = room.arrive().await.unwrap();
+        time.advance(Duration::from_secs(1));
+        room.tick(false);
+        assert!(matches!(
+            room.place(epoch, seq).await.unwrap(),
+            Place::Called { .. }
+        ));
+        room.update_settings(|s| s.paused = true).await.unwrap();
+        for _ in 0..10 {
+            time.advance(Duration::from_secs(60));
+            room.tick(true);
+        }
+        assert!(matches!(
+            room.claim(epoch, seq, "v", None).await,
+            Err(RoomError::Claim(ClaimError::Paused))
+        ));
+        room.update_settings(|s| s.paused = false).await.unwrap();
+        time.advance(Duration::from_secs(59));
+        room.tick(true);
+        let grant = room.claim(epoch, seq, "v", None).await.unwrap();
+        assert!(grant.first);
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_ends_after_session_secs_and_activity_slides_it() {
+        let (room, time, _dir) = manual_room("").await;
+        let (epoch, seq, _) = room.arrive().await.unwrap();
+        time.advance(Duration::from_secs(1));
+        room.tick(false);
+        let grant = room.claim(epoch, seq, "v", None).await.unwrap();
+        time.advance(Duration::from_secs(599));
+        assert!(matches!(
+            room.check_session(epoch, seq, "v", grant.session_started_wall)
+                .await
+                .unwrap(),
+            SessionCheck::Live { .. }
+        ));
+        // Slid by that request: 599 s more is still inside it, 600 is not.
+        time.advance(Duration::from_secs(599));
+        assert!(matches!(
+            room.check_session(epoch, seq, "v", grant.session_started_wall)
+                .await
+                .unwrap(),
+            SessionCheck::Live { .. }
+        ));
+        time.advance(Duration::from_secs(600));
+        assert_eq!(
+            room.check_session(epoch, seq, "v", grant.session_started_wall)
+                .await
+                .unwrap(),
+            SessionCheck::Ended
+        );
     }
 
     #[tokio::test]
