@@ -9,6 +9,8 @@
 //!   place says it is open in another tab and stops asking for events.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (as `tests/browser.rs`).
+//! Set `WAITROOM_SCREENSHOT_SUPERSEDED=path.png` to save the older tab
+//! once it says the place is open in another tab.
 
 #[path = "common/chromium.rs"]
 mod chromium;
@@ -209,6 +211,9 @@ async fn an_older_tab_is_superseded_says_so_and_stops_asking_for_events() {
     assert_eq!(text_of(&browser, "wr-position").await, "1");
     browser.switch_to_window(first.clone()).await.unwrap();
     note_says_another_tab(&browser).await;
+    if let Ok(path) = std::env::var("WAITROOM_SCREENSHOT_SUPERSEDED") {
+        std::fs::write(path, browser.screenshot().await.unwrap()).unwrap();
+    }
     assert_eq!(streams_total(&gw, "opened").await, 2);
     assert_eq!(streams_total(&gw, "superseded").await, 1);
     // Ten reconnect hints later the old tab has still not come back.
