@@ -371,7 +371,11 @@ impl App {
         set_cookies: Vec<String>,
     ) -> Result<Response<Body>, GatewayError> {
         let room_label = room.map(|r| r.id()).unwrap_or("-");
-        match self.proxy.forward(req, upstream, conn).await {
+        match self
+            .proxy
+            .forward(req, upstream, &conn.link, conn.addr.ip(), &conn.peer)
+            .await
+        {
             Ok(fwd) => {
                 let status = fwd.response.status();
                 self.metrics

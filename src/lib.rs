@@ -22,7 +22,6 @@ pub mod demo;
 pub mod drip;
 pub mod error;
 pub mod gate;
-pub mod h2_frames;
 pub mod host;
 pub mod http;
 pub mod limits;
