@@ -740,7 +740,7 @@ fn validate(
     }
     let upstream_ca = match &raw.proxy.upstream_ca {
         None => Vec::new(),
-        Some(path) => match crate::tls::load_ca_certs(&base.join(path)) {
+        Some(path) => match crate::certs::load_ca_certs(&base.join(path)) {
             Ok(certs) => certs,
             Err(e) => {
                 problem("proxy.upstream_ca", e.to_string());
@@ -756,7 +756,7 @@ fn validate(
                 cert_path: base.join(&t.cert),
                 key_path: base.join(&t.key),
             };
-            match crate::tls::load_certified_key(&tls.cert_path, &tls.key_path) {
+            match crate::certs::load_certified_key(&tls.cert_path, &tls.key_path) {
                 Ok(_) => Some(tls),
                 Err(e) => {
                     problem(e.field(), e.to_string());

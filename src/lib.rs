@@ -14,6 +14,7 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod binding;
+pub mod certs;
 pub mod config;
 pub mod conn;
 pub mod csrf;
