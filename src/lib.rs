@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod batch;
 pub mod binding;
+pub mod certs;
 pub mod config;
 pub mod conn;
 pub mod csrf;
