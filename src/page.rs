@@ -8,8 +8,6 @@
 
 use hyper::StatusCode;
 
-use crate::http::escape_html;
-
 const STYLE: &str = r#"
 :root{color-scheme:light dark;--accent:#2b59c3}
 *{box-sizing:border-box}
@@ -372,6 +370,22 @@ pub fn error_page(status: StatusCode, message: &str) -> String {
     )
 }
 
+/// Escapes text for HTML element and attribute content.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 fn human_duration(secs: u64) -> String {
     if secs < 60 {
         "under a minute".into()
@@ -499,6 +513,14 @@ mod tests {
             assert!(!words.contains(&blame), "{blame:?} in {page}");
         }
         assert!(inline_scripts(&page).is_empty());
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape_html("<a href='x'>&\""),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
+        );
     }
 
     #[test]
