@@ -25,6 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::app::App;
+use crate::cookies::{access_cookie_name, claim_key_cookie_name, cookie, queue_cookie_name};
 use crate::error::GatewayError;
 use crate::http::{self, Body};
 use crate::page;
@@ -44,18 +45,6 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 /// An `Idempotency-Key` is 8 to 128 visible ASCII characters.
 const IDEMPOTENCY_KEY_LEN: std::ops::RangeInclusive<usize> = 8..=128;
-
-pub fn queue_cookie_name(room: &str) -> String {
-    format!("wr_q_{room}")
-}
-pub fn access_cookie_name(room: &str) -> String {
-    format!("wr_a_{room}")
-}
-/// The browser's claim key: set before its turn comes, presented with its
-/// claim, so only this browser can ask for a lost claim's answer again.
-pub fn claim_key_cookie_name(room: &str) -> String {
-    format!("wr_k_{room}")
-}
 
 /// A fresh claim key for a browser: 128 random bits, hex.
 fn new_claim_key() -> String {
@@ -273,17 +262,6 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         }
     }
     s
-}
-
-pub fn cookie(name: &str, value: &str, max_age_secs: u64, secure: bool) -> String {
-    format!(
-        "{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{}",
-        if secure { "; Secure" } else { "" }
-    )
-}
-
-pub fn clear_cookie(name: &str, secure: bool) -> String {
-    cookie(name, "", 0, secure)
 }
 
 /// Refuses a state-changing request from another site's page (see
@@ -859,15 +837,5 @@ mod tests {
                 serde_json::to_string(&status).unwrap()
             );
         }
-    }
-
-    #[test]
-    fn cookies_are_http_only_lax_and_secure_when_asked() {
-        let c = cookie("wr_q_demo", "t", 60, true);
-        assert_eq!(
-            c,
-            "wr_q_demo=t; Path=/; Max-Age=60; HttpOnly; SameSite=Lax; Secure"
-        );
-        assert!(!cookie("a", "b", 1, false).contains("Secure"));
     }
 }

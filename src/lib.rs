@@ -16,6 +16,7 @@ pub mod app;
 pub mod binding;
 pub mod config;
 pub mod conn;
+pub mod cookies;
 pub mod csrf;
 pub mod demo;
 pub mod drip;

@@ -50,10 +50,9 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{ProxyConfig, Upstream};
 use crate::conn::{Connection, PeerHeaders};
+use crate::cookies::COOKIE_PREFIXES;
 use crate::http::Body;
 
-/// Cookie name prefixes the gateway owns.
-pub const COOKIE_PREFIXES: [&str; 3] = ["wr_q_", "wr_a_", "wr_k_"];
 /// Header name prefixes the gateway owns (after `_` is read as `-`, as
 /// CGI and WSGI servers do): see [`is_reserved_header`].
 pub const RESERVED_HEADER_PREFIXES: [&str; 2] = ["x-waitroom", "waitroom-"];

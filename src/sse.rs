@@ -55,6 +55,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::cookies;
 use crate::error::GatewayError;
 use crate::gate::{self, Status};
 use crate::http::{self, Body};
@@ -177,7 +178,7 @@ pub async fn handle(
         Some(t) => Some(t.to_string()),
         None => match http::bearer(req.headers())? {
             Some(t) => Some(t.to_string()),
-            None => http::cookie(req.headers(), &gate::queue_cookie_name(room.id()))?
+            None => http::cookie(req.headers(), &cookies::queue_cookie_name(room.id()))?
                 .map(str::to_string),
         },
     };
