@@ -23,10 +23,11 @@ use serde::Serialize;
 use crate::app::App;
 use crate::cookies;
 use crate::error::GatewayError;
-use crate::gate::{self, Ctx, Status};
+use crate::gate::{self, Ctx};
 use crate::http::{self, Body};
 use crate::queue::Place;
 use crate::room::Room;
+use crate::status::{State, Status};
 use crate::token::{Claims, Expect, Kind};
 
 #[derive(Serialize)]
@@ -280,7 +281,7 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
     if ctx.holds_live_session(req.headers()).await? {
         let snap = room.snapshot();
         let mut status = gate::status_of(room, None, &snap, ctx.next);
-        status.state = "active";
+        status.state = State::Active;
         status.url = Some(ctx.next.to_string());
         status.message = Some("You are already in: your session is live.".into());
         return Ok(joined_answer(

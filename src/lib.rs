@@ -38,6 +38,7 @@ pub mod room;
 pub mod server;
 pub mod shuffle;
 pub mod sse;
+pub mod status;
 pub mod store;
 pub mod streams;
 pub mod tls;

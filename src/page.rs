@@ -8,6 +8,8 @@
 
 use hyper::StatusCode;
 
+use crate::status::State;
+
 const STYLE: &str = r#"
 :root{color-scheme:light dark;--accent:#2b59c3}
 *{box-sizing:border-box}
@@ -36,7 +38,7 @@ fn shell(title: &str, head_extra: &str, body: &str) -> String {
 pub struct WaitingView<'a> {
     pub room_id: &'a str,
     pub title: &'a str,
-    pub state: &'a str,
+    pub state: State,
     pub position: Option<u64>,
     pub eta_range: Option<[u64; 2]>,
     /// The same-origin URL to go to once admitted.
@@ -233,7 +235,7 @@ pub fn waiting_page(v: &WaitingView<'_>) -> String {
         .map(|p| p.to_string())
         .unwrap_or_else(|| "…".into());
     let eta = match (v.state, v.eta_range) {
-        ("paused", _) | (_, None) => "Estimated wait: on hold".to_string(),
+        (State::Paused, _) | (_, None) => "Estimated wait: on hold".to_string(),
         (_, Some([lo, hi])) if human_duration(lo) == human_duration(hi) => {
             format!("Estimated wait: about {}", human_duration(lo))
         }
@@ -243,7 +245,7 @@ pub fn waiting_page(v: &WaitingView<'_>) -> String {
             human_duration(hi)
         ),
     };
-    let note = if v.state == "paused" {
+    let note = if v.state == State::Paused {
         "Entry is paused for a moment. You keep your place."
     } else {
         ""
@@ -409,7 +411,7 @@ mod tests {
         let page = waiting_page(&WaitingView {
             room_id: "demo",
             title: "<script>alert(1)</script>",
-            state: "waiting",
+            state: State::Waiting,
             position: Some(12),
             eta_range: Some([90, 120]),
             next: "/</script><script>x",
@@ -428,7 +430,7 @@ mod tests {
         let page = waiting_page(&WaitingView {
             room_id: "demo",
             title: "Brand & Co",
-            state: "waiting",
+            state: State::Waiting,
             position: Some(7),
             eta_range: Some([30, 40]),
             next: "/",
@@ -464,7 +466,7 @@ mod tests {
             let page = waiting_page(&WaitingView {
                 room_id: "demo",
                 title: "t",
-                state: "waiting",
+                state: State::Waiting,
                 position: Some(3),
                 eta_range: None,
                 next: "/a?b=\"c\"",
@@ -488,7 +490,7 @@ mod tests {
         let page = waiting_page(&WaitingView {
             room_id: "demo",
             title: "t",
-            state: "waiting",
+            state: State::Waiting,
             position: Some(3),
             eta_range: None,
             next: "/\"><script>x",
