@@ -21,11 +21,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::app::App;
+use crate::cookies;
 use crate::error::GatewayError;
-use crate::gate::{self, Ctx, Status};
+use crate::gate::{self, Ctx};
 use crate::http::{self, Body};
 use crate::queue::Place;
 use crate::room::Room;
+use crate::status::{State, Status};
 use crate::token::{Claims, Expect, Kind};
 
 #[derive(Serialize)]
@@ -113,7 +115,7 @@ fn presented(
             .map(Some)
             .map_err(reject);
     }
-    match http::cookie(headers, &gate::queue_cookie_name(room.id()))? {
+    match http::cookie(headers, &cookies::queue_cookie_name(room.id()))? {
         Some(token) => match app.keys.verify(token, expect, now) {
             Ok(c) => Ok(Some(c)),
             Err(e) if cookie_errors_are_fatal => Err(reject(e)),
@@ -279,7 +281,7 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
     if ctx.holds_live_session(req.headers()).await? {
         let snap = room.snapshot();
         let mut status = gate::status_of(room, None, &snap, ctx.next);
-        status.state = "active";
+        status.state = State::Active;
         status.url = Some(ctx.next.to_string());
         status.message = Some("You are already in: your session is live.".into());
         return Ok(joined_answer(
@@ -318,14 +320,14 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
     http::add_cookie(&mut res, &cookie);
     // An access cookie presented here is not live (checked above): clear
     // it, or the route would show "session ended" instead of the place.
-    if http::cookie(req.headers(), &gate::access_cookie_name(room.id()))
+    if http::cookie(req.headers(), &cookies::access_cookie_name(room.id()))
         .ok()
         .flatten()
         .is_some()
     {
         http::add_cookie(
             &mut res,
-            &gate::clear_cookie(&gate::access_cookie_name(room.id()), ctx.secure),
+            &cookies::clear_cookie(&cookies::access_cookie_name(room.id()), ctx.secure),
         );
     }
     Ok(res)

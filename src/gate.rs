@@ -22,14 +22,15 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
 
 use crate::app::App;
+use crate::cookies::{access_cookie_name, claim_key_cookie_name, cookie, queue_cookie_name};
 use crate::error::GatewayError;
 use crate::http::{self, Body};
 use crate::page;
 use crate::queue::Place;
 use crate::room::{Grant, RetryKey, Room, SessionCheck, Snapshot};
+use crate::status::{EtaReason, State, Status};
 use crate::token::{Claims, Expect, Kind, TokenError, TokenMemo};
 
 /// Header carrying a solved proof-of-work challenge (`<challenge>:<n>`).
@@ -44,18 +45,6 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 /// An `Idempotency-Key` is 8 to 128 visible ASCII characters.
 const IDEMPOTENCY_KEY_LEN: std::ops::RangeInclusive<usize> = 8..=128;
-
-pub fn queue_cookie_name(room: &str) -> String {
-    format!("wr_q_{room}")
-}
-pub fn access_cookie_name(room: &str) -> String {
-    format!("wr_a_{room}")
-}
-/// The browser's claim key: set before its turn comes, presented with its
-/// claim, so only this browser can ask for a lost claim's answer again.
-pub fn claim_key_cookie_name(room: &str) -> String {
-    format!("wr_k_{room}")
-}
 
 /// A fresh claim key for a browser: 128 random bits, hex.
 fn new_claim_key() -> String {
@@ -103,100 +92,12 @@ pub enum Decision {
     Respond(Response<Body>),
 }
 
-/// The status document: the same for the page, `/_waitroom/status`, join and apps.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Status {
-    pub room: String,
-    /// `waiting` | `admitted` | `paused` | `closed`, or `claimed` (place
-    /// already exchanged), `expired` (place gone), `none` (no place).
-    pub state: &'static str,
-    pub position: Option<u64>,
-    pub people_ahead: Option<u64>,
-    /// The typical wait (the low end of `eta_range_seconds`).
-    pub eta_seconds: Option<u64>,
-    /// Typical and slow case, from the pace the line really moved lately.
-    pub eta_range_seconds: Option<[u64; 2]>,
-    /// Why waits are longer than they were, if the room knows:
-    /// `paused`, `rate_lowered`, `checkout_unavailable` or `checkout_full`.
-    pub eta_reason: Option<&'static str>,
-    /// A scheduled room's opening time (RFC 3339).
-    pub opens_at: Option<String>,
-    /// SHA-256 of the pre-queue shuffle seed (see `/_waitroom/shuffle`).
-    pub shuffle_commitment: Option<String>,
-    pub queue_length: u64,
-    pub admit_rate_per_min: u64,
-    pub serving: u64,
-    /// Seconds left to claim once admitted.
-    pub claim_within_secs: Option<u64>,
-    /// Where to go once admitted (same host, inside the room's route).
-    pub url: Option<String>,
-    pub message: Option<String>,
-}
-
-impl Status {
-    /// Appends the same JSON as `serde_json::to_writer(out, self)`, byte for
-    /// byte (a property test holds them equal), at about a third of the
-    /// instructions: every event stream writes one per change, so at
-    /// 100,000 fans the derived serializer's per-field work was most of a
-    /// fan-out's user-space time (callgrind).
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        use std::io::Write as _;
-        fn text(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
-            out.extend_from_slice(key);
-            match value {
-                // Escaped as serde_json escapes; a Vec cannot fail to take it.
-                Some(v) => {
-                    let _ = serde_json::to_writer(&mut *out, v);
-                }
-                None => out.extend_from_slice(b"null"),
-            }
-        }
-        fn number(out: &mut Vec<u8>, key: &[u8], value: Option<u64>) {
-            out.extend_from_slice(key);
-            match value {
-                Some(n) => {
-                    let _ = write!(out, "{n}");
-                }
-                None => out.extend_from_slice(b"null"),
-            }
-        }
-        text(out, b"{\"room\":", Some(&self.room));
-        text(out, b",\"state\":", Some(self.state));
-        number(out, b",\"position\":", self.position);
-        number(out, b",\"people_ahead\":", self.people_ahead);
-        number(out, b",\"eta_seconds\":", self.eta_seconds);
-        out.extend_from_slice(b",\"eta_range_seconds\":");
-        match self.eta_range_seconds {
-            Some([lo, hi]) => {
-                let _ = write!(out, "[{lo},{hi}]");
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        text(out, b",\"eta_reason\":", self.eta_reason);
-        text(out, b",\"opens_at\":", self.opens_at.as_deref());
-        text(
-            out,
-            b",\"shuffle_commitment\":",
-            self.shuffle_commitment.as_deref(),
-        );
-        number(out, b",\"queue_length\":", Some(self.queue_length));
-        number(
-            out,
-            b",\"admit_rate_per_min\":",
-            Some(self.admit_rate_per_min),
-        );
-        number(out, b",\"serving\":", Some(self.serving));
-        number(out, b",\"claim_within_secs\":", self.claim_within_secs);
-        text(out, b",\"url\":", self.url.as_deref());
-        text(out, b",\"message\":", self.message.as_deref());
-        out.push(b'}');
-    }
-}
-
+/// The status document for a fan's `place` (`None`: no place) as `snap`
+/// shows the room; `next` is where the fan goes once admitted.
 pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str) -> Status {
     let mut s = Status {
         room: snap.room.clone(),
-        state: "none",
+        state: State::NoPlace,
         position: None,
         people_ahead: None,
         eta_seconds: None,
@@ -213,14 +114,14 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
     };
     match place {
         Some(Place::PreQueue) => {
-            s.state = "prequeue";
+            s.state = State::Prequeue;
             s.message = Some(
                 "The sale has not opened yet. Everyone in line when it opens gets a random place, with the same chance."
                     .into(),
             );
         }
         Some(Place::Waiting { position }) | Some(Place::Rejoining { position }) => {
-            s.state = "waiting";
+            s.state = State::Waiting;
             s.position = Some(position);
             s.people_ahead = Some(position - 1);
             if let Some(paces) = snap.paces {
@@ -229,28 +130,28 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
                 s.eta_range_seconds = Some([lo, hi]);
             }
             s.eta_reason = if snap.paused {
-                Some("paused")
+                Some(EtaReason::Paused)
             } else if snap.rate_lowered_recently {
-                Some("rate_lowered")
+                Some(EtaReason::RateLowered)
             } else if !snap.upstream_healthy {
-                Some("checkout_unavailable")
+                Some(EtaReason::CheckoutUnavailable)
             } else if snap.checkout_full() {
-                Some("checkout_full")
+                Some(EtaReason::CheckoutFull)
             } else {
                 None
             };
         }
         Some(Place::Called { claim_by }) => {
-            s.state = "admitted";
+            s.state = State::Admitted;
             s.position = Some(0);
             s.people_ahead = Some(0);
             s.eta_seconds = Some(0);
             s.claim_within_secs = Some(claim_by.saturating_sub(room.clock.mono_ms()) / 1000);
             s.url = Some(next.to_string());
         }
-        Some(Place::Claimed) => s.state = "claimed",
+        Some(Place::Claimed) => s.state = State::Claimed,
         Some(Place::Missed { .. }) | Some(Place::Expired) | Some(Place::Unknown) => {
-            s.state = "expired"
+            s.state = State::Expired
         }
         None => {}
     }
@@ -259,31 +160,20 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
     // keep their call and enter when it resumes).
     if matches!(
         s.state,
-        "waiting" | "none" | "prequeue" | "expired" | "admitted"
+        State::Waiting | State::NoPlace | State::Prequeue | State::Expired | State::Admitted
     ) {
         if snap.closed {
-            s.state = "closed";
+            s.state = State::Closed;
             s.message = Some(room.config.closed_message.clone());
-        } else if snap.paused && matches!(s.state, "waiting" | "admitted") {
-            s.state = "paused";
+        } else if snap.paused && matches!(s.state, State::Waiting | State::Admitted) {
+            s.state = State::Paused;
         }
-        if s.state != "admitted" {
+        if s.state != State::Admitted {
             s.claim_within_secs = None;
             s.url = None;
         }
     }
     s
-}
-
-pub fn cookie(name: &str, value: &str, max_age_secs: u64, secure: bool) -> String {
-    format!(
-        "{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{}",
-        if secure { "; Secure" } else { "" }
-    )
-}
-
-pub fn clear_cookie(name: &str, secure: bool) -> String {
-    cookie(name, "", 0, secure)
 }
 
 /// Refuses a state-changing request from another site's page (see
@@ -475,7 +365,7 @@ impl Ctx<'_> {
         let status = status_of(self.room, Some(place), snap, self.next);
         let mut res = if self.json {
             http::json(StatusCode::OK, &status)
-        } else if status.state == "closed" {
+        } else if status.state == State::Closed {
             http::html(
                 StatusCode::OK,
                 page::closed_page(&self.room.config.title, &self.room.config.closed_message),
@@ -504,7 +394,7 @@ impl Ctx<'_> {
         if self.json {
             let snap = self.room.snapshot();
             let mut s = status_of(self.room, None, &snap, self.next);
-            s.state = "ended";
+            s.state = State::Ended;
             s.message = Some("Your session has ended.".into());
             return http::json(StatusCode::OK, &s);
         }
@@ -812,62 +702,5 @@ mod tests {
             validate_next("/x/../shop/./cart?a=/../b", "/shop"),
             Ok("/shop/cart?a=/../b".into())
         );
-    }
-
-    proptest::proptest! {
-        /// The hand-written JSON is serde's, byte for byte, whatever the
-        /// strings hold (quotes, backslashes, controls, non-ASCII).
-        #[test]
-        fn written_status_json_is_serdes(
-            room in ".{0,12}",
-            state in proptest::sample::select(vec!["waiting", "admitted", "none"]),
-            position in proptest::option::of(proptest::num::u64::ANY),
-            people_ahead in proptest::option::of(0u64..1000),
-            eta_seconds in proptest::option::of(proptest::num::u64::ANY),
-            eta_range in proptest::option::of((proptest::num::u64::ANY, proptest::num::u64::ANY)),
-            eta_reason in proptest::option::of(proptest::sample::select(vec!["paused", "rate_lowered"])),
-            opens_at in proptest::option::of(".{0,8}"),
-            shuffle_commitment in proptest::option::of("[0-9a-f\"\\\\]{0,8}"),
-            queue_length in proptest::num::u64::ANY,
-            admit_rate_per_min in proptest::num::u64::ANY,
-            serving in proptest::num::u64::ANY,
-            claim_within_secs in proptest::option::of(proptest::num::u64::ANY),
-            url in proptest::option::of("\\PC{0,10}"),
-            message in proptest::option::of(".{0,10}"),
-        ) {
-            let status = Status {
-                room,
-                state,
-                position,
-                people_ahead,
-                eta_seconds,
-                eta_range_seconds: eta_range.map(|(a, b)| [a, b]),
-                eta_reason,
-                opens_at,
-                shuffle_commitment,
-                queue_length,
-                admit_rate_per_min,
-                serving,
-                claim_within_secs,
-                url,
-                message,
-            };
-            let mut written = Vec::new();
-            status.write_json(&mut written);
-            proptest::prop_assert_eq!(
-                String::from_utf8(written).unwrap(),
-                serde_json::to_string(&status).unwrap()
-            );
-        }
-    }
-
-    #[test]
-    fn cookies_are_http_only_lax_and_secure_when_asked() {
-        let c = cookie("wr_q_demo", "t", 60, true);
-        assert_eq!(
-            c,
-            "wr_q_demo=t; Path=/; Max-Age=60; HttpOnly; SameSite=Lax; Secure"
-        );
-        assert!(!cookie("a", "b", 1, false).contains("Secure"));
     }
 }

@@ -8,7 +8,7 @@
 
 use hyper::StatusCode;
 
-use crate::http::escape_html;
+use crate::status::State;
 
 const STYLE: &str = r#"
 :root{color-scheme:light dark;--accent:#2b59c3}
@@ -38,7 +38,7 @@ fn shell(title: &str, head_extra: &str, body: &str) -> String {
 pub struct WaitingView<'a> {
     pub room_id: &'a str,
     pub title: &'a str,
-    pub state: &'a str,
+    pub state: State,
     pub position: Option<u64>,
     pub eta_range: Option<[u64; 2]>,
     /// The same-origin URL to go to once admitted.
@@ -235,7 +235,7 @@ pub fn waiting_page(v: &WaitingView<'_>) -> String {
         .map(|p| p.to_string())
         .unwrap_or_else(|| "…".into());
     let eta = match (v.state, v.eta_range) {
-        ("paused", _) | (_, None) => "Estimated wait: on hold".to_string(),
+        (State::Paused, _) | (_, None) => "Estimated wait: on hold".to_string(),
         (_, Some([lo, hi])) if human_duration(lo) == human_duration(hi) => {
             format!("Estimated wait: about {}", human_duration(lo))
         }
@@ -245,7 +245,7 @@ pub fn waiting_page(v: &WaitingView<'_>) -> String {
             human_duration(hi)
         ),
     };
-    let note = if v.state == "paused" {
+    let note = if v.state == State::Paused {
         "Entry is paused for a moment. You keep your place."
     } else {
         ""
@@ -372,6 +372,22 @@ pub fn error_page(status: StatusCode, message: &str) -> String {
     )
 }
 
+/// Escapes text for HTML element and attribute content.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 fn human_duration(secs: u64) -> String {
     if secs < 60 {
         "under a minute".into()
@@ -395,7 +411,7 @@ mod tests {
         let page = waiting_page(&WaitingView {
             room_id: "demo",
             title: "<script>alert(1)</script>",
-            state: "waiting",
+            state: State::Waiting,
             position: Some(12),
             eta_range: Some([90, 120]),
             next: "/</script><script>x",
@@ -414,7 +430,7 @@ mod tests {
         let page = waiting_page(&WaitingView {
             room_id: "demo",
             title: "Brand & Co",
-            state: "waiting",
+            state: State::Waiting,
             position: Some(7),
             eta_range: Some([30, 40]),
             next: "/",
@@ -450,7 +466,7 @@ mod tests {
             let page = waiting_page(&WaitingView {
                 room_id: "demo",
                 title: "t",
-                state: "waiting",
+                state: State::Waiting,
                 position: Some(3),
                 eta_range: None,
                 next: "/a?b=\"c\"",
@@ -474,7 +490,7 @@ mod tests {
         let page = waiting_page(&WaitingView {
             room_id: "demo",
             title: "t",
-            state: "waiting",
+            state: State::Waiting,
             position: Some(3),
             eta_range: None,
             next: "/\"><script>x",
@@ -499,6 +515,14 @@ mod tests {
             assert!(!words.contains(&blame), "{blame:?} in {page}");
         }
         assert!(inline_scripts(&page).is_empty());
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape_html("<a href='x'>&\""),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
+        );
     }
 
     #[test]

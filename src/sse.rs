@@ -55,11 +55,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::cookies;
 use crate::error::GatewayError;
-use crate::gate::{self, Status};
+use crate::gate;
 use crate::http::{self, Body};
 use crate::queue::Place;
 use crate::room::{Headline, Room, Snapshot};
+use crate::status::{EtaReason, State, Status};
 use crate::token::{Expect, Kind};
 
 /// What a superseded stream's last event says.
@@ -108,10 +110,10 @@ enum Stop {
 /// What the fan was last shown; an event is written only when it changes.
 #[derive(Debug, Clone, PartialEq)]
 struct Shown {
-    state: &'static str,
+    state: State,
     position: Option<u64>,
     eta: Option<[u64; 2]>,
-    reason: Option<&'static str>,
+    reason: Option<EtaReason>,
 }
 
 struct Conn {
@@ -177,7 +179,7 @@ pub async fn handle(
         Some(t) => Some(t.to_string()),
         None => match http::bearer(req.headers())? {
             Some(t) => Some(t.to_string()),
-            None => http::cookie(req.headers(), &gate::queue_cookie_name(room.id()))?
+            None => http::cookie(req.headers(), &cookies::queue_cookie_name(room.id()))?
                 .map(str::to_string),
         },
     };
@@ -380,8 +382,8 @@ impl Conn {
             match &self.last {
                 Some(last) if *last == shown => return None,
                 Some(last)
-                    if last.state == "waiting"
-                        && shown.state == "waiting"
+                    if last.state == State::Waiting
+                        && shown.state == State::Waiting
                         && last.reason == shown.reason =>
                 {
                     let due = self.last_write + pace(shown.eta.map(|e| e[0]), self.heartbeat);
@@ -393,12 +395,16 @@ impl Conn {
                 _ => {}
             }
         }
-        let kind = match status.state {
-            "waiting" => "position",
-            "admitted" | "claimed" | "expired" | "paused" | "closed" | "prequeue" => status.state,
-            _ => "expired",
+        // The event's name, and whether it settles the place (the stream ends).
+        let (kind, settled) = match status.state {
+            State::Waiting => ("position", false),
+            State::Paused | State::Closed | State::Prequeue => (status.state.as_str(), false),
+            State::Admitted | State::Claimed | State::Expired => (status.state.as_str(), true),
+            // A stream always follows a place, which status_of never shows
+            // as these; should one come, the page treats the place as gone.
+            State::NoPlace | State::Ended | State::Active | State::Superseded => ("expired", true),
         };
-        if matches!(kind, "admitted" | "claimed" | "expired") {
+        if settled {
             self.done = true;
         }
         self.last = Some(shown);
@@ -434,7 +440,7 @@ impl Conn {
                     &mut text,
                     &serde_json::json!({
                         "room": self.room.id(),
-                        "state": "superseded",
+                        "state": State::Superseded,
                         "message": SUPERSEDED_MESSAGE,
                     }),
                 );

@@ -8,8 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-/// Cookie name prefixes the gateway owns.
-pub const COOKIE_PREFIXES: [&str; 3] = ["wr_q_", "wr_a_", "wr_k_"];
+pub use crate::cookies::COOKIE_PREFIXES;
 /// Header name prefixes the gateway owns (after `_` is read as `-`, as
 /// CGI and WSGI servers do): see [`is_reserved_header`].
 pub const RESERVED_HEADER_PREFIXES: [&str; 2] = ["x-waitroom", "waitroom-"];
