@@ -282,7 +282,7 @@ pub(crate) struct State {
 pub(crate) enum Backend {
     /// This process alone, durable in a local store.
     Local(Arc<dyn Store>),
-    /// Shared by every replica through Redis (see `shared`).
+    /// Shared by every replica through Redis (see `store::redis`).
     Shared(Arc<Shared>),
 }
 

@@ -35,7 +35,7 @@ use serde::Deserialize;
 pub use env::EnvOverrides;
 use raw::RawConfig;
 
-/// How long a drip lease lasts by default (see `shared`).
+/// How long a drip lease lasts by default (see `store::redis`).
 pub const DEFAULT_LEASE_MS: u64 = 2000;
 /// Sequence numbers reserved per store write (see `store`).
 pub const DEFAULT_SEQ_BLOCK: u64 = 1024;
@@ -191,7 +191,7 @@ pub enum StoreConfig {
         path: PathBuf,
         seq_block: u64,
     },
-    /// One queue shared by every replica through Redis (see `shared`).
+    /// One queue shared by every replica through Redis (see `store::redis`).
     Redis {
         url: String,
         key_prefix: String,

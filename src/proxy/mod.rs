@@ -30,7 +30,7 @@
 //! Hop-by-hop headers are dropped both ways, and so are the headers the
 //! gateway owns (see [`is_reserved_header`]): a client cannot send the
 //! upstream one, nor the upstream send a client one. The gateway's own
-//! cookies (`wr_q_*`, `wr_a_*`) never reach the upstream however they are
+//! cookies (`wr_q_*`, `wr_a_*`, `wr_k_*`) never reach the upstream however they are
 //! spelt, and the upstream cannot set them. `X-Forwarded-For/-Proto/-Host`,
 //! `X-Real-IP` and `Forwarded` are set from the connection unless the peer
 //! is a configured trusted proxy, whose values are kept (and, for
