@@ -298,6 +298,9 @@ pub struct Room {
     /// for the one reservation write that covers them all (and the
     /// low-water reservation made ahead of need).
     reservations: Arc<Batch<(), RoomError>>,
+    /// A reservation ahead of need is on its way: one at a time, however
+    /// many arrivals see the numbers running low before it starts.
+    reserving_ahead: AtomicBool,
     /// Held by the one reservation write in flight (an epoch's first
     /// reservation is made outside the batch).
     reserving: tokio::sync::Mutex<()>,
@@ -443,6 +446,7 @@ impl Room {
             snapshot,
             headline,
             reservations: Arc::new(Batch::new()),
+            reserving_ahead: AtomicBool::new(false),
             reserving: tokio::sync::Mutex::new(()),
             seq_block,
             upstream_hold_ms: upstream_hold.as_millis() as Millis,
@@ -673,7 +677,7 @@ impl Room {
     /// Reserves ahead of need (the reserved numbers are running low), unless
     /// a reservation is on its way already.
     fn reserve_in_background(self: &Arc<Self>) {
-        if self.reservations.busy() {
+        if self.reservations.busy() || self.reserving_ahead.swap(true, Ordering::AcqRel) {
             return;
         }
         let room = self.clone();
@@ -681,6 +685,7 @@ impl Room {
             if let Err(e) = room.reserve_for_waiting().await {
                 tracing::warn!(room = %room.config.id, error = %e, "sequence reservation failed");
             }
+            room.reserving_ahead.store(false, Ordering::Release);
         });
     }
 
