@@ -87,11 +87,17 @@ pub(crate) fn parse_query(app: &App, req: &Request<Incoming>) -> Result<Query, G
     Ok(Query { room, next, pairs })
 }
 
-/// The queue token presented, if any, verified. `Ok(None)`: none presented.
-fn presented(
+/// The queue token a `/_waitroom/*` request presents, verified, and a
+/// rejection counted: `?token=` where the endpoint allows one (only the
+/// event stream: `EventSource` cannot set headers), else `Authorization:
+/// Bearer` (apps), else the room's queue cookie (browsers). `Ok(None)`:
+/// none presented. A bad cookie is an error when `cookie_errors_are_fatal`,
+/// else counts as none (join then takes a new place).
+pub(crate) fn queue_token(
     app: &App,
     room: &Room,
     req: &Request<Incoming>,
+    query_token: Option<&str>,
     cookie_errors_are_fatal: bool,
 ) -> Result<Option<Claims>, GatewayError> {
     let headers = req.headers();
@@ -108,7 +114,11 @@ fn presented(
             .inc();
         GatewayError::InvalidToken(e)
     };
-    if let Some(token) = http::bearer(headers)? {
+    let header_token = match query_token {
+        Some(t) => Some(t),
+        None => http::bearer(headers)?,
+    };
+    if let Some(token) = header_token {
         return app
             .keys
             .verify(token, expect, now)
@@ -256,7 +266,7 @@ fn shuffle(room: &Room) -> Response<Body> {
 }
 
 async fn status(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
-    let claims = presented(ctx.app, ctx.room, req, true)?;
+    let claims = queue_token(ctx.app, ctx.room, req, None, true)?;
     let place = match claims {
         Some(c) => Some(ctx.room.touch(c.ep, c.seq).await?),
         None => None,
@@ -293,7 +303,7 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
             },
         ));
     }
-    let existing = presented(ctx.app, room, req, false)?;
+    let existing = queue_token(ctx.app, room, req, None, false)?;
     let (token, cookie, place) = match existing {
         Some(c) => match room.touch(c.ep, c.seq).await? {
             // A used or lost place: joining again means a new place (as any arrival).
@@ -357,46 +367,19 @@ async fn new_place(
     ctx: &Ctx<'_>,
     req: &Request<Incoming>,
 ) -> Result<(String, String, Place), GatewayError> {
-    ctx.check_pow(req.headers()).await?;
-    ctx.spend_join_budget()?;
-    let (epoch, seq, _called) = ctx.room.arrive().await?;
-    ctx.app
-        .metrics
-        .arrivals
-        .with_label_values(&[ctx.room.id()])
-        .inc();
-    let (token, cookie) = ctx.sign_queue_token(epoch, seq, crate::token::new_visitor_id());
-    Ok((token, cookie, ctx.room.place(epoch, seq).await?))
+    let new = ctx.take_new_place(req.headers()).await?;
+    let place = ctx.room.place(new.epoch, new.seq).await?;
+    Ok((new.token, new.cookie, place))
 }
 
 async fn claim(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let room = ctx.room;
-    let claims = presented(ctx.app, room, req, true)?.ok_or(GatewayError::NoToken)?;
+    let claims = queue_token(ctx.app, room, req, None, true)?.ok_or(GatewayError::NoToken)?;
     let retry = gate::presented_claim_key(req.headers(), room.id())?;
     room.touch(claims.ep, claims.seq).await?;
-    let grant = match room
+    let (grant, token, cookie) = ctx
         .claim(claims.ep, claims.seq, &claims.vid, retry.as_ref())
-        .await
-    {
-        Ok(g) => g,
-        Err(crate::room::RoomError::Claim(e)) => {
-            ctx.app
-                .metrics
-                .refused_claims
-                .with_label_values(&[room.id(), claim_reason(e)])
-                .inc();
-            return Err(GatewayError::Claim(e));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if grant.first {
-        ctx.app
-            .metrics
-            .admissions
-            .with_label_values(&[room.id()])
-            .inc();
-    }
-    let (token, cookie) = ctx.sign_access_token(claims.ep, &grant, &claims.vid);
+        .await?;
     let snap = room.snapshot();
     let mut res = http::json(
         StatusCode::OK,
@@ -411,16 +394,4 @@ async fn claim(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>,
     );
     http::add_cookie(&mut res, &cookie);
     Ok(res)
-}
-
-fn claim_reason(e: crate::queue::ClaimError) -> &'static str {
-    use crate::queue::ClaimError::*;
-    match e {
-        NotYet => "not_yet",
-        AlreadyClaimed => "already_claimed",
-        Missed => "turn_passed",
-        Unknown => "unknown_place",
-        Paused => "paused",
-        Closed => "closed",
-    }
 }

@@ -28,8 +28,8 @@ use crate::cookies::{access_cookie_name, claim_key_cookie_name, cookie, queue_co
 use crate::error::GatewayError;
 use crate::http::{self, Body};
 use crate::page;
-use crate::queue::Place;
-use crate::room::{Grant, RetryKey, Room, SessionCheck, Snapshot};
+use crate::queue::{ClaimError, Place};
+use crate::room::{Grant, RetryKey, Room, RoomError, SessionCheck, Snapshot};
 use crate::status::{EtaReason, State, Status};
 use crate::token::{Claims, Expect, Kind, TokenError, TokenMemo};
 
@@ -222,7 +222,7 @@ impl Ctx<'_> {
 
     /// Rooms with proof of work: a new place needs a solved challenge
     /// (`X-Waitroom-Pow: <challenge>:<n>`).
-    pub async fn check_pow(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
+    async fn check_pow(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
         let bits = self.room.config.pow_bits;
         if bits == 0 {
             return Ok(());
@@ -405,11 +405,6 @@ impl Ctx<'_> {
     }
 
     fn place_used(&self) -> Response<Body> {
-        self.app
-            .metrics
-            .refused_claims
-            .with_label_values(&[self.room.id(), "already_claimed"])
-            .inc();
         if self.json {
             return GatewayError::Claim(crate::queue::ClaimError::AlreadyClaimed)
                 .into_response(&self.app.metrics, false);
@@ -418,6 +413,72 @@ impl Ctx<'_> {
             StatusCode::FORBIDDEN,
             page::place_used_page(&self.room.config.title),
         )
+    }
+
+    /// Counts a claim refused for `reason` (`waitroom_refused_claims_total`).
+    fn count_refused_claim(&self, reason: ClaimError) {
+        self.app
+            .metrics
+            .refused_claims
+            .with_label_values(&[self.room.id(), claim_reason(reason)])
+            .inc();
+    }
+
+    /// Exchanges the called place (`epoch`, `seq`) of visitor `vid` for an
+    /// access session: the claim (with the client's retry key), the
+    /// admission or refusal counted, the access token signed. The one path
+    /// for a browser on the route and an app's `POST /_waitroom/claim`.
+    /// Returns the grant, the token and its `Set-Cookie`.
+    pub async fn claim(
+        &self,
+        epoch: u64,
+        seq: u64,
+        vid: &str,
+        retry: Option<&RetryKey>,
+    ) -> Result<(Grant, String, String), GatewayError> {
+        match self.room.claim(epoch, seq, vid, retry).await {
+            Ok(grant) => {
+                if grant.first {
+                    self.app
+                        .metrics
+                        .admissions
+                        .with_label_values(&[self.room.id()])
+                        .inc();
+                }
+                let (token, cookie) = self.sign_access_token(epoch, &grant, vid);
+                Ok((grant, token, cookie))
+            }
+            Err(RoomError::Claim(e)) => {
+                self.count_refused_claim(e);
+                Err(GatewayError::Claim(e))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes a new place: the proof of work (rooms with `pow_bits`), the
+    /// client's join budget, a number, the arrival counted, a new visitor
+    /// id and the signed queue token. The one path for an arrival on the
+    /// route and `POST /_waitroom/join`.
+    pub async fn take_new_place(&self, headers: &HeaderMap) -> Result<NewPlace, GatewayError> {
+        self.check_pow(headers).await?;
+        self.spend_join_budget()?;
+        let (epoch, seq, called) = self.room.arrive().await?;
+        self.app
+            .metrics
+            .arrivals
+            .with_label_values(&[self.room.id()])
+            .inc();
+        let vid = crate::token::new_visitor_id();
+        let (token, cookie) = self.sign_queue_token(epoch, seq, vid.clone());
+        Ok(NewPlace {
+            epoch,
+            seq,
+            called,
+            vid,
+            token,
+            cookie,
+        })
     }
 
     /// Claims a called place for this browser or app and lets it through.
@@ -439,38 +500,28 @@ impl Ctx<'_> {
                 RetryKey::of(&raw)
             }
         };
-        match self.room.claim(epoch, seq, vid, Some(&key)).await {
-            Ok(grant) => {
-                if grant.first {
-                    self.app
-                        .metrics
-                        .admissions
-                        .with_label_values(&[self.room.id()])
-                        .inc();
-                }
-                let (_, c) = self.sign_access_token(epoch, &grant, vid);
+        match self.claim(epoch, seq, vid, Some(&key)).await {
+            Ok((_, _, c)) => {
                 set_cookies.push(c);
                 Ok(Decision::Proxy { set_cookies })
             }
-            Err(crate::room::RoomError::Claim(crate::queue::ClaimError::AlreadyClaimed)) => {
+            Err(GatewayError::Claim(ClaimError::AlreadyClaimed)) => {
                 Ok(Decision::Respond(self.place_used()))
             }
             // This replica's view may not show the pause or closing yet:
             // the fan sees it now, so the page does not come straight back.
-            Err(crate::room::RoomError::Claim(
-                held @ (crate::queue::ClaimError::Paused | crate::queue::ClaimError::Closed),
-            )) => {
+            Err(GatewayError::Claim(held @ (ClaimError::Paused | ClaimError::Closed))) => {
                 let place = self.room.place(epoch, seq).await?;
                 let mut snap = self.room.snapshot();
-                snap.paused |= held == crate::queue::ClaimError::Paused;
-                snap.closed |= held == crate::queue::ClaimError::Closed;
+                snap.paused |= held == ClaimError::Paused;
+                snap.closed |= held == ClaimError::Closed;
                 Ok(Decision::Respond(self.waiting_as(
                     place,
                     &snap,
                     set_cookies,
                 )))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -594,7 +645,10 @@ impl Ctx<'_> {
                             .claim_and_proxy(headers, (epoch, c.seq, &c.vid), Vec::new())
                             .await;
                     }
-                    Place::Claimed => return Ok(Decision::Respond(self.place_used())),
+                    Place::Claimed => {
+                        self.count_refused_claim(ClaimError::AlreadyClaimed);
+                        return Ok(Decision::Respond(self.place_used()));
+                    }
                     Place::Missed { .. } | Place::Expired | Place::Unknown => {
                         self.reject("place_expired")
                     }
@@ -619,35 +673,48 @@ impl Ctx<'_> {
         if self.room.snapshot().closed {
             return Ok(Decision::Respond(self.waiting(Place::Unknown, Vec::new())));
         }
-        if self.room.config.pow_bits > 0 {
-            // Browsers get a page whose script solves the challenge and joins;
-            // apps get 428 with a challenge. Nobody is told they look like a bot.
-            if !self.json {
-                return Ok(Decision::Respond(http::html(
-                    StatusCode::OK,
-                    page::joining_page(&self.room.config.title, self.room.id(), self.next),
-                )));
-            }
-            self.check_pow(headers).await?;
+        // Browsers get a page whose script solves the challenge and joins;
+        // apps get 428 with a challenge. Nobody is told they look like a bot.
+        if self.room.config.pow_bits > 0 && !self.json {
+            return Ok(Decision::Respond(http::html(
+                StatusCode::OK,
+                page::joining_page(&self.room.config.title, self.room.id(), self.next),
+            )));
         }
-        self.spend_join_budget()?;
-        let (epoch, seq, called) = self.room.arrive().await?;
-        self.app
-            .metrics
-            .arrivals
-            .with_label_values(&[room_id])
-            .inc();
-        let vid = crate::token::new_visitor_id();
-        let (_, queue_cookie) = self.sign_queue_token(epoch, seq, vid.clone());
-        if called {
+        let new = self.take_new_place(headers).await?;
+        if new.called {
             return self
-                .claim_and_proxy(headers, (epoch, seq, &vid), vec![queue_cookie])
+                .claim_and_proxy(headers, (new.epoch, new.seq, &new.vid), vec![new.cookie])
                 .await;
         }
-        let place = self.room.place(epoch, seq).await?;
-        let mut cookies = vec![queue_cookie];
+        let place = self.room.place(new.epoch, new.seq).await?;
+        let mut cookies = vec![new.cookie];
         cookies.extend(self.missing_claim_key(headers));
         Ok(Decision::Respond(self.waiting(place, cookies)))
+    }
+}
+
+/// A place just taken (see [`Ctx::take_new_place`]).
+pub struct NewPlace {
+    pub epoch: u64,
+    pub seq: u64,
+    /// Called at once (`over_capacity` with room to spare): claim it now.
+    pub called: bool,
+    pub vid: String,
+    /// The signed queue token and its `Set-Cookie`.
+    pub token: String,
+    pub cookie: String,
+}
+
+/// The `reason` label of `waitroom_refused_claims_total`.
+fn claim_reason(e: ClaimError) -> &'static str {
+    match e {
+        ClaimError::NotYet => "not_yet",
+        ClaimError::AlreadyClaimed => "already_claimed",
+        ClaimError::Missed => "turn_passed",
+        ClaimError::Unknown => "unknown_place",
+        ClaimError::Paused => "paused",
+        ClaimError::Closed => "closed",
     }
 }
 

@@ -55,14 +55,12 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::app::App;
-use crate::cookies;
 use crate::error::GatewayError;
 use crate::gate;
-use crate::http::{self, Body};
+use crate::http::Body;
 use crate::queue::Place;
 use crate::room::{Headline, Room, Snapshot};
 use crate::status::{EtaReason, State, Status};
-use crate::token::{Expect, Kind};
 
 /// What a superseded stream's last event says.
 pub const SUPERSEDED_MESSAGE: &str = "This place is open in another tab or app.";
@@ -174,32 +172,11 @@ pub async fn handle(
     }
     let query = crate::api::parse_query(app, &req)?;
     let (room, next) = (query.room.clone(), query.next.clone());
-    // EventSource cannot set headers, so `?token=` is accepted too.
-    let token = match query.get("token") {
-        Some(t) => Some(t.to_string()),
-        None => match http::bearer(req.headers())? {
-            Some(t) => Some(t.to_string()),
-            None => http::cookie(req.headers(), &cookies::queue_cookie_name(room.id()))?
-                .map(str::to_string),
-        },
-    };
-    let token = token.ok_or(GatewayError::NoToken)?;
-    let epoch = room.epoch();
-    let expect = Expect {
-        kind: Kind::Queue,
-        room: room.id(),
-        epoch,
-    };
-    let claims = app
-        .keys
-        .verify(&token, expect, app.clock.wall_secs())
-        .map_err(|e| {
-            app.metrics
-                .rejected_tokens
-                .with_label_values(&[room.id(), e.label()])
-                .inc();
-            GatewayError::InvalidToken(e)
-        })?;
+    let claims = crate::api::queue_token(app, &room, &req, query.get("token"), true)?
+        .ok_or(GatewayError::NoToken)?;
+    // The epoch the token was verified against (a reset meanwhile ends the
+    // stream at once).
+    let epoch = claims.ep;
     let mut floor = 0;
     if let Some(v) = req.headers().get("last-event-id") {
         let text = v.to_str().map_err(|_| GatewayError::InvalidHeader {
