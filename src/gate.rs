@@ -489,10 +489,15 @@ impl Ctx<'_> {
         &self,
         headers: &HeaderMap,
         claims: (u64, u64, &str),
+        presented: Option<RetryKey>,
         mut set_cookies: Vec<String>,
     ) -> Result<Decision, GatewayError> {
         let (epoch, seq, vid) = claims;
-        let key = match presented_claim_key(headers, self.room.id())? {
+        let presented = match presented {
+            Some(key) => Some(key),
+            None => presented_claim_key(headers, self.room.id())?,
+        };
+        let key = match presented {
             Some(key) => key,
             None => {
                 let raw = new_claim_key();
@@ -635,20 +640,27 @@ impl Ctx<'_> {
                             return Ok(Decision::Respond(self.waiting(place, Vec::new())));
                         }
                         return self
-                            .claim_and_proxy(headers, (epoch, c.seq, &c.vid), Vec::new())
+                            .claim_and_proxy(headers, (epoch, c.seq, &c.vid), None, Vec::new())
                             .await;
                     }
                     // The claimant again, if it shows its claim key (its
-                    // first answer was lost); anyone else was refused there.
-                    Place::Claimed if presented_claim_key(headers, room_id)?.is_some() => {
-                        return self
-                            .claim_and_proxy(headers, (epoch, c.seq, &c.vid), Vec::new())
-                            .await;
-                    }
-                    Place::Claimed => {
-                        self.count_refused_claim(ClaimError::AlreadyClaimed);
-                        return Ok(Decision::Respond(self.place_used()));
-                    }
+                    // first answer was lost); anyone else is refused here.
+                    Place::Claimed => match presented_claim_key(headers, room_id)? {
+                        Some(key) => {
+                            return self
+                                .claim_and_proxy(
+                                    headers,
+                                    (epoch, c.seq, &c.vid),
+                                    Some(key),
+                                    Vec::new(),
+                                )
+                                .await;
+                        }
+                        None => {
+                            self.count_refused_claim(ClaimError::AlreadyClaimed);
+                            return Ok(Decision::Respond(self.place_used()));
+                        }
+                    },
                     Place::Missed { .. } | Place::Expired | Place::Unknown => {
                         self.reject("place_expired")
                     }
@@ -684,7 +696,12 @@ impl Ctx<'_> {
         let new = self.take_new_place(headers).await?;
         if new.called {
             return self
-                .claim_and_proxy(headers, (new.epoch, new.seq, &new.vid), vec![new.cookie])
+                .claim_and_proxy(
+                    headers,
+                    (new.epoch, new.seq, &new.vid),
+                    None,
+                    vec![new.cookie],
+                )
                 .await;
         }
         let place = self.room.place(new.epoch, new.seq).await?;
