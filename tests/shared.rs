@@ -290,17 +290,7 @@ async fn paused_replicas(
     Vec<Option<Proc>>,
     Vec<ApiFan>,
 ) {
-    let up = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &up.url(),
-        &shared_redis_url(),
-        &unique_prefix(),
-        "",
-        &format!("admit_rate_per_min = {rate_per_min}"),
-    );
-    let procs: Vec<Option<Proc>> = (0..n).map(|_| Some(Proc::start(&config))).collect();
+    let (up, dir, procs) = replicas(n, &format!("admit_rate_per_min = {rate_per_min}")).await;
     paused(&procs, 0, true).await;
     let fans = join_spread(&procs, fans).await;
     (up, dir, procs, fans)
@@ -918,8 +908,8 @@ async fn a_burst_of_arrivals_on_two_replicas_gets_unique_gapless_places() {
     }
 }
 
-/// Three replicas on the shared Redis serving one room (`room` adds lines).
-async fn three_replicas(room: &str) -> (TestUpstream, tempfile::TempDir, Vec<Option<Proc>>) {
+/// `n` replicas on the shared Redis serving one room (`room` adds lines).
+async fn replicas(n: usize, room: &str) -> (TestUpstream, tempfile::TempDir, Vec<Option<Proc>>) {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
@@ -930,8 +920,12 @@ async fn three_replicas(room: &str) -> (TestUpstream, tempfile::TempDir, Vec<Opt
         "",
         room,
     );
-    let procs = (0..3).map(|_| Some(Proc::start(&config))).collect();
+    let procs = (0..n).map(|_| Some(Proc::start(&config))).collect();
     (up, dir, procs)
+}
+
+async fn three_replicas(room: &str) -> (TestUpstream, tempfile::TempDir, Vec<Option<Proc>>) {
+    replicas(3, room).await
 }
 
 fn public(procs: &[Option<Proc>], i: usize) -> String {
