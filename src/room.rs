@@ -250,6 +250,31 @@ impl RetryKey {
     }
 }
 
+/// What an embedded claim does once the line has answered.
+enum ClaimStep {
+    /// Granted in the line: write it (the sender closes the pending mark).
+    Write(watch::Sender<()>, u64),
+    /// The same claimant's claim is being written: wait for it.
+    Wait(watch::Receiver<()>),
+    /// Claimed already: the same grant again, or refused.
+    Repeat,
+}
+
+/// A claim granted in the line, its journal write in flight.
+struct PendingClaim {
+    vid: String,
+    retry: Option<RetryKey>,
+    /// Closed (its sender dropped) once the write is done either way.
+    written: watch::Receiver<()>,
+}
+
+impl PendingClaim {
+    /// The same visitor with the same claim key: the claimant again.
+    fn is_by(&self, vid: &str, retry: Option<&RetryKey>) -> bool {
+        self.vid == vid && retry.is_some() && self.retry.as_ref() == retry
+    }
+}
+
 /// The outcome of checking an access token against the live sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionCheck {
@@ -304,6 +329,11 @@ pub struct Room {
     /// Held by the one reservation write in flight (an epoch's first
     /// reservation is made outside the batch).
     reserving: tokio::sync::Mutex<()>,
+    /// Claims granted in the line whose journal write is still in flight.
+    /// A browser asks for its page and its favicon at once with the same
+    /// place and claim key: the second waits here for the first instead of
+    /// finding the place taken and no session yet.
+    claiming: DashMap<u64, PendingClaim>,
     seq_block: u64,
     upstream_hold_ms: Millis,
     /// Monotonic ms + 1 of the last upstream failure; 0 = none.
@@ -448,6 +478,7 @@ impl Room {
             reservations: Arc::new(Batch::new()),
             reserving_ahead: AtomicBool::new(false),
             reserving: tokio::sync::Mutex::new(()),
+            claiming: DashMap::new(),
             seq_block,
             upstream_hold_ms: upstream_hold.as_millis() as Millis,
             upstream_failed_at: AtomicU64::new(0),
@@ -774,27 +805,78 @@ impl Room {
             Backend::Local(store) => store,
             Backend::Shared(sh) => return sh.claim(self, epoch, seq, vid, retry).await,
         };
-        let now = self.clock.mono_ms();
-        let (session_secs, session_max_secs) = {
-            let mut st = self.lock();
-            if st.queue.epoch() != epoch {
-                return Err(ClaimError::Unknown.into());
-            }
-            match st.queue.claim(seq, now) {
-                Ok(()) => {}
-                Err(ClaimError::AlreadyClaimed) => {
-                    let session_secs = st.queue.settings.session_secs;
-                    drop(st);
+        // The same claimant's claim still being written is waited for once;
+        // then the place is either theirs (the same grant again) or, if the
+        // write failed, called again and claimed here.
+        let mut waited = false;
+        loop {
+            let now = self.clock.mono_ms();
+            let step = {
+                let mut st = self.lock();
+                if st.queue.epoch() != epoch {
+                    return Err(ClaimError::Unknown.into());
+                }
+                let step = match st.queue.claim(seq, now) {
+                    Ok(()) => {
+                        let (written_tx, written) = watch::channel(());
+                        self.claiming.insert(
+                            seq,
+                            PendingClaim {
+                                vid: vid.to_string(),
+                                retry: retry.cloned(),
+                                written,
+                            },
+                        );
+                        self.publish(&st.queue, now);
+                        ClaimStep::Write(written_tx, st.queue.settings.session_max_secs)
+                    }
+                    Err(ClaimError::AlreadyClaimed) => match self
+                        .claiming
+                        .get(&seq)
+                        .filter(|p| !waited && p.is_by(vid, retry))
+                    {
+                        Some(p) => ClaimStep::Wait(p.written.clone()),
+                        None => ClaimStep::Repeat,
+                    },
+                    Err(e) => return Err(e.into()),
+                };
+                (step, st.queue.settings.session_secs)
+            };
+            match step {
+                (ClaimStep::Write(written_tx, session_max_secs), session_secs) => {
+                    let grant = self
+                        .write_claim(
+                            store,
+                            (epoch, seq, vid, retry),
+                            now,
+                            (session_secs, session_max_secs),
+                        )
+                        .await;
+                    drop(written_tx);
+                    return grant;
+                }
+                (ClaimStep::Wait(mut written), _) => {
+                    // Err: the writer is done (its sender dropped).
+                    let _ = written.changed().await;
+                    waited = true;
+                }
+                (ClaimStep::Repeat, session_secs) => {
                     return self.repeat_grant(seq, vid, retry, now, session_secs);
                 }
-                Err(e) => return Err(e.into()),
             }
-            self.publish(&st.queue, now);
-            (
-                st.queue.settings.session_secs,
-                st.queue.settings.session_max_secs,
-            )
-        };
+        }
+    }
+
+    /// Makes a claim just granted in the line durable, then opens its
+    /// session; a failed write leaves the place called again. Either way
+    /// the claim is no longer pending when this returns.
+    async fn write_claim(
+        &self,
+        store: &Arc<dyn Store>,
+        (epoch, seq, vid, retry): (u64, u64, &str, Option<&RetryKey>),
+        now: Millis,
+        (session_secs, session_max_secs): (u64, u64),
+    ) -> Result<Grant, RoomError> {
         let written = store
             .write(Record::Claim {
                 room: self.config.id.clone(),
@@ -807,8 +889,11 @@ impl Room {
             if st.queue.epoch() == epoch {
                 st.queue.unclaim(seq, self.clock.mono_ms());
             }
+            self.claiming.remove(&seq);
             return Err(e.into());
         }
+        // The session before the pending mark goes: a repeat finds one or
+        // the other.
         self.sessions.insert(
             seq,
             Session {
@@ -818,6 +903,7 @@ impl Room {
                 retry: retry.map(|k| (k.clone(), now)),
             },
         );
+        self.claiming.remove(&seq);
         let wall = self.clock.wall_secs();
         Ok(Grant {
             first: true,
@@ -1378,6 +1464,35 @@ mod tests {
         room.tick(true);
         let grant = room.claim(epoch, seq, "v", None).await.unwrap();
         assert!(grant.first);
+    }
+
+    #[tokio::test]
+    async fn the_same_claimant_twice_at_once_gets_one_session_and_a_stranger_none() {
+        let (room, time, _dir) = manual_room("").await;
+        let (epoch, seq, _) = room.arrive().await.unwrap();
+        time.advance(Duration::from_secs(1));
+        room.tick(false);
+        let key = RetryKey::of("browser-claim-key");
+        let copied = RetryKey::of("a copied queue token");
+        // A page and its favicon: the second asks while the first claim's
+        // journal write is in flight.
+        let (first, again, stranger) = tokio::join!(
+            room.claim(epoch, seq, "v", Some(&key)),
+            room.claim(epoch, seq, "v", Some(&key)),
+            room.claim(epoch, seq, "v", Some(&copied)),
+        );
+        let (first, again) = (first.unwrap(), again.unwrap());
+        assert!(first.first);
+        assert!(
+            !again.first,
+            "the same claim answered again, not a second admission"
+        );
+        assert_eq!(first.expires_wall, again.expires_wall);
+        assert!(matches!(
+            stranger,
+            Err(RoomError::Claim(ClaimError::AlreadyClaimed))
+        ));
+        assert_eq!(room.sessions.len(), 1);
     }
 
     #[tokio::test]
