@@ -14,9 +14,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::app::App;
 use crate::config::QueueMode;
 use crate::error::GatewayError;
+use crate::gateway::App;
 use crate::http::{self, Body};
 use crate::room::Room;
 

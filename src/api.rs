@@ -20,15 +20,14 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::app::App;
 use crate::cookies;
 use crate::error::GatewayError;
-use crate::gate::{self, Ctx};
+use crate::gate::{self, Ctx, parse_query, queue_token};
+use crate::gateway::App;
 use crate::http::{self, Body};
 use crate::queue::Place;
 use crate::room::Room;
 use crate::status::{State, Status};
-use crate::token::{Claims, Expect, Kind};
 
 #[derive(Serialize)]
 struct Joined {
@@ -48,94 +47,6 @@ struct Claimed {
     expires_in: u64,
     session_max_secs: u64,
     url: String,
-}
-
-/// The query every `/_waitroom/*` endpoint takes: `room`, optional `next`,
-/// and the raw pairs for endpoint-specific parameters.
-pub(crate) struct Query {
-    pub room: Arc<Room>,
-    pub next: String,
-    pub pairs: Vec<(String, String)>,
-}
-
-impl Query {
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(n, _)| n == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-pub(crate) fn parse_query(app: &App, req: &Request<Incoming>) -> Result<Query, GatewayError> {
-    let pairs = http::query_pairs(req.uri().query())?;
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let id = get("room").ok_or(GatewayError::MissingParam("room"))?;
-    let room = app
-        .room(id)
-        .cloned()
-        .ok_or_else(|| GatewayError::UnknownRoom(id.chars().take(64).collect()))?;
-    let next = match get("next") {
-        Some(n) => gate::validate_next(n, &room.config.path_prefix).map_err(|reason| {
-            GatewayError::InvalidParam {
-                name: "next",
-                reason,
-            }
-        })?,
-        None => room.config.path_prefix.clone(),
-    };
-    Ok(Query { room, next, pairs })
-}
-
-/// The queue token a `/_waitroom/*` request presents, verified, and a
-/// rejection counted: `?token=` where the endpoint allows one (only the
-/// event stream: `EventSource` cannot set headers), else `Authorization:
-/// Bearer` (apps), else the room's queue cookie (browsers). `Ok(None)`:
-/// none presented. A bad cookie is an error when `cookie_errors_are_fatal`,
-/// else counts as none (join then takes a new place).
-pub(crate) fn queue_token(
-    app: &App,
-    room: &Room,
-    req: &Request<Incoming>,
-    query_token: Option<&str>,
-    cookie_errors_are_fatal: bool,
-) -> Result<Option<Claims>, GatewayError> {
-    let headers = req.headers();
-    let expect = Expect {
-        kind: Kind::Queue,
-        room: room.id(),
-        epoch: room.epoch(),
-    };
-    let now = app.clock.wall_secs();
-    let reject = |e: crate::token::TokenError| {
-        app.metrics
-            .rejected_tokens
-            .with_label_values(&[room.id(), e.label()])
-            .inc();
-        GatewayError::InvalidToken(e)
-    };
-    let header_token = match query_token {
-        Some(t) => Some(t),
-        None => http::bearer(headers)?,
-    };
-    if let Some(token) = header_token {
-        return app
-            .keys
-            .verify(token, expect, now)
-            .map(Some)
-            .map_err(reject);
-    }
-    match http::cookie(headers, &cookies::queue_cookie_name(room.id()))? {
-        Some(token) => match app.keys.verify(token, expect, now) {
-            Ok(c) => Ok(Some(c)),
-            Err(e) if cookie_errors_are_fatal => Err(reject(e)),
-            Err(e) => {
-                reject(e);
-                Ok(None)
-            }
-        },
-        None => Ok(None),
-    }
 }
 
 /// None of these endpoints reads a request body; one declared larger than

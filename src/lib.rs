@@ -24,6 +24,7 @@ pub mod demo;
 pub mod drip;
 pub mod error;
 pub mod gate;
+pub mod gateway;
 pub mod host;
 pub mod http;
 pub mod limits;

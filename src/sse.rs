@@ -54,9 +54,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::app::App;
 use crate::error::GatewayError;
 use crate::gate;
+use crate::gateway::App;
 use crate::http::Body;
 use crate::queue::Place;
 use crate::room::{Headline, Room, Snapshot};
@@ -170,9 +170,9 @@ pub async fn handle(
     if req.method() != Method::GET {
         return Err(GatewayError::MethodNotAllowed("GET"));
     }
-    let query = crate::api::parse_query(app, &req)?;
+    let query = crate::gate::parse_query(app, &req)?;
     let (room, next) = (query.room.clone(), query.next.clone());
-    let claims = crate::api::queue_token(app, &room, &req, query.get("token"), true)?
+    let claims = crate::gate::queue_token(app, &room, &req, query.get("token"), true)?
         .ok_or(GatewayError::NoToken)?;
     // The epoch the token was verified against (a reset meanwhile ends the
     // stream at once).

@@ -22,9 +22,9 @@ use tokio_rustls::TlsAcceptor;
 use super::ServerError;
 use super::activity::{Activity, Closing, H2Timed, HeldBody, Tracked};
 use super::protocol::{Builders, Opening, Protocol, peek_protocol};
-use crate::app::App;
 use crate::config::ConnectionConfig;
 use crate::conn::Connection;
+use crate::gateway::App;
 use crate::http::Body;
 
 /// Binds a listener with the configured accept queue (tokio's own `bind`

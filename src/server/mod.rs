@@ -39,8 +39,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::{App, AppError};
 use crate::config::Config;
+use crate::gateway::{App, AppError};
 use crate::tls::{CertStore, TlsError};
 
 use listener::{Policy, bind, serve};

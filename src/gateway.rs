@@ -1,0 +1,233 @@
+//! The assembled gateway: configuration, keys, rooms, proxy, metrics and
+//! store, the drip ticker and the shutdown flush. What every request
+//! handler (`app`, `gate`, `api`, `sse`, `admin`) reads; it imports none
+//! of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::config::{Config, OnStoreFailure, StoreConfig, Upstream};
+use crate::limits::JoinLimiter;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::room::{Clock, Room, RoomError};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Store, StoreError};
+use crate::token::Keys;
+
+/// How often the drip runs.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Sessions are swept (and progress persisted) every this many ticks.
+pub const SWEEP_EVERY_TICKS: u64 = 10;
+/// The join limiter forgets clients with a full budget every this many ticks.
+pub const LIMITER_TRIM_EVERY_TICKS: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    #[error("room {room}: {source}")]
+    Room { room: String, source: RoomError },
+}
+
+pub struct App {
+    pub config: Config,
+    pub keys: Keys,
+    pub rooms: Vec<Arc<Room>>,
+    pub proxy: Proxy,
+    pub metrics: Metrics,
+    /// The local store (`None` when the line is shared through Redis).
+    pub store: Option<Arc<dyn Store>>,
+    pub clock: Clock,
+    /// Set on shutdown: /readyz answers 503 so load balancers stop sending.
+    pub draining: AtomicBool,
+    /// Turns true on shutdown: event streams send a jittered `retry:` and close.
+    pub drain: tokio::sync::watch::Sender<bool>,
+    /// Event streams open on this node (capped by `sse.max_connections`).
+    pub sse_open: AtomicUsize,
+    /// Event streams open on this node by place and by client address.
+    pub streams: crate::streams::Streams,
+    /// New places per client address (`limits.joins_per_min_per_client`).
+    pub join_limiter: JoinLimiter,
+    /// Proof-of-work challenges for rooms with `pow_bits`.
+    pub pow: crate::pow::Pow,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
+        let clock = Clock::default();
+        let hold = config.proxy.upstream_hold;
+        /// How this process opens its rooms.
+        enum Opener<'a> {
+            Local(Arc<dyn Store>, u64),
+            Shared(redis::aio::ConnectionManager, &'a str, OnStoreFailure, u64),
+        }
+        let opener = match &config.store {
+            StoreConfig::Embedded { path, seq_block } => {
+                Opener::Local(Arc::new(EmbeddedStore::open(path)?), *seq_block)
+            }
+            StoreConfig::Redis {
+                url,
+                key_prefix,
+                on_failure,
+                lease_ms,
+            } => Opener::Shared(
+                crate::store::redis::connect(url)?,
+                key_prefix,
+                *on_failure,
+                *lease_ms,
+            ),
+        };
+        let mut rooms = Vec::new();
+        for rc in &config.rooms {
+            let opened = match &opener {
+                Opener::Local(store, seq_block) => {
+                    Room::open(rc.clone(), store.clone(), clock, *seq_block, hold).await
+                }
+                Opener::Shared(con, key_prefix, on_failure, lease_ms) => {
+                    crate::store::redis::open_room(
+                        rc.clone(),
+                        con.clone(),
+                        key_prefix,
+                        *on_failure,
+                        *lease_ms,
+                        clock,
+                        hold,
+                    )
+                    .await
+                }
+            };
+            rooms.push(opened.map_err(|source| AppError::Room {
+                room: rc.id.clone(),
+                source,
+            })?);
+        }
+        let store = match opener {
+            Opener::Local(store, _) => Some(store),
+            Opener::Shared(..) => None,
+        };
+        let is_https = |u: &Upstream| u.scheme == hyper::http::uri::Scheme::HTTPS;
+        let https_upstreams = config.rooms.iter().any(|r| is_https(&r.upstream))
+            || config.proxy.default_upstream.as_ref().is_some_and(is_https);
+        Ok(Arc::new(App {
+            keys: Keys::new(&config.signing_keys),
+            proxy: Proxy::new(&config.proxy, https_upstreams),
+            join_limiter: JoinLimiter::new(&config.limits),
+            pow: crate::pow::Pow::new(
+                &config
+                    .signing_keys
+                    .first()
+                    .expect("config validation requires a signing key")
+                    .secret,
+            ),
+            metrics: Metrics::new(),
+            rooms,
+            store,
+            clock,
+            draining: AtomicBool::new(false),
+            drain: tokio::sync::watch::channel(false).0,
+            sse_open: AtomicUsize::new(0),
+            streams: crate::streams::Streams::new(
+                config.sse.max_streams_per_place,
+                config.sse.max_streams_per_client,
+            ),
+            config,
+        }))
+    }
+
+    pub fn room(&self, id: &str) -> Option<&Arc<Room>> {
+        self.rooms.iter().find(|r| r.id() == id)
+    }
+
+    /// The room protecting `host` + `path`: the longest matching prefix,
+    /// a room bound to the host winning over one for any host. `host` as
+    /// [`crate::host::of_request`] gives it, `path` as
+    /// [`crate::path::without_params`] gives it for the normal path.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Room>> {
+        self.rooms
+            .iter()
+            .filter(|r| match (&r.config.host, host) {
+                (None, _) => true,
+                (Some(h), Some(req)) => h.eq_ignore_ascii_case(req),
+                (Some(_), None) => false,
+            })
+            .filter(|r| crate::path::prefix_matches(&r.config.path_prefix, path))
+            .max_by_key(|r| (r.config.path_prefix.len(), r.config.host.is_some()))
+    }
+
+    /// Runs the drip for every room until `stop` turns true.
+    pub async fn run_ticker(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        // Shared rooms tick against Redis in their own task; this loop
+        // still counts what they did.
+        for room in &self.rooms {
+            if matches!(room.backend, crate::room::Backend::Shared(_)) {
+                tokio::spawn(crate::store::redis::run(room.clone(), TICK, stop.clone()));
+            }
+        }
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            n += 1;
+            let sweep = n.is_multiple_of(SWEEP_EVERY_TICKS);
+            for room in &self.rooms {
+                let report = room.tick(sweep);
+                let l = &[room.id()];
+                if report.skipped > 0 {
+                    self.metrics
+                        .skipped
+                        .with_label_values(l)
+                        .inc_by(report.skipped);
+                }
+                if report.noshows > 0 {
+                    self.metrics
+                        .noshows
+                        .with_label_values(l)
+                        .inc_by(report.noshows);
+                }
+                if sweep {
+                    self.metrics.observe_room(&room.snapshot());
+                    self.metrics
+                        .store_up
+                        .with_label_values(l)
+                        .set(i64::from(room.store_healthy()));
+                    self.metrics
+                        .drip_leader
+                        .with_label_values(l)
+                        .set(i64::from(room.leading()));
+                }
+            }
+            if sweep {
+                self.metrics
+                    .sse_connections
+                    .set(self.sse_open.load(Ordering::Relaxed) as i64);
+            }
+            if n.is_multiple_of(LIMITER_TRIM_EVERY_TICKS) {
+                self.join_limiter.trim();
+                self.pow.forget_expired(self.clock.wall_secs());
+                self.metrics
+                    .join_limiter_clients
+                    .set(self.join_limiter.tracked() as i64);
+            }
+        }
+    }
+
+    /// Persists the latest progress of every room and closes the store.
+    pub async fn persist_and_close(&self) {
+        for room in &self.rooms {
+            if let Err(e) = room.flush().await {
+                tracing::error!(room = %room.id(), error = %e, "final progress write failed");
+            }
+        }
+        if let Some(store) = &self.store
+            && let Err(e) = store.close().await
+        {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+    }
+}
