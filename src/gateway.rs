@@ -86,8 +86,8 @@ impl App {
                     Room::open(rc.clone(), store.clone(), clock, *seq_block, hold).await
                 }
                 Opener::Shared(con, key_prefix, on_failure, lease_ms) => {
-                    crate::store::redis::open_room(
-                        rc.clone(),
+                    crate::store::redis::open_line(
+                        rc,
                         con.clone(),
                         key_prefix,
                         *on_failure,
@@ -96,6 +96,7 @@ impl App {
                         hold,
                     )
                     .await
+                    .map(|line| Room::on(rc.clone(), line.core().clone(), line))
                 }
             };
             rooms.push(opened.map_err(|source| AppError::Room {
@@ -158,11 +159,11 @@ impl App {
 
     /// Runs the drip for every room until `stop` turns true.
     pub async fn run_ticker(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        // Shared rooms tick against Redis in their own task; this loop
-        // still counts what they did.
+        // A shared room's drip runs against Redis in a task of its own;
+        // this loop still counts what it did.
         for room in &self.rooms {
-            if matches!(room.backend, crate::room::Backend::Shared(_)) {
-                tokio::spawn(crate::store::redis::run(room.clone(), TICK, stop.clone()));
+            if let Some(work) = room.background(TICK, stop.clone()) {
+                tokio::spawn(work);
             }
         }
         let mut interval = tokio::time::interval(TICK);

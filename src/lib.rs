@@ -16,6 +16,7 @@ pub mod app;
 pub mod batch;
 pub mod binding;
 pub mod certs;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod cookies;

@@ -12,6 +12,7 @@
 //! - **settings** changed through the admin API, and **epochs**.
 
 pub mod embedded;
+pub mod line;
 pub mod redis;
 
 use std::future::Future;

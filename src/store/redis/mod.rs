@@ -49,15 +49,16 @@ use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
+use crate::clock::Clock;
 use crate::config::{OnStoreFailure, RoomConfig};
-use crate::drip::Drip;
+use crate::drip::{Drip, TickReport};
 use crate::queue::{ClaimError, Durable, Millis, Place, Queue, SeqBits, Settings, Shuffled};
-use crate::room::{
-    Backend, CLAIM_RETRY_WINDOW_MS, Clock, Grant, RetryKey, Room, RoomError, Session, SessionCheck,
-    Snapshot,
-};
 use crate::shuffle::{self, Seed};
 use crate::store::StoreError;
+use crate::store::line::{
+    CLAIM_RETRY_WINDOW_MS, Core, Grant, Line, LineFuture, RetryKey, RoomError, Session,
+    SessionCheck, Snapshot, new_epoch, snapshot_of,
+};
 
 /// How long one Redis call may take before it counts as a failure.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -225,9 +226,19 @@ pub struct Shared {
     upfail_sent: AtomicU64,
     /// Arrivals waiting for numbers: (first seq, epoch) each.
     arrivals: Arc<Batch<(u64, u64), StoreError>>,
+    /// What this replica's lease ticks did, not yet counted in the metrics.
+    unreported: Mutex<TickReport>,
 }
 
 impl Shared {
+    /// Adds a lease tick's report to what the metrics have not seen yet.
+    fn record_tick(&self, r: TickReport) {
+        let mut acc = self.unreported.lock().unwrap_or_else(|p| p.into_inner());
+        acc.called += r.called;
+        acc.skipped += r.skipped;
+        acc.noshows += r.noshows;
+    }
+
     fn key_args<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         for k in &self.keys {
@@ -295,7 +306,7 @@ impl Shared {
 
     /// This replica meets `epoch` for the first time (start, a reset, Redis
     /// starting over): nothing of the previous epoch carries over.
-    fn enter_epoch(&self, room: &Room, epoch: u64) {
+    fn enter_epoch(&self, room: &Core, epoch: u64) {
         let mut g = self.issued.lock().unwrap_or_else(|p| p.into_inner());
         if g.0 == epoch {
             return;
@@ -322,7 +333,7 @@ impl Shared {
 
     pub(crate) async fn arrive(
         self: &Arc<Self>,
-        room: &Arc<Room>,
+        room: &Arc<Core>,
     ) -> Result<(u64, u64, bool), RoomError> {
         let snap = room.snapshot();
         if snap.closed {
@@ -365,7 +376,7 @@ impl Shared {
     }
 
     /// `n` new places in one ARRIVE call: (seq, epoch) for each, in order.
-    async fn arrive_many(&self, room: &Room, n: usize) -> Result<Vec<(u64, u64)>, StoreError> {
+    async fn arrive_many(&self, room: &Core, n: usize) -> Result<Vec<(u64, u64)>, StoreError> {
         let epoch = room.epoch();
         let mut inv = self.key_args(&ARRIVE);
         inv.arg(epoch).arg(self.floor_for(epoch)).arg(n);
@@ -387,7 +398,7 @@ impl Shared {
 
     pub(crate) async fn touch(
         &self,
-        room: &Room,
+        room: &Core,
         epoch: u64,
         seq: u64,
     ) -> Result<Place, RoomError> {
@@ -418,7 +429,7 @@ impl Shared {
 
     pub(crate) async fn place(
         &self,
-        room: &Room,
+        room: &Core,
         epoch: u64,
         seq: u64,
     ) -> Result<Place, RoomError> {
@@ -488,7 +499,7 @@ impl Shared {
 
     pub(crate) async fn claim(
         &self,
-        room: &Room,
+        room: &Core,
         epoch: u64,
         seq: u64,
         vid: &str,
@@ -538,9 +549,11 @@ impl Shared {
         })
     }
 
-    pub(crate) async fn check_session(
+    /// A session this replica does not hold live: Redis knows whether it
+    /// lasts (another replica may have seen activity since it ended here).
+    pub(crate) async fn find_session(
         &self,
-        room: &Room,
+        room: &Core,
         epoch: u64,
         seq: u64,
         vid: &str,
@@ -552,24 +565,6 @@ impl Shared {
         }
         let now = room.clock.mono_ms();
         let session_ms = snap.session_secs * 1000;
-        if let Some(s) = room.sessions.get(&seq) {
-            if s.vid != vid {
-                return Ok(SessionCheck::Foreign);
-            }
-            let end = (s.last_active_ms.load(Ordering::Relaxed) + session_ms).min(s.max_end_ms);
-            if now < end {
-                s.last_active_ms.store(now, Ordering::Relaxed);
-                self.session_activity
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(seq);
-                let new_end = (now + session_ms).min(s.max_end_ms);
-                return Ok(SessionCheck::Live {
-                    ends_in_secs: (new_end - now) / 1000,
-                });
-            }
-            // Ended here, but another replica may have seen activity since.
-        }
         if self.configured.session_max_secs.max(snap.session_max_secs)
             <= room.clock.wall_secs().saturating_sub(session_started_wall)
         {
@@ -613,7 +608,7 @@ impl Shared {
     /// nobody wrote in between (else again with what they wrote).
     pub(crate) async fn update_settings(
         &self,
-        room: &Room,
+        room: &Core,
         change: impl Fn(&mut Settings),
     ) -> Result<Settings, RoomError> {
         let snap = room.snapshot();
@@ -628,9 +623,7 @@ impl Shared {
             match outcome {
                 1 => {
                     let s = self.settings_from(&raw).map_err(RoomError::Store)?;
-                    if s.admit_rate_per_min < rate_before {
-                        room.note_rate_cut();
-                    }
+                    room.note_rate_change(rate_before, s.admit_rate_per_min);
                     // Shown here at once; everywhere else (and to the lease
                     // holder's drip) with the next tick.
                     let mut next = snap;
@@ -665,7 +658,7 @@ impl Shared {
     /// every replica. False: it had been used already.
     pub(crate) async fn spend_once(
         &self,
-        room: &Room,
+        room: &Core,
         id: &str,
         expires_wall_secs: u64,
     ) -> Result<bool, RoomError> {
@@ -675,13 +668,13 @@ impl Shared {
         Ok(fresh == 1)
     }
 
-    pub(crate) async fn reset(&self, room: &Room) -> Result<u64, RoomError> {
+    pub(crate) async fn reset(&self, room: &Core) -> Result<u64, RoomError> {
         let snap = room.snapshot();
         let settings = settings_of(&snap, &self.configured);
-        let epoch = crate::room::new_epoch();
+        let epoch = new_epoch();
         let seed = settings.opens_at.map(|_| Seed::random());
         let queue = Queue::new(epoch, settings.clone());
-        let mut fresh = crate::room::snapshot_of(room.id(), &queue, true, seed.as_ref());
+        let mut fresh = snapshot_of(room.id(), &queue, true, seed.as_ref());
         fresh.upstream_healthy = snap.upstream_healthy;
         let published = Published {
             snapshot: fresh.clone(),
@@ -703,7 +696,7 @@ impl Shared {
 
     /// Graceful shutdown: hands in pending signs of life and activity, and
     /// gives the lease up so another replica takes over at once.
-    pub(crate) async fn flush(&self, room: &Room) -> Result<(), RoomError> {
+    pub(crate) async fn flush(&self, room: &Core) -> Result<(), RoomError> {
         self.flush_sessions(room).await;
         let mut inv = self.key_args(&RELEASE);
         inv.arg(&self.node)
@@ -733,7 +726,7 @@ impl Shared {
     async fn init(&self, room: &str) -> Result<Joined, StoreError> {
         let candidate_seed = self.configured.opens_at.map(|_| Seed::random().to_hex());
         let mut inv = self.key_args(&INIT);
-        inv.arg(crate::room::new_epoch())
+        inv.arg(new_epoch())
             .arg(to_json(&self.configured)?)
             .arg(candidate_seed.unwrap_or_default());
         let (epoch, settings, seed, opened, state, now): (
@@ -777,7 +770,7 @@ impl Shared {
     /// persistence, or a flush). Places can no longer be told apart from
     /// reused numbers, so the room starts a new epoch and every earlier
     /// token is void — the documented price of running Redis without AOF.
-    async fn start_over(&self, room: &Room) {
+    async fn start_over(&self, room: &Core) {
         tracing::error!(
             room = %room.id(),
             "Redis has no state for this room (restarted without persistence?): starting a new epoch; earlier places are void"
@@ -788,7 +781,7 @@ impl Shared {
         };
         match self.queue_of(room.clock.mono_ms(), joined) {
             Ok((queue, seed)) => {
-                let snap = crate::room::snapshot_of(room.id(), &queue, true, seed.as_ref());
+                let snap = snapshot_of(room.id(), &queue, true, seed.as_ref());
                 self.enter_epoch(room, queue.epoch());
                 *room.seed.lock().unwrap_or_else(|p| p.into_inner()) = seed;
                 room.lock().queue = queue;
@@ -803,7 +796,7 @@ impl Shared {
     /// One tick: hand in signs of life, take or renew the lease; as lease
     /// holder advance the line and publish it, otherwise adopt what the
     /// holder published.
-    async fn tick(&self, room: &Arc<Room>) {
+    async fn tick(&self, room: &Arc<Core>) {
         let touches = take(&self.touches);
         let rejoins = take(&self.rejoins);
         let known = room.snapshot().epoch;
@@ -864,7 +857,7 @@ impl Shared {
     }
 
     /// A replica without the lease shows what the holder published.
-    fn adopt(&self, room: &Room, epoch: u64, state: &str) {
+    fn adopt(&self, room: &Core, epoch: u64, state: &str) {
         let p = match serde_json::from_str::<Published>(state) {
             Ok(p) => p,
             Err(e) if !state.is_empty() => {
@@ -908,7 +901,7 @@ impl Shared {
     /// The lease holder's tick.
     async fn lead(
         &self,
-        room: &Arc<Room>,
+        room: &Arc<Core>,
         acquired: bool,
         epoch: u64,
         state: &str,
@@ -1015,7 +1008,7 @@ impl Shared {
             };
             (report, published, changes)
         };
-        room.record_tick(report);
+        self.record_tick(report);
         self.saw_issued(epoch, issued);
         let mut inv = self.key_args(&COMMIT);
         inv.arg(&self.node)
@@ -1073,7 +1066,7 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     async fn rebuild(
         &self,
-        room: &Room,
+        room: &Core,
         epoch: u64,
         settings_json: &str,
         seed_hex: &str,
@@ -1176,7 +1169,7 @@ impl Shared {
 
     /// Writes back sessions' activity (their idle end slides in Redis too)
     /// and forgets local sessions that ended.
-    async fn flush_sessions(&self, room: &Room) {
+    async fn flush_sessions(&self, room: &Core) {
         let active = take(&self.session_activity);
         let session_secs = room.snapshot().session_secs;
         let now = room.clock.mono_ms();
@@ -1202,10 +1195,12 @@ impl Shared {
 
 /// Drives a shared room until `stop`: a tick every `tick`, session
 /// activity written back every second.
-pub async fn run(room: Arc<Room>, tick: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Backend::Shared(sh) = &room.backend else {
-        return;
-    };
+async fn run(
+    room: Arc<Core>,
+    sh: Arc<Shared>,
+    tick: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
@@ -1231,16 +1226,16 @@ pub async fn run(room: Arc<Room>, tick: Duration, mut stop: tokio::sync::watch::
 
 /// Opens a room on the shared line: joins its current epoch, or starts the
 /// first one. Waits up to [`STARTUP_WAIT`] for Redis.
-pub async fn open_room(
-    config: RoomConfig,
+pub async fn open_line(
+    config: &RoomConfig,
     con: ConnectionManager,
     key_prefix: &str,
     on_failure: OnStoreFailure,
     lease_ms: u64,
     clock: Clock,
     upstream_hold: Duration,
-) -> Result<Arc<Room>, RoomError> {
-    let configured = Settings::from_config(&config);
+) -> Result<Arc<SharedLine>, RoomError> {
+    let configured = Settings::from_config(config);
     let keys: Vec<String> = KEY_NAMES
         .iter()
         .map(|name| format!("{key_prefix}:{{{}}}:{name}", config.id))
@@ -1266,6 +1261,7 @@ pub async fn open_room(
         configured,
         upfail_sent: AtomicU64::new(0),
         arrivals: Arc::new(Batch::new()),
+        unreported: Mutex::new(TickReport::default()),
     };
     let started = std::time::Instant::now();
     let joined = loop {
@@ -1282,18 +1278,135 @@ pub async fn open_room(
     let (queue, seed) = shared
         .queue_of(clock.mono_ms(), joined)
         .map_err(|e| RoomError::Store(StoreError::Corrupt(format!("room {}: {e}", config.id))))?;
-    let shared = Arc::new(shared);
-    let room = Room::assemble(
-        config,
-        clock,
-        queue,
-        seed,
-        Backend::Shared(shared.clone()),
-        1,
-        upstream_hold,
-    );
-    shared.adopt(&room, epoch, &state);
-    Ok(room)
+    let core = Core::new(config.id.clone(), clock, queue, seed, upstream_hold);
+    shared.adopt(&core, epoch, &state);
+    Ok(Arc::new(SharedLine {
+        core,
+        shared: Arc::new(shared),
+    }))
+}
+
+/// A room's line shared through Redis: the calls ([`Shared`]) and the
+/// room's [`Core`], into which Redis's line is mirrored.
+pub struct SharedLine {
+    core: Arc<Core>,
+    shared: Arc<Shared>,
+}
+
+impl SharedLine {
+    /// What the line keeps in memory, shared with the room.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+
+impl Line for SharedLine {
+    fn arrive(self: Arc<Self>) -> LineFuture<'static, (u64, u64, bool)> {
+        Box::pin(async move { self.shared.arrive(&self.core).await })
+    }
+
+    fn touch(&self, epoch: u64, seq: u64) -> LineFuture<'_, Place> {
+        Box::pin(self.shared.touch(&self.core, epoch, seq))
+    }
+
+    fn place(&self, epoch: u64, seq: u64) -> LineFuture<'_, Place> {
+        Box::pin(self.shared.place(&self.core, epoch, seq))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        epoch: u64,
+        seq: u64,
+        vid: &'a str,
+        retry: Option<&'a RetryKey>,
+    ) -> LineFuture<'a, Grant> {
+        Box::pin(self.shared.claim(&self.core, epoch, seq, vid, retry))
+    }
+
+    fn find_session<'a>(
+        &'a self,
+        epoch: u64,
+        seq: u64,
+        vid: &'a str,
+        session_started_wall: u64,
+    ) -> LineFuture<'a, SessionCheck> {
+        Box::pin(
+            self.shared
+                .find_session(&self.core, epoch, seq, vid, session_started_wall),
+        )
+    }
+
+    fn session_active(&self, seq: u64) {
+        self.shared
+            .session_activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seq);
+    }
+
+    fn spend_pow<'a>(&'a self, nonce: &'a str, expires: u64) -> Option<LineFuture<'a, bool>> {
+        Some(Box::pin(self.shared.spend_once(&self.core, nonce, expires)))
+    }
+
+    fn update_settings<'a>(
+        &'a self,
+        change: &'a (dyn Fn(&mut Settings) + Send + Sync),
+    ) -> LineFuture<'a, Settings> {
+        Box::pin(self.shared.update_settings(&self.core, change))
+    }
+
+    fn reset(&self) -> LineFuture<'_, u64> {
+        Box::pin(self.shared.reset(&self.core))
+    }
+
+    fn flush(&self) -> LineFuture<'_, ()> {
+        Box::pin(self.shared.flush(&self.core))
+    }
+
+    /// The lease holder's drip runs in [`Line::run`]; the process's ticker
+    /// only collects what it did.
+    fn tick(self: Arc<Self>, _sweep_sessions: bool) -> TickReport {
+        std::mem::take(
+            &mut *self
+                .shared
+                .unreported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    fn run(
+        self: Arc<Self>,
+        tick: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        Some(Box::pin(run(
+            self.core.clone(),
+            self.shared.clone(),
+            tick,
+            stop,
+        )))
+    }
+
+    fn upstream_failed(&self) {
+        self.shared.note_upstream_failure(
+            self.core.id(),
+            self.core.clock.mono_ms(),
+            self.core.upstream_hold_ms(),
+        );
+    }
+
+    fn bypass(&self) -> bool {
+        self.shared.bypass()
+    }
+
+    fn healthy(&self) -> bool {
+        self.shared.healthy()
+    }
+
+    fn leading(&self) -> bool {
+        self.shared.leading()
+    }
 }
 
 /// The settings a snapshot shows (admin changes apply on top of these).

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::oneshot;
 
-use super::{BoxFuture, Record, Store, StoreError};
 use crate::queue::Durable;
+use crate::store::{BoxFuture, Record, Store, StoreError};
 
 /// Journal size that triggers a compaction.
 pub const COMPACT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
