@@ -402,6 +402,63 @@ impl Core {
         });
     }
 
+    /// Opens the session of a claim the line has made durable (`first`
+    /// false: the same claim answered again): the one rule for both lines.
+    pub(crate) fn open_session(
+        &self,
+        (seq, vid, retry): (u64, &str, Option<&RetryKey>),
+        now: Millis,
+        (session_secs, session_max_secs): (u64, u64),
+        first: bool,
+    ) -> Grant {
+        self.sessions.insert(
+            seq,
+            Session {
+                vid: vid.to_string(),
+                max_end_ms: now + session_max_secs * 1000,
+                last_active_ms: AtomicU64::new(now),
+                retry: retry.map(|k| (k.clone(), now)),
+            },
+        );
+        let wall = self.clock.wall_secs();
+        Grant {
+            first,
+            seq,
+            session_started_wall: wall,
+            expires_wall: wall + session_secs.min(session_max_secs),
+        }
+    }
+
+    /// Takes back a session the line found lasting (after a restart, or
+    /// held on another replica) until `max_end_ms`. True when it was not
+    /// held here already.
+    pub(crate) fn resume_session(
+        &self,
+        seq: u64,
+        vid: &str,
+        now: Millis,
+        max_end_ms: Millis,
+        session_secs: u64,
+    ) -> (SessionCheck, bool) {
+        let registered = self
+            .sessions
+            .insert(
+                seq,
+                Session {
+                    vid: vid.to_string(),
+                    max_end_ms,
+                    last_active_ms: AtomicU64::new(now),
+                    retry: None,
+                },
+            )
+            .is_none();
+        let end = (now + session_secs * 1000).min(max_end_ms);
+        let live = SessionCheck::Live {
+            ends_in_secs: end.saturating_sub(now) / 1000,
+        };
+        (live, registered)
+    }
+
     pub(crate) fn publish(&self, q: &Queue, now: Millis) {
         self.publish_snapshot(self.snapshot_for(q, now));
     }

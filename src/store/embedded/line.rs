@@ -19,7 +19,7 @@ use crate::queue::{ClaimError, Millis, Place, Queue, Settings};
 use crate::shuffle::{self, Seed};
 use crate::store::line::{
     CLAIM_RETRY_WINDOW_MS, Core, Grant, Line, LineFuture, RESERVE_TIMEOUT, RetryKey, RoomError,
-    Session, SessionCheck, new_epoch, session_end,
+    SessionCheck, new_epoch, session_end,
 };
 use crate::store::{Record, Store, StoreError};
 
@@ -440,23 +440,14 @@ impl EmbeddedLine {
         }
         // The session before the pending mark goes: a repeat finds one or
         // the other.
-        self.core.sessions.insert(
-            seq,
-            Session {
-                vid: vid.to_string(),
-                max_end_ms: now + session_max_secs * 1000,
-                last_active_ms: AtomicU64::new(now),
-                retry: retry.map(|k| (k.clone(), now)),
-            },
+        let grant = self.core.open_session(
+            (seq, vid, retry),
+            now,
+            (session_secs, session_max_secs),
+            true,
         );
         self.claiming.remove(&seq);
-        let wall = self.core.clock.wall_secs();
-        Ok(Grant {
-            first: true,
-            seq,
-            session_started_wall: wall,
-            expires_wall: wall + session_secs.min(session_max_secs),
-        })
+        Ok(grant)
     }
 
     /// A claim of a place already claimed: the same grant again for the
@@ -520,26 +511,13 @@ impl EmbeddedLine {
         // What is left of session_max_secs, counted from the token's start
         // (not from this process's start, which may be more recent).
         let max_end_ms = now + (session_max_secs - age_secs) * 1000;
-        let registered = self
+        let (live, registered) = self
             .core
-            .sessions
-            .insert(
-                seq,
-                Session {
-                    vid: vid.to_string(),
-                    max_end_ms,
-                    last_active_ms: AtomicU64::new(now),
-                    retry: None,
-                },
-            )
-            .is_none();
+            .resume_session(seq, vid, now, max_end_ms, session_secs);
         if registered && now < self.restored_until.load(Ordering::Relaxed) {
             self.reregistered.fetch_add(1, Ordering::Relaxed);
         }
-        let end = (now + session_secs * 1000).min(max_end_ms);
-        Ok(SessionCheck::Live {
-            ends_in_secs: (end - now) / 1000,
-        })
+        Ok(live)
     }
 
     /// Sessions holding `max_active` slots: the live ones, plus those from

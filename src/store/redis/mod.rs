@@ -56,8 +56,8 @@ use crate::queue::{ClaimError, Durable, Millis, Place, Queue, SeqBits, Settings,
 use crate::shuffle::{self, Seed};
 use crate::store::StoreError;
 use crate::store::line::{
-    CLAIM_RETRY_WINDOW_MS, Core, Grant, Line, LineFuture, RetryKey, RoomError, Session,
-    SessionCheck, Snapshot, new_epoch, snapshot_of,
+    CLAIM_RETRY_WINDOW_MS, Core, Grant, Line, LineFuture, RetryKey, RoomError, SessionCheck,
+    Snapshot, new_epoch, snapshot_of,
 };
 
 /// How long one Redis call may take before it counts as a failure.
@@ -531,22 +531,12 @@ impl Shared {
             _ => return Err(ClaimError::Missed.into()),
         }
         let now = room.clock.mono_ms();
-        room.sessions.insert(
-            seq,
-            Session {
-                vid: vid.to_string(),
-                max_end_ms: now + snap.session_max_secs * 1000,
-                last_active_ms: AtomicU64::new(now),
-                retry: retry.map(|k| (k.clone(), now)),
-            },
-        );
-        let wall = room.clock.wall_secs();
-        Ok(Grant {
-            first: outcome == 1,
-            seq,
-            session_started_wall: wall,
-            expires_wall: wall + snap.session_secs.min(snap.session_max_secs),
-        })
+        Ok(room.open_session(
+            (seq, vid, retry),
+            now,
+            (snap.session_secs, snap.session_max_secs),
+            outcome == 1,
+        ))
     }
 
     /// A session this replica does not hold live: Redis knows whether it
@@ -564,7 +554,6 @@ impl Shared {
             return Ok(SessionCheck::Ended);
         }
         let now = room.clock.mono_ms();
-        let session_ms = snap.session_secs * 1000;
         if self.configured.session_max_secs.max(snap.session_max_secs)
             <= room.clock.wall_secs().saturating_sub(session_started_wall)
         {
@@ -582,23 +571,13 @@ impl Shared {
             return Ok(SessionCheck::Foreign);
         }
         let max_end_ms = self.mono_ms(max_end);
-        room.sessions.insert(
-            seq,
-            Session {
-                vid: vid.to_string(),
-                max_end_ms,
-                last_active_ms: AtomicU64::new(now),
-                retry: None,
-            },
-        );
         self.session_activity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(seq);
-        let end = (now + session_ms).min(max_end_ms);
-        Ok(SessionCheck::Live {
-            ends_in_secs: end.saturating_sub(now) / 1000,
-        })
+        Ok(room
+            .resume_session(seq, vid, now, max_end_ms, snap.session_secs)
+            .0)
     }
 
     /// Applies `change` to the room's shared settings. The change is made
