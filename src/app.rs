@@ -13,8 +13,9 @@
 //! Everything after the first step sees the normal path, and it is the
 //! path forwarded: the gateway and the upstream read the same route.
 //!
-//! Every public request ends in [`App::handle_public`], which records the
-//! access log line and the error metric in one place.
+//! Every public request ends in [`App::handle_public`], which records its
+//! [`Outcome`] in the access log line and `waitroom_requests_total`, and
+//! the error metric, in one place.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::error::GatewayError;
 use crate::gate::{Ctx, Decision};
 use crate::gateway::App;
 use crate::http::{self, Body};
+use crate::outcome::Outcome;
 use crate::proxy::{ForwardError, UpstreamError};
 use crate::room::Room;
 
@@ -60,6 +62,10 @@ impl App {
             Ok((outcome, res)) => (res, outcome),
             Err(e) => (e.into_response(&self.metrics, as_html), Outcome::Error),
         };
+        room.as_ref()
+            .and_then(|r| self.outcomes.get(r.id()))
+            .unwrap_or(&self.outcomes_of_no_room)
+            .count(outcome);
         if let Some((started, method, path)) = logged {
             let room = room.as_ref().map_or("-", |r| r.id());
             tracing::debug!(target: "access", %method, %path, status = res.status().as_u16(), room, outcome = outcome.as_str(), elapsed_us = started.elapsed().as_micros() as u64);
@@ -213,33 +219,3 @@ impl App {
 /// the outcome with the response, or the error.
 type Dispatched =
     Result<(Option<Arc<Room>>, Outcome, Response<Body>), (Option<Arc<Room>>, GatewayError)>;
-
-/// How a public request ended, as the access log names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A `/_waitroom/*` endpoint answered.
-    Api,
-    /// No room: sent to the default upstream.
-    Passthrough,
-    /// An exempt path of a room: proxied without a token.
-    Exempt,
-    /// A fan with access (or just admitted): proxied.
-    Admitted,
-    /// The fan was answered by the gateway: waiting page, status, refusal page.
-    Waiting,
-    /// A [`GatewayError`] answered.
-    Error,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Api => "api",
-            Outcome::Passthrough => "passthrough",
-            Outcome::Exempt => "exempt",
-            Outcome::Admitted => "admitted",
-            Outcome::Waiting => "waiting",
-            Outcome::Error => "error",
-        }
-    }
-}

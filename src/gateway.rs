@@ -3,13 +3,14 @@
 //! handler (`app`, `gate`, `api`, `sse`, `admin`) reads; it imports none
 //! of them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::config::{Config, OnStoreFailure, StoreConfig, Upstream};
 use crate::limits::JoinLimiter;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OutcomeCounters};
 use crate::proxy::Proxy;
 use crate::room::{Clock, Room, RoomError};
 use crate::store::embedded::EmbeddedStore;
@@ -37,6 +38,10 @@ pub struct App {
     pub rooms: Vec<Arc<Room>>,
     pub proxy: Proxy,
     pub metrics: Metrics,
+    /// `waitroom_requests_total` for each room by id, and for requests of
+    /// no room.
+    pub outcomes: HashMap<String, OutcomeCounters>,
+    pub outcomes_of_no_room: OutcomeCounters,
     /// The local store (`None` when the line is shared through Redis).
     pub store: Option<Arc<dyn Store>>,
     pub clock: Clock,
@@ -111,6 +116,7 @@ impl App {
         let is_https = |u: &Upstream| u.scheme == hyper::http::uri::Scheme::HTTPS;
         let https_upstreams = config.rooms.iter().any(|r| is_https(&r.upstream))
             || config.proxy.default_upstream.as_ref().is_some_and(is_https);
+        let metrics = Metrics::new();
         Ok(Arc::new(App {
             keys: Keys::new(&config.signing_keys),
             proxy: Proxy::new(&config.proxy, https_upstreams),
@@ -122,7 +128,12 @@ impl App {
                     .expect("config validation requires a signing key")
                     .secret,
             ),
-            metrics: Metrics::new(),
+            outcomes: rooms
+                .iter()
+                .map(|r| (r.id().to_string(), metrics.outcome_counters(r.id())))
+                .collect(),
+            outcomes_of_no_room: metrics.outcome_counters("-"),
+            metrics,
             rooms,
             store,
             clock,

@@ -31,6 +31,7 @@ pub mod http;
 pub mod limits;
 pub mod memo;
 pub mod metrics;
+pub mod outcome;
 pub mod page;
 pub mod path;
 pub mod pow;

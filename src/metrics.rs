@@ -1,9 +1,11 @@
 //! Prometheus metrics, registered once and served on the admin listener.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
+use crate::outcome::Outcome;
 use crate::room::Snapshot;
 
 pub struct Metrics {
@@ -29,6 +31,9 @@ pub struct Metrics {
     pub upstream_seconds: HistogramVec,
     pub upstream_responses: IntCounterVec,
     pub errors: IntCounterVec,
+    /// Public requests by room and [`Outcome`]; counted through
+    /// [`Metrics::outcome_counters`], resolved once per room.
+    requests: IntCounterVec,
     pub sse_connections: prometheus::IntGauge,
     pub sse_streams: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -179,6 +184,12 @@ impl Metrics {
                 "Upstream outcomes by status class (2xx..5xx, error, timeout).",
                 &["room", "class"],
             ),
+            requests: counter(
+                &r,
+                "waitroom_requests_total",
+                "Public requests by room (\"-\" for none and for /_waitroom/ endpoints) and how they ended (api, passthrough, exempt, admitted, waiting, error).",
+                &["room", "outcome"],
+            ),
             errors: counter(
                 &r,
                 "waitroom_errors_total",
@@ -274,5 +285,22 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// One room's `waitroom_requests_total` counters, one per [`Outcome`],
+/// looked up once at start-up so a request only adds one.
+pub struct OutcomeCounters([IntCounter; Outcome::ALL.len()]);
+
+impl OutcomeCounters {
+    pub fn count(&self, outcome: Outcome) {
+        self.0[outcome as usize].inc();
+    }
+}
+
+impl Metrics {
+    /// The request counters of `room` (`"-"`: requests of no room).
+    pub fn outcome_counters(&self, room: &str) -> OutcomeCounters {
+        OutcomeCounters(Outcome::ALL.map(|o| self.requests.with_label_values(&[room, o.as_str()])))
     }
 }

@@ -444,11 +444,29 @@ async fn exempt_paths_and_unprotected_routes() {
             .unwrap()
             .contains("Your place in line")
     );
+    // Each request counted once, by room and how it ended.
+    let m = gw.metrics().await;
+    assert_eq!(requests_total(&m, "shop", "exempt"), 1);
+    assert_eq!(requests_total(&m, "shop", "waiting"), 1);
+    assert_eq!(requests_total(&m, "shop", "admitted"), 0);
+    assert_eq!(requests_total(&m, "-", "passthrough"), 2);
 
     let gw2 = Gateway::start(&room_toml("shop", &up.url(), "path_prefix = \"/shop\"")).await;
     let res = Fan::new(&gw2.public).get_json("/about").await;
     assert_eq!(res.status(), 404);
     assert_eq!(res.json::<Value>().await.unwrap()["error"], "no_route");
+    assert_eq!(requests_total(&gw2.metrics().await, "-", "error"), 1);
+}
+
+/// `waitroom_requests_total{room, outcome}` from the metrics page.
+fn requests_total(metrics: &str, room: &str, outcome: &str) -> u64 {
+    let (room, outcome) = (format!("room=\"{room}\""), format!("outcome=\"{outcome}\""));
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("waitroom_requests_total{"))
+        .find(|l| l.contains(&room) && l.contains(&outcome))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse().unwrap())
 }
 
 #[tokio::test]
