@@ -305,11 +305,7 @@ impl Ctx<'_> {
     }
 
     fn reject(&self, reason: &str) {
-        self.app
-            .metrics
-            .rejected_tokens
-            .with_label_values(&[self.room.id(), reason])
-            .inc();
+        count_rejected_token(self.app, self.room, reason);
     }
 
     pub fn sign_queue_token(&self, epoch: u64, seq: u64, vid: String) -> (String, String) {
@@ -772,11 +768,8 @@ pub(crate) fn queue_token(
         epoch: room.epoch(),
     };
     let now = app.clock.wall_secs();
-    let reject = |e: crate::token::TokenError| {
-        app.metrics
-            .rejected_tokens
-            .with_label_values(&[room.id(), e.label()])
-            .inc();
+    let reject = |e: TokenError| {
+        count_rejected_token(app, room, e.label());
         GatewayError::InvalidToken(e)
     };
     let header_token = match query_token {
@@ -801,6 +794,15 @@ pub(crate) fn queue_token(
         },
         None => Ok(None),
     }
+}
+
+/// Counts a token refused for `reason` (`waitroom_rejected_tokens_total`),
+/// on every route and endpoint alike.
+fn count_rejected_token(app: &App, room: &Room, reason: &str) {
+    app.metrics
+        .rejected_tokens
+        .with_label_values(&[room.id(), reason])
+        .inc();
 }
 
 /// A place just taken (see [`Ctx::take_new_place`]).
