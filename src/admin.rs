@@ -44,26 +44,23 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     match path.as_str() {
         "/healthz" => return Ok(http::response(StatusCode::OK, "text/plain", "ok\n")),
         "/readyz" => {
-            let store_ok = app.store.as_ref().is_none_or(|s| s.healthy())
-                && app.rooms.iter().all(|r| r.store_healthy());
+            let store_ok = app.lines.healthy() && app.rooms.iter().all(|r| r.store_healthy());
             let draining = app.draining.load(Ordering::Relaxed);
             // A shared store that does not answer is reported but keeps the
             // replica in rotation: it is the same Redis for every replica,
             // so taking them all out would turn "hold" (fans keep their page
             // and place) into an outage.
-            let shared = matches!(app.config.store, crate::config::StoreConfig::Redis { .. });
+            let on_failure = app.lines.on_failure();
+            let shared = on_failure.is_some();
             let status = if (store_ok || shared) && !draining {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            let on_failure = match &app.config.store {
-                crate::config::StoreConfig::Redis { on_failure, .. } => Some(match on_failure {
-                    crate::config::OnStoreFailure::Hold => "hold",
-                    crate::config::OnStoreFailure::Open => "open",
-                }),
-                crate::config::StoreConfig::Embedded { .. } => None,
-            };
+            let on_failure = on_failure.map(|f| match f {
+                crate::config::OnStoreFailure::Hold => "hold",
+                crate::config::OnStoreFailure::Open => "open",
+            });
             return Ok(http::json(
                 status,
                 &json!({

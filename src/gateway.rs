@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::config::{Config, OnStoreFailure, StoreConfig, Upstream};
+use crate::config::{Config, Upstream};
 use crate::limits::JoinLimiter;
 use crate::metrics::{Metrics, OutcomeCounters};
 use crate::proxy::Proxy;
 use crate::room::{Clock, Room, RoomError};
-use crate::store::embedded::EmbeddedStore;
-use crate::store::{Store, StoreError};
+use crate::store::{Lines, StoreError};
 use crate::token::Keys;
 
 /// How often the drip runs.
@@ -42,8 +41,8 @@ pub struct App {
     /// no room.
     pub outcomes: HashMap<String, OutcomeCounters>,
     pub outcomes_of_no_room: OutcomeCounters,
-    /// The local store (`None` when the line is shared through Redis).
-    pub store: Option<Arc<dyn Store>>,
+    /// Where the rooms' lines are kept (`[store]`).
+    pub lines: Box<dyn Lines>,
     pub clock: Clock,
     /// Set on shutdown: /readyz answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
@@ -63,56 +62,19 @@ impl App {
     pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
         let clock = Clock::default();
         let hold = config.proxy.upstream_hold;
-        /// How this process opens its rooms.
-        enum Opener<'a> {
-            Local(Arc<dyn Store>, u64),
-            Shared(redis::aio::ConnectionManager, &'a str, OnStoreFailure, u64),
-        }
-        let opener = match &config.store {
-            StoreConfig::Embedded { path, seq_block } => {
-                Opener::Local(Arc::new(EmbeddedStore::open(path)?), *seq_block)
-            }
-            StoreConfig::Redis {
-                url,
-                key_prefix,
-                on_failure,
-                lease_ms,
-            } => Opener::Shared(
-                crate::store::redis::connect(url)?,
-                key_prefix,
-                *on_failure,
-                *lease_ms,
-            ),
-        };
+        let lines = crate::store::open_lines(&config.store)?;
         let mut rooms = Vec::new();
         for rc in &config.rooms {
-            let opened = match &opener {
-                Opener::Local(store, seq_block) => {
-                    Room::open(rc.clone(), store.clone(), clock, *seq_block, hold).await
-                }
-                Opener::Shared(con, key_prefix, on_failure, lease_ms) => {
-                    crate::store::redis::open_line(
-                        rc,
-                        con.clone(),
-                        key_prefix,
-                        *on_failure,
-                        *lease_ms,
-                        clock,
-                        hold,
-                    )
+            let (core, line) =
+                lines
+                    .open(rc, clock, hold)
                     .await
-                    .map(|line| Room::on(rc.clone(), line.core().clone(), line))
-                }
-            };
-            rooms.push(opened.map_err(|source| AppError::Room {
-                room: rc.id.clone(),
-                source,
-            })?);
+                    .map_err(|source| AppError::Room {
+                        room: rc.id.clone(),
+                        source,
+                    })?;
+            rooms.push(Room::on(rc.clone(), core, line));
         }
-        let store = match opener {
-            Opener::Local(store, _) => Some(store),
-            Opener::Shared(..) => None,
-        };
         let is_https = |u: &Upstream| u.scheme == hyper::http::uri::Scheme::HTTPS;
         let https_upstreams = config.rooms.iter().any(|r| is_https(&r.upstream))
             || config.proxy.default_upstream.as_ref().is_some_and(is_https);
@@ -135,7 +97,7 @@ impl App {
             outcomes_of_no_room: metrics.outcome_counters("-"),
             metrics,
             rooms,
-            store,
+            lines,
             clock,
             draining: AtomicBool::new(false),
             drain: tokio::sync::watch::channel(false).0,
@@ -236,9 +198,7 @@ impl App {
                 tracing::error!(room = %room.id(), error = %e, "final progress write failed");
             }
         }
-        if let Some(store) = &self.store
-            && let Err(e) = store.close().await
-        {
+        if let Err(e) = self.lines.close().await {
             tracing::error!(error = %e, "closing the store failed");
         }
     }

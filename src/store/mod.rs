@@ -17,8 +17,59 @@ pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::clock::Clock;
+use crate::config::{RoomConfig, StoreConfig};
 use crate::queue::{Durable, Settings};
+use crate::store::line::{Core, Line, LineFuture};
+
+/// Where a process keeps its rooms' lines, as `[store]` says: it opens
+/// each room's line, answers for the store as a whole, and closes it at
+/// shutdown. One per process (see [`open_lines`]).
+pub trait Lines: Send + Sync {
+    /// Opens one room's line, with the [`Core`] it keeps in memory.
+    fn open<'a>(
+        &'a self,
+        room: &'a RoomConfig,
+        clock: Clock,
+        upstream_hold: Duration,
+    ) -> LineFuture<'a, (Arc<Core>, Arc<dyn Line>)>;
+
+    /// The store as a whole answers (each room's line also says so).
+    fn healthy(&self) -> bool;
+
+    /// What rooms do while a store shared by every replica does not
+    /// answer (`None`: the store is this process's own). A shared store
+    /// down is the same for every replica, so readiness stays up then.
+    fn on_failure(&self) -> Option<crate::config::OnStoreFailure>;
+
+    /// At shutdown, after every room's line has flushed.
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The lines `[store]` names: the embedded journal in its directory, or
+/// the Redis every replica shares.
+pub fn open_lines(config: &StoreConfig) -> Result<Box<dyn Lines>, StoreError> {
+    Ok(match config {
+        StoreConfig::Embedded { path, seq_block } => Box::new(embedded::EmbeddedLines {
+            store: Arc::new(embedded::EmbeddedStore::open(path)?),
+            seq_block: *seq_block,
+        }),
+        StoreConfig::Redis {
+            url,
+            key_prefix,
+            on_failure,
+            lease_ms,
+        } => Box::new(redis::RedisLines {
+            con: redis::connect(url)?,
+            key_prefix: key_prefix.clone(),
+            on_failure: *on_failure,
+            lease_ms: *lease_ms,
+        }),
+    })
+}
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

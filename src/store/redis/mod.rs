@@ -1265,6 +1265,50 @@ pub async fn open_line(
     }))
 }
 
+/// Every room's line on one Redis, shared by every replica.
+pub struct RedisLines {
+    pub con: ConnectionManager,
+    pub key_prefix: String,
+    pub on_failure: OnStoreFailure,
+    pub lease_ms: u64,
+}
+
+impl crate::store::Lines for RedisLines {
+    fn open<'a>(
+        &'a self,
+        room: &'a RoomConfig,
+        clock: Clock,
+        upstream_hold: Duration,
+    ) -> LineFuture<'a, (Arc<Core>, Arc<dyn Line>)> {
+        Box::pin(async move {
+            let line = open_line(
+                room,
+                self.con.clone(),
+                &self.key_prefix,
+                self.on_failure,
+                self.lease_ms,
+                clock,
+                upstream_hold,
+            )
+            .await?;
+            Ok((line.core().clone(), line as Arc<dyn Line>))
+        })
+    }
+
+    /// Each room's line answers for Redis (see [`Shared::healthy`]).
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    fn on_failure(&self) -> Option<OnStoreFailure> {
+        Some(self.on_failure)
+    }
+
+    fn close(&self) -> crate::store::BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// A room's line shared through Redis: the calls ([`Shared`]) and the
 /// room's [`Core`], into which Redis's line is mirrored.
 pub struct SharedLine {
