@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
@@ -26,8 +27,16 @@ pub struct Driver {
     _profile: tempfile::TempDir,
 }
 
+/// Kills chromedriver and the Chromium it started: they share a process
+/// group of their own, so a test that fails before closing its session
+/// (killing only chromedriver) leaves no browser running behind it.
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -48,6 +57,7 @@ pub async fn start_browser() -> (Driver, Client) {
         .expect("chromedriver not found: install Debian's chromium and chromium-driver (scripts/test.sh does)");
     let port = free_port();
     let child = Command::new(chromedriver)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
