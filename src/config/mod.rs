@@ -118,9 +118,34 @@ pub struct Config {
     pub connections: ConnectionConfig,
     /// `Some`: the public listener speaks TLS only.
     pub tls: Option<TlsConfig>,
+    /// `Some`: proxied requests of admitted fans carry a signed admission.
+    pub admission: Option<AdmissionConfig>,
     pub limits: LimitsConfig,
     pub rooms: Vec<RoomConfig>,
 }
+
+/// `[admission]`: the checkout's proof that a request comes from a fan
+/// who waited (see `admission`).
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    /// The tokens' `iss`.
+    pub issuer: String,
+    pub ttl_secs: u64,
+    /// Empty: with the embedded store, a key made once in its directory.
+    pub keys: Vec<AdmissionKeyConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdmissionKeyConfig {
+    pub kid: String,
+    /// PKCS#8 PEM file of an Ed25519 private key.
+    pub path: PathBuf,
+    /// Published in the JWKS, not used to sign yet.
+    pub publish_only: bool,
+}
+
+/// The admission tokens' lifetime when `[admission] ttl_secs` is not set.
+pub const DEFAULT_ADMISSION_TTL_SECS: u64 = 600;
 
 /// Certificate and key files of the public listener (reloaded on SIGHUP).
 #[derive(Debug, Clone)]
@@ -261,6 +286,9 @@ pub struct RoomConfig {
     pub upstream: Upstream,
     pub host: Option<String>,
     pub path_prefix: String,
+    /// The admission tokens' `aud` for this room's checkout (default: the
+    /// room id).
+    pub admission_audience: String,
     pub exempt_paths: Vec<String>,
     pub admit_rate_per_min: u64,
     pub session_secs: u64,

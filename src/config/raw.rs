@@ -23,10 +23,29 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) sse: RawSse,
     pub(super) tls: Option<RawTls>,
+    pub(super) admission: Option<RawAdmission>,
     #[serde(default)]
     pub(super) limits: RawLimits,
     #[serde(default)]
     pub(super) rooms: Vec<RawRoom>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmission {
+    pub(super) issuer: Option<String>,
+    pub(super) ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) keys: Vec<RawAdmissionKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmissionKey {
+    pub(super) kid: String,
+    pub(super) private_key: String,
+    #[serde(default)]
+    pub(super) publish_only: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +147,7 @@ pub(super) struct RawRoom {
     pub(super) upstream: String,
     pub(super) host: Option<String>,
     pub(super) path_prefix: Option<String>,
+    pub(super) admission_audience: Option<String>,
     #[serde(default)]
     pub(super) exempt_paths: Vec<String>,
     pub(super) admit_rate_per_min: u64,

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!   RawConfig ─→ listen ─→ admin ─→ signing ─→ store ─→ proxy ─→ tls
-//!             ─→ server ─→ limits ─→ sse ─→ rooms ─→ Config, or every problem
+//!             ─→ admission ─→ server ─→ limits ─→ sse ─→ rooms ─→ Config,
+//!                                                      or every problem
 //! ```
 //!
 //! Each section's `check` fills in its defaults, pushes what is wrong (with
@@ -12,6 +13,7 @@
 //! when the whole list is empty.
 
 mod admin;
+mod admission;
 mod limits;
 mod listen;
 mod proxy;
@@ -56,6 +58,7 @@ pub(super) fn validate(
     let store = store::check(&raw.store, &mut problems);
     let proxy = proxy::check(&raw.proxy, raw.tls.is_some(), base, &mut problems);
     let tls = tls::check(raw.tls.as_ref(), base, &mut problems);
+    let admission = admission::check(raw.admission.as_ref(), &store, base, &mut problems);
     let server = server::check(&raw.server, &mut problems);
     let limits = limits::check(&raw.limits, &mut problems);
     let sse = sse::check(&raw.sse, &mut problems);
@@ -77,6 +80,7 @@ pub(super) fn validate(
         sse,
         connections: server.connections,
         tls,
+        admission,
         limits,
         rooms,
     })

@@ -190,6 +190,13 @@ fn room(
             AccessBinding::None
         }),
     };
+    let admission_audience = r.admission_audience.clone().unwrap_or_else(|| r.id.clone());
+    if admission_audience.is_empty() || admission_audience.len() > 200 {
+        problems.push(
+            &f("admission_audience"),
+            "must be 1 to 200 bytes (the admission tokens' aud)".into(),
+        );
+    }
     let pow_bits = r.pow_bits.unwrap_or(0);
     if pow_bits > crate::pow::MAX_BITS {
         problems.push(
@@ -206,6 +213,7 @@ fn room(
         upstream: upstream?,
         host,
         path_prefix,
+        admission_audience,
         exempt_paths: r.exempt_paths.clone(),
         admit_rate_per_min: r.admit_rate_per_min,
         session_secs,
