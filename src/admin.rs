@@ -43,6 +43,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     let method = req.method().clone();
     match path.as_str() {
         "/healthz" => return Ok(http::response(StatusCode::OK, "text/plain", "ok\n")),
+        // Public keys: no token needed.
+        "/admin/jwks.json" => return crate::api::jwks(app),
         "/readyz" => {
             let store_ok = app.lines.healthy() && app.rooms.iter().all(|r| r.store_healthy());
             let draining = app.draining.load(Ordering::Relaxed);

@@ -23,8 +23,8 @@ use std::path::Path;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 /// The request header the checkout reads.
@@ -105,11 +105,22 @@ impl AdmissionKey {
         let doc = Ed25519KeyPair::generate_pkcs8(&rng)
             .map_err(|_| "cannot generate an Ed25519 key".to_string())?;
         let mut key = Self::from_pkcs8("", doc.as_ref(), false)?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.public);
-        key.kid = digest.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        key.kid = kid_of(&key.public);
+        Ok(key)
+    }
+
+    /// The key kept in `path` (PKCS#8 PEM), made and written there (mode
+    /// 0600) the first time: the embedded store's own key, for gateways
+    /// that configure none. Its kid names its public key.
+    pub fn kept_in(path: &Path) -> Result<Self, String> {
+        if path.exists() {
+            let mut key = Self::from_pem_file("", path, false)?;
+            key.kid = kid_of(&key.public);
+            return Ok(key);
+        }
+        let key = Self::generate()?;
+        write_private(path, key.to_pem().as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(key)
     }
 
@@ -138,6 +149,28 @@ impl AdmissionKey {
     }
 }
 
+/// A kid naming a public key: the first 8 bytes of its SHA-256, hex.
+fn kid_of(public: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes a new private file, readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// The gateway's signer of admission tokens and its published keys.
 pub struct Admission {
     issuer: String,
@@ -156,7 +189,8 @@ impl Admission {
             .ok_or("no admission key may sign (every one is publish_only)")?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(signer.kid.clone());
-        let jwks = serde_json::json!({ "keys": keys.iter().map(AdmissionKey::jwk).collect::<Vec<_>>() });
+        let jwks =
+            serde_json::json!({ "keys": keys.iter().map(AdmissionKey::jwk).collect::<Vec<_>>() });
         Ok(Admission {
             issuer: issuer.to_string(),
             ttl_secs,
@@ -230,7 +264,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got.claims.seq, 42);
-        assert_eq!(got.header.kid, jwks["keys"][0]["kid"].as_str().map(String::from));
+        assert_eq!(
+            got.header.kid,
+            jwks["keys"][0]["kid"].as_str().map(String::from)
+        );
         let wrong = jsonwebtoken::DecodingKey::from_ed_der(&other.public);
         assert!(jsonwebtoken::decode::<AdmissionClaims>(&token, &wrong, &v).is_err());
     }
@@ -264,9 +301,24 @@ mod tests {
         std::fs::write(&path, key.to_pem()).unwrap();
         let back = AdmissionKey::from_pem_file("k", &path, false).unwrap();
         assert_eq!(back.public, key.public);
-        std::fs::write(&path, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
         assert!(AdmissionKey::from_pem_file("k", &path, false).is_err());
+    }
+
+    #[test]
+    fn the_kept_key_is_made_once_private_and_then_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admission-ed25519.pem");
+        let made = AdmissionKey::kept_in(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = AdmissionKey::kept_in(&path).unwrap();
+        assert_eq!((again.kid, again.public), (made.kid, made.public));
     }
 
     #[test]

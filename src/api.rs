@@ -78,6 +78,12 @@ pub async fn handle(
     if req.uri().path() == "/_waitroom/events" {
         return crate::sse::handle(app, req, peer).await;
     }
+    if req.uri().path() == "/_waitroom/jwks.json" {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Err(GatewayError::MethodNotAllowed("GET, HEAD"));
+        }
+        return jwks(app);
+    }
     let (allow, handler) = match req.uri().path() {
         "/_waitroom/status" => ("GET, HEAD", Endpoint::Status),
         "/_waitroom/join" => ("POST", Endpoint::Join),
@@ -119,6 +125,24 @@ pub async fn handle(
         Endpoint::Shuffle => Ok(shuffle(ctx.room)),
         Endpoint::Challenge => Ok(challenge(&ctx)),
     }
+}
+
+/// `GET /_waitroom/jwks.json` (and `/admin/jwks.json`): the public keys
+/// the checkout verifies `Waitroom-Admission` with; 404 while
+/// `[admission]` is off. Cacheable for five minutes: a checkout that meets
+/// an unknown `kid` fetches it again.
+pub fn jwks(app: &App) -> Result<Response<Body>, GatewayError> {
+    let signer = app.admission.as_ref().ok_or(GatewayError::NotFound)?;
+    let mut res = http::response(
+        StatusCode::OK,
+        "application/json",
+        signer.jwks().to_string(),
+    );
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    Ok(res)
 }
 
 /// `GET /_waitroom/challenge?room=ID`: a proof-of-work challenge for

@@ -99,7 +99,7 @@ impl App {
         let Some(room) = self.route(host, &view).cloned() else {
             return match &self.config.proxy.default_upstream {
                 Some(up) => self
-                    .forward(None, req, up, conn, Vec::new())
+                    .forward(None, req, up, conn, (Vec::new(), None))
                     .await
                     .map(|res| (None, Outcome::Passthrough, res))
                     .map_err(|e| (None, e)),
@@ -111,8 +111,8 @@ impl App {
             .exempt_paths
             .iter()
             .any(|e| crate::path::exempt_matches(e, path, &view));
-        let (outcome, set_cookies) = if exempt {
-            (Outcome::Exempt, Vec::new())
+        let (outcome, set_cookies, admission) = if exempt {
+            (Outcome::Exempt, Vec::new(), None)
         } else {
             let client = self.proxy.client_ip(peer.ip(), req.headers());
             let ctx = Ctx {
@@ -133,14 +133,17 @@ impl App {
                 next: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             };
             match ctx.decide(&req).await {
-                Ok(Decision::Proxy { set_cookies }) => (Outcome::Admitted, set_cookies),
+                Ok(Decision::Proxy {
+                    set_cookies,
+                    admission,
+                }) => (Outcome::Admitted, set_cookies, admission),
                 Ok(Decision::Respond(res)) => return Ok((Some(room), Outcome::Waiting, res)),
                 Err(e) => return Err((Some(room), e)),
             }
         };
         let upstream = &room.config.upstream;
         match self
-            .forward(Some(&room), req, upstream, conn, set_cookies)
+            .forward(Some(&room), req, upstream, conn, (set_cookies, admission))
             .await
         {
             Ok(res) => Ok((Some(room), outcome, res)),
@@ -154,12 +157,18 @@ impl App {
         req: Request<Incoming>,
         upstream: &Upstream,
         conn: &Connection,
-        set_cookies: Vec<String>,
+        (set_cookies, admission): (Vec<String>, Option<HeaderValue>),
     ) -> Result<Response<Body>, GatewayError> {
         let room_label = room.map(|r| r.id()).unwrap_or("-");
         match self
             .proxy
-            .forward(req, upstream, &conn.link, conn.addr.ip(), &conn.peer)
+            .forward(
+                req,
+                upstream,
+                &conn.link,
+                (conn.addr.ip(), &conn.peer),
+                admission,
+            )
             .await
         {
             Ok(fwd) => {

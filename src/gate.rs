@@ -89,9 +89,11 @@ fn browser_claim_key<'h>(headers: &'h HeaderMap, room: &str) -> Option<&'h str> 
 
 /// What to do with a request to a protected route.
 pub enum Decision {
-    /// Forward upstream, adding these `Set-Cookie` values to the response.
+    /// Forward upstream, adding these `Set-Cookie` values to the response
+    /// and the fan's signed admission (`[admission]`) to the request.
     Proxy {
         set_cookies: Vec<String>,
+        admission: Option<HeaderValue>,
     },
     Respond(Response<Body>),
 }
@@ -304,6 +306,43 @@ impl Ctx<'_> {
         }
     }
 
+    /// The signed admission of the live session of place `seq`: signed
+    /// once per session (it costs tens of µs) and again only when less
+    /// than half its lifetime is left. `None` when `[admission]` is off.
+    fn admission_for(&self, epoch: u64, seq: u64, vid: &str, sat: u64) -> Option<HeaderValue> {
+        let signer = self.app.admission.as_ref()?;
+        let now = self.app.clock.wall_secs();
+        let renew_after = signer.ttl_secs() / 2;
+        {
+            let session = self.room.core().sessions.get(&seq)?;
+            let cached = session.admission.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((value, exp)) = &*cached
+                && now + renew_after < *exp
+            {
+                return Some(value.clone());
+            }
+        }
+        let claims = crate::admission::AdmissionClaims {
+            iss: String::new(),
+            aud: self.room.config.admission_audience.clone(),
+            room: self.room.id().to_string(),
+            ep: epoch,
+            seq,
+            vid: vid.to_string(),
+            sat,
+            iat: 0,
+            exp: 0,
+            mode: crate::admission::Mode::Queued,
+        };
+        let (token, exp) = signer.sign(claims, now);
+        let value = HeaderValue::from_str(&token).ok()?;
+        if let Some(session) = self.room.core().sessions.get(&seq) {
+            *session.admission.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((value.clone(), exp));
+        }
+        Some(value)
+    }
+
     fn reject(&self, reason: &str) {
         count_rejected_token(self.app, self.room, reason);
     }
@@ -506,9 +545,13 @@ impl Ctx<'_> {
             }
         };
         match self.claim(epoch, seq, vid, Some(&key)).await {
-            Ok((_, _, c)) => {
+            Ok((grant, _, c)) => {
                 set_cookies.push(c);
-                Ok(Decision::Proxy { set_cookies })
+                let admission = self.admission_for(epoch, seq, vid, grant.session_started_wall);
+                Ok(Decision::Proxy {
+                    set_cookies,
+                    admission,
+                })
             }
             Err(GatewayError::Claim(ClaimError::AlreadyClaimed)) => {
                 Ok(Decision::Respond(self.place_used()))
@@ -561,6 +604,7 @@ impl Ctx<'_> {
                 .inc();
             return Ok(Decision::Proxy {
                 set_cookies: Vec::new(),
+                admission: None,
             });
         }
         let now = self.app.clock.wall_secs();
@@ -607,7 +651,12 @@ impl Ctx<'_> {
                             };
                             set_cookies.push(self.sign_access_token(epoch, &grant, &c.vid).1);
                         }
-                        return Ok(Decision::Proxy { set_cookies });
+                        let admission =
+                            self.admission_for(epoch, c.seq, &c.vid, c.sat.unwrap_or(c.iat));
+                        return Ok(Decision::Proxy {
+                            set_cookies,
+                            admission,
+                        });
                     }
                     SessionCheck::Ended => return Ok(Decision::Respond(self.session_ended())),
                     SessionCheck::Foreign => self.reject("foreign_session"),

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::config::{Config, Upstream};
+use crate::admission::{Admission, AdmissionKey};
+use crate::config::{AdmissionConfig, Config, StoreConfig, Upstream};
 use crate::limits::JoinLimiter;
 use crate::metrics::{Metrics, OutcomeCounters};
 use crate::proxy::Proxy;
@@ -27,6 +28,8 @@ pub const LIMITER_TRIM_EVERY_TICKS: u64 = 100;
 pub enum AppError {
     #[error("state store: {0}")]
     Store(#[from] StoreError),
+    #[error("admission keys: {0}")]
+    Admission(String),
     #[error("room {room}: {source}")]
     Room { room: String, source: RoomError },
 }
@@ -56,12 +59,18 @@ pub struct App {
     pub join_limiter: JoinLimiter,
     /// Proof-of-work challenges for rooms with `pow_bits`.
     pub pow: crate::pow::Pow,
+    /// The signer of `Waitroom-Admission` (`[admission]`), if on.
+    pub admission: Option<Admission>,
 }
 
 impl App {
     pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
         let clock = Clock::default();
         let hold = config.proxy.upstream_hold;
+        let admission = match &config.admission {
+            Some(a) => Some(admission(a, &config.store).map_err(AppError::Admission)?),
+            None => None,
+        };
         let lines = crate::store::open_lines(&config.store)?;
         let mut rooms = Vec::new();
         for rc in &config.rooms {
@@ -96,6 +105,7 @@ impl App {
                 .collect(),
             outcomes_of_no_room: metrics.outcome_counters("-"),
             metrics,
+            admission,
             rooms,
             lines,
             clock,
@@ -202,4 +212,20 @@ impl App {
             tracing::error!(error = %e, "closing the store failed");
         }
     }
+}
+
+/// The admission signer `[admission]` describes: its configured keys, or
+/// (embedded store, none configured) the key kept in the store's directory.
+fn admission(config: &AdmissionConfig, store: &StoreConfig) -> Result<Admission, String> {
+    let keys = match (config.keys.as_slice(), store) {
+        ([], StoreConfig::Embedded { path, .. }) => {
+            std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            vec![AdmissionKey::kept_in(&path.join("admission-ed25519.pem"))?]
+        }
+        (configured, _) => configured
+            .iter()
+            .map(|k| AdmissionKey::from_pem_file(&k.kid, &k.path, k.publish_only))
+            .collect::<Result<_, _>>()?,
+    };
+    Admission::new(&config.issuer, config.ttl_secs, &keys)
 }

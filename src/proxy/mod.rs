@@ -170,8 +170,8 @@ impl Proxy {
         req: Request<Incoming>,
         upstream: &Upstream,
         link: &UpstreamLink,
-        peer: IpAddr,
-        peer_headers: &PeerHeaders,
+        (peer, peer_headers): (IpAddr, &PeerHeaders),
+        admission: Option<HeaderValue>,
     ) -> Result<Forwarded, ForwardError> {
         let (mut req, progress) = RequestBody::watch(req);
         let link = Some(link)
@@ -207,6 +207,12 @@ impl Proxy {
             original_host,
             self.listener_scheme,
         );
+        // After the rewrite, which dropped any `Waitroom-*` header a client
+        // sent: this one is the gateway's alone.
+        if let Some(admission) = admission {
+            req.headers_mut()
+                .insert(crate::admission::ADMISSION_HEADER, admission);
+        }
 
         let started = Instant::now();
         let exchange = async {

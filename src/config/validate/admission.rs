@@ -6,9 +6,7 @@ use std::path::Path;
 use super::Problems;
 use crate::admission::AdmissionKey;
 use crate::config::raw::RawAdmission;
-use crate::config::{
-    AdmissionConfig, AdmissionKeyConfig, DEFAULT_ADMISSION_TTL_SECS, StoreConfig,
-};
+use crate::config::{AdmissionConfig, AdmissionKeyConfig, DEFAULT_ADMISSION_TTL_SECS, StoreConfig};
 
 /// Each key file is read here, so a key the gateway could not sign with is
 /// a problem naming its field. With Redis, keys are required: every
@@ -130,7 +128,10 @@ mod tests {
             dir.path(),
         )
         .join("\n");
-        assert!(p.contains("admission.keys: required with the Redis store"), "{p}");
+        assert!(
+            p.contains("admission.keys: required with the Redis store"),
+            "{p}"
+        );
         std::fs::write(
             dir.path().join("k.pem"),
             AdmissionKey::generate().unwrap().to_pem(),

@@ -1,0 +1,160 @@
+//! Signed admission (`[admission]`) over real sockets: what the checkout
+//! (the echo upstream) receives, checked with the public keys the gateway
+//! serves, as a checkout would.
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use serde_json::Value;
+
+const ADMISSION: &str = "[admission]\nissuer = \"https://gw.test\"";
+
+/// Visits `path` until the fan is let through; returns the upstream's echo.
+async fn admitted(fan: &Fan, path: &str) -> Value {
+    eventually(20, "the fan is let in", || async {
+        let v: Value = fan.get(path).await.json().await.ok()?;
+        (v["upstream"] == true).then_some(v)
+    })
+    .await
+}
+
+async fn jwks(url: &str) -> JwkSet {
+    let res = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{url}");
+    res.json().await.unwrap()
+}
+
+fn verify(token: &str, keys: &JwkSet, aud: &str) -> Result<Value, jsonwebtoken::errors::Error> {
+    let header = jsonwebtoken::decode_header(token)?;
+    let jwk = keys
+        .find(header.kid.as_deref().unwrap_or_default())
+        .expect("the token's kid is in the JWKS");
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&[aud]);
+    v.set_issuer(&["https://gw.test"]);
+    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &v).map(|d| d.claims)
+}
+
+#[tokio::test]
+async fn an_admitted_request_carries_an_admission_the_published_keys_verify() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start_with(
+        &room_toml(
+            "shop",
+            &up.url(),
+            "admit_rate_per_min = 6000\nadmission_audience = \"checkout.test\"",
+        ),
+        ADMISSION,
+    )
+    .await;
+    let fan = Fan::new(&gw.public);
+    let first = admitted(&fan, "/basket").await;
+    let token = first["headers"]["waitroom-admission"]
+        .as_str()
+        .expect("the admitted request carries Waitroom-Admission")
+        .to_string();
+
+    let public = jwks(&format!("{}/_waitroom/jwks.json", gw.public)).await;
+    let admin = jwks(&format!("{}/admin/jwks.json", gw.admin)).await;
+    assert_eq!(
+        serde_json::to_value(&public).unwrap(),
+        serde_json::to_value(&admin).unwrap()
+    );
+    let claims = verify(&token, &public, "checkout.test").expect("verifies");
+    assert_eq!(claims["room"], "shop");
+    assert_eq!(claims["mode"], "queued");
+    assert_eq!(claims["seq"], 1);
+    assert!(claims["vid"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(
+        verify(&token, &public, "another-checkout").is_err(),
+        "the wrong audience is refused"
+    );
+    let mut forged = token.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    assert!(verify(&forged, &public, "checkout.test").is_err());
+
+    // Signed once per session: the next request carries the same token.
+    let again = fan.get("/basket/2").await.json::<Value>().await.unwrap();
+    assert_eq!(again["headers"]["waitroom-admission"], token.as_str());
+
+    // The key made for this embedded store is kept, private, in its directory.
+    let kept = gw.state_dir.path().join("admission-ed25519.pem");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&kept)
+        .expect("the key file is kept")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn a_client_never_brings_its_own_admission_and_strangers_get_none() {
+    let up = TestUpstream::start().await;
+    let other = TestUpstream::start().await;
+    let gw = Gateway::start_with(
+        &room_toml(
+            "shop",
+            &up.url(),
+            "path_prefix = \"/shop\"\nexempt_paths = [\"/shop/static/\"]\nadmit_rate_per_min = 1",
+        ),
+        &format!(
+            "{ADMISSION}\n[proxy]\ndefault_upstream = \"{}\"",
+            other.url()
+        ),
+    )
+    .await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for path in ["/shop/static/app.css", "/elsewhere"] {
+        let echo: Value = client
+            .get(format!("{}{path}", gw.public))
+            .header("Waitroom-Admission", "forged.by.client")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(echo["upstream"], true, "{path}");
+        assert!(
+            echo["headers"].get("waitroom-admission").is_none(),
+            "{path}: {echo}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_jwks_holds_public_ed25519_keys_only_and_is_absent_when_off() {
+    let up = TestUpstream::start().await;
+    let on = Gateway::start_with(&room_toml("shop", &up.url(), ""), ADMISSION).await;
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/_waitroom/jwks.json", on.public))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let keys = doc["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kty"], "OKP");
+    assert_eq!(keys[0]["crv"], "Ed25519");
+    assert!(keys[0].get("d").is_none(), "no private part");
+    assert!(!text.contains("\"oct\""), "no HMAC secret: {text}");
+    assert!(!text.contains("signing-key"), "{text}");
+
+    let off = Gateway::start(&room_toml("shop", &up.url(), "")).await;
+    let res = Fan::new(&off.public).get_json("/_waitroom/jwks.json").await;
+    assert_eq!(res.status(), 404);
+}
