@@ -111,11 +111,9 @@ impl App {
             .exempt_paths
             .iter()
             .any(|e| crate::path::exempt_matches(e, path, &view));
-        let (outcome, set_cookies, admission) = if exempt {
-            (Outcome::Exempt, Vec::new(), None)
-        } else {
+        let ctx = || {
             let client = self.proxy.client_ip(peer.ip(), req.headers());
-            let ctx = Ctx {
+            Ctx {
                 app: self,
                 room: &room,
                 client,
@@ -131,8 +129,18 @@ impl App {
                 ),
                 memo: Some(&conn.memo),
                 next: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            }
+        };
+        let (outcome, set_cookies, admission) = if exempt {
+            // Exempt paths pass either way; only a signed admission needs
+            // the fan's context.
+            let admission = match self.admission {
+                Some(_) => ctx().exempt_admission(req.headers()).await,
+                None => None,
             };
-            match ctx.decide(&req).await {
+            (Outcome::Exempt, Vec::new(), admission)
+        } else {
+            match ctx().decide(&req).await {
                 Ok(Decision::Proxy {
                     set_cookies,
                     admission,

@@ -343,6 +343,35 @@ impl Ctx<'_> {
         Some(value)
     }
 
+    /// On an exempt path (a payment provider's return, say): the admission
+    /// of the fan's live session, if the request carries a valid access
+    /// token, so the checkout can tell a fan who waited there too. Nothing
+    /// is refused or counted here: an exempt path passes either way.
+    pub async fn exempt_admission(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        self.app.admission.as_ref()?;
+        let token = match headers.get(ACCESS_HEADER) {
+            Some(v) => v.to_str().ok()?,
+            None => http::cookie(headers, &access_cookie_name(self.room.id())).ok()??,
+        };
+        let epoch = self.room.epoch();
+        let expect = Expect {
+            kind: Kind::Access,
+            room: self.room.id(),
+            epoch,
+        };
+        let c = self
+            .verify(token, expect, self.app.clock.wall_secs())
+            .ok()?;
+        if c.bnd != self.binding {
+            return None;
+        }
+        let sat = c.sat.unwrap_or(c.iat);
+        match self.room.check_session(epoch, c.seq, &c.vid, sat).await {
+            Ok(SessionCheck::Live { .. }) => self.admission_for(epoch, c.seq, &c.vid, sat),
+            _ => None,
+        }
+    }
+
     fn reject(&self, reason: &str) {
         count_rejected_token(self.app, self.room, reason);
     }

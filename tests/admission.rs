@@ -96,6 +96,35 @@ async fn an_admitted_request_carries_an_admission_the_published_keys_verify() {
 }
 
 #[tokio::test]
+async fn an_admitted_fan_carries_it_on_exempt_paths_too() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start_with(
+        &room_toml(
+            "shop",
+            &up.url(),
+            "path_prefix = \"/shop\"\nexempt_paths = [\"/shop/3ds-return\"]\nadmit_rate_per_min = 6000",
+        ),
+        ADMISSION,
+    )
+    .await;
+    let fan = Fan::new(&gw.public);
+    let inside = admitted(&fan, "/shop/pay").await;
+    let token = inside["headers"]["waitroom-admission"].as_str().unwrap();
+    // The payment provider sends the fan back to an exempt path.
+    let back: Value = fan.get("/shop/3ds-return").await.json().await.unwrap();
+    assert_eq!(back["headers"]["waitroom-admission"], token);
+    // A stranger on the same exempt path passes, without one.
+    let stranger: Value = Fan::new(&gw.public)
+        .get("/shop/3ds-return")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stranger["upstream"], true);
+    assert!(stranger["headers"].get("waitroom-admission").is_none());
+}
+
+#[tokio::test]
 async fn a_client_never_brings_its_own_admission_and_strangers_get_none() {
     let up = TestUpstream::start().await;
     let other = TestUpstream::start().await;
