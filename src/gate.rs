@@ -261,11 +261,13 @@ impl Ctx<'_> {
         }
     }
 
-    /// Whether the request holds a live session of this room: an access
+    /// The live session of this room the request holds, if any: an access
     /// token (`X-Waitroom-Token` or the cookie) bound to this client whose
-    /// session has not ended. A join asks first, so it never replaces a
-    /// place that is in use.
-    pub async fn holds_live_session(&self, headers: &HeaderMap) -> Result<bool, GatewayError> {
+    /// session has not ended; with the epoch it was checked in.
+    async fn live_session(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(u64, Arc<Claims>)>, GatewayError> {
         let access = headers
             .get(ACCESS_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -275,7 +277,7 @@ impl Ctx<'_> {
                     .flatten()
             });
         let Some(token) = access else {
-            return Ok(false);
+            return Ok(None);
         };
         let epoch = self.room.epoch();
         let expect = Expect {
@@ -285,7 +287,7 @@ impl Ctx<'_> {
         };
         let claims = match self.verify(token, expect, self.app.clock.wall_secs()) {
             Ok(c) if c.bnd == self.binding => c,
-            _ => return Ok(false),
+            _ => return Ok(None),
         };
         let check = self
             .room
@@ -296,7 +298,13 @@ impl Ctx<'_> {
                 claims.sat.unwrap_or(claims.iat),
             )
             .await?;
-        Ok(matches!(check, SessionCheck::Live { .. }))
+        Ok(matches!(check, SessionCheck::Live { .. }).then_some((epoch, claims)))
+    }
+
+    /// Whether the request holds a live session of this room. A join asks
+    /// first, so it never replaces a place that is in use.
+    pub async fn holds_live_session(&self, headers: &HeaderMap) -> Result<bool, GatewayError> {
+        Ok(self.live_session(headers).await?.is_some())
     }
 
     fn verify(&self, token: &str, expect: Expect<'_>, now: u64) -> Result<Arc<Claims>, TokenError> {
@@ -349,27 +357,8 @@ impl Ctx<'_> {
     /// is refused or counted here: an exempt path passes either way.
     pub async fn exempt_admission(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         self.app.admission.as_ref()?;
-        let token = match headers.get(ACCESS_HEADER) {
-            Some(v) => v.to_str().ok()?,
-            None => http::cookie(headers, &access_cookie_name(self.room.id())).ok()??,
-        };
-        let epoch = self.room.epoch();
-        let expect = Expect {
-            kind: Kind::Access,
-            room: self.room.id(),
-            epoch,
-        };
-        let c = self
-            .verify(token, expect, self.app.clock.wall_secs())
-            .ok()?;
-        if c.bnd != self.binding {
-            return None;
-        }
-        let sat = c.sat.unwrap_or(c.iat);
-        match self.room.check_session(epoch, c.seq, &c.vid, sat).await {
-            Ok(SessionCheck::Live { .. }) => self.admission_for(epoch, c.seq, &c.vid, sat),
-            _ => None,
-        }
+        let (epoch, c) = self.live_session(headers).await.ok()??;
+        self.admission_for(epoch, c.seq, &c.vid, c.sat.unwrap_or(c.iat))
     }
 
     fn reject(&self, reason: &str) {
