@@ -62,6 +62,7 @@ pub enum Mode {
 }
 
 /// One Ed25519 key pair, from a PKCS#8 PEM file or made here.
+#[derive(Clone)]
 pub struct AdmissionKey {
     pub kid: String,
     pkcs8: Vec<u8>,
@@ -70,20 +71,36 @@ pub struct AdmissionKey {
     pub publish_only: bool,
 }
 
+/// Never the private part.
+impl std::fmt::Debug for AdmissionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdmissionKey")
+            .field("kid", &self.kid)
+            .field("publish_only", &self.publish_only)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AdmissionKey {
     /// Reads an Ed25519 private key (PKCS#8 PEM, as `openssl genpkey
     /// -algorithm ed25519` writes it).
     pub fn from_pem_file(kid: &str, path: &Path, publish_only: bool) -> Result<Self, String> {
-        let der = PrivateKeyDer::from_pem_file(path)
+        let pem = std::fs::read(path)
             .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))?;
+        Self::from_pem(kid, &pem, publish_only).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// An Ed25519 private key from PKCS#8 PEM text (a file's, or an
+    /// environment variable's).
+    pub fn from_pem(kid: &str, pem: &[u8], publish_only: bool) -> Result<Self, String> {
+        let der =
+            PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no PEM private key ({e})"))?;
         let PrivateKeyDer::Pkcs8(der) = der else {
-            return Err(format!(
-                "{} is not a PKCS#8 key (make one with `openssl genpkey -algorithm ed25519`)",
-                path.display()
-            ));
+            return Err(
+                "not a PKCS#8 key (make one with `openssl genpkey -algorithm ed25519`)".into(),
+            );
         };
         Self::from_pkcs8(kid, der.secret_pkcs8_der(), publish_only)
-            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     fn from_pkcs8(kid: &str, pkcs8: &[u8], publish_only: bool) -> Result<Self, String> {
@@ -171,6 +188,33 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// A signed admission kept for reuse: signing costs tens of µs, so a
+/// token is signed once and again only when less than half its lifetime
+/// is left.
+#[derive(Debug, Default)]
+pub struct Kept(std::sync::Mutex<Option<(hyper::header::HeaderValue, u64)>>);
+
+impl Kept {
+    /// The kept token, or a new one from `sign` (kept for next time) when
+    /// there is none or less than `renew_after` seconds of it are left.
+    pub fn get_or_sign(
+        &self,
+        now: u64,
+        renew_after: u64,
+        sign: impl FnOnce() -> Option<(hyper::header::HeaderValue, u64)>,
+    ) -> Option<hyper::header::HeaderValue> {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((value, exp)) = &*kept
+            && now + renew_after < *exp
+        {
+            return Some(value.clone());
+        }
+        let (value, exp) = sign()?;
+        *kept = Some((value.clone(), exp));
+        Some(value)
+    }
+}
+
 /// The gateway's signer of admission tokens and its published keys.
 pub struct Admission {
     issuer: String,
@@ -211,6 +255,19 @@ impl Admission {
     /// The JWKS document (`{"keys": [...]}`), public keys only.
     pub fn jwks(&self) -> &str {
         &self.jwks
+    }
+
+    /// Signs `claims` as a header value, kept in `kept` (see [`Kept`]).
+    pub fn kept(
+        &self,
+        kept: &Kept,
+        now: u64,
+        claims: impl FnOnce() -> AdmissionClaims,
+    ) -> Option<hyper::header::HeaderValue> {
+        kept.get_or_sign(now, self.ttl_secs / 2, || {
+            let (token, exp) = self.sign(claims(), now);
+            Some((hyper::header::HeaderValue::from_str(&token).ok()?, exp))
+        })
     }
 
     /// Signs `claims` (whose `iss`, `iat` and `exp` this fills in at `now`).

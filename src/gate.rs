@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::admission::{AdmissionClaims, Mode};
 use crate::cookies::{access_cookie_name, claim_key_cookie_name, cookie, queue_cookie_name};
 use crate::error::GatewayError;
 use crate::gateway::App;
@@ -319,36 +320,45 @@ impl Ctx<'_> {
     /// than half its lifetime is left. `None` when `[admission]` is off.
     fn admission_for(&self, epoch: u64, seq: u64, vid: &str, sat: u64) -> Option<HeaderValue> {
         let signer = self.app.admission.as_ref()?;
+        let session = self.room.core().sessions.get(&seq)?;
+        signer.kept(&session.admission, self.app.clock.wall_secs(), || {
+            self.admission_claims(epoch, seq, vid.to_string(), sat, Mode::Queued)
+        })
+    }
+
+    /// The admission of a fan let through unqueued while the shared store
+    /// is down (`on_store_failure = "open"`): `mode: "open"`, no place
+    /// (`seq` 0) and no visitor, one token for the room, so the checkout
+    /// decides what an open gate means; it is never dropped, which would
+    /// turn "open" into "closed" at a verifying checkout.
+    fn open_admission(&self) -> Option<HeaderValue> {
+        let signer = self.app.admission.as_ref()?;
         let now = self.app.clock.wall_secs();
-        let renew_after = signer.ttl_secs() / 2;
-        {
-            let session = self.room.core().sessions.get(&seq)?;
-            let cached = session.admission.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((value, exp)) = &*cached
-                && now + renew_after < *exp
-            {
-                return Some(value.clone());
-            }
-        }
-        let claims = crate::admission::AdmissionClaims {
+        signer.kept(self.room.open_admission(), now, || {
+            self.admission_claims(self.room.epoch(), 0, String::new(), now, Mode::Open)
+        })
+    }
+
+    fn admission_claims(
+        &self,
+        ep: u64,
+        seq: u64,
+        vid: String,
+        sat: u64,
+        mode: Mode,
+    ) -> AdmissionClaims {
+        AdmissionClaims {
             iss: String::new(),
             aud: self.room.config.admission_audience.clone(),
             room: self.room.id().to_string(),
-            ep: epoch,
+            ep,
             seq,
-            vid: vid.to_string(),
+            vid,
             sat,
             iat: 0,
             exp: 0,
-            mode: crate::admission::Mode::Queued,
-        };
-        let (token, exp) = signer.sign(claims, now);
-        let value = HeaderValue::from_str(&token).ok()?;
-        if let Some(session) = self.room.core().sessions.get(&seq) {
-            *session.admission.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((value.clone(), exp));
+            mode,
         }
-        Some(value)
     }
 
     /// On an exempt path (a payment provider's return, say): the admission
@@ -622,7 +632,7 @@ impl Ctx<'_> {
                 .inc();
             return Ok(Decision::Proxy {
                 set_cookies: Vec::new(),
-                admission: None,
+                admission: self.open_admission(),
             });
         }
         let now = self.app.clock.wall_secs();

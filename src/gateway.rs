@@ -222,10 +222,7 @@ fn admission(config: &AdmissionConfig, store: &StoreConfig) -> Result<Admission,
             std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
             vec![AdmissionKey::kept_in(&path.join("admission-ed25519.pem"))?]
         }
-        (configured, _) => configured
-            .iter()
-            .map(|k| AdmissionKey::from_pem_file(&k.kid, &k.path, k.publish_only))
-            .collect::<Result<_, _>>()?,
+        (configured, _) => configured.to_vec(),
     };
     Admission::new(&config.issuer, config.ttl_secs, &keys)
 }

@@ -29,6 +29,8 @@ pub struct Room {
     pub clock: Clock,
     core: Arc<Core>,
     line: Arc<dyn Line>,
+    /// The admission of fans let through unqueued (see `gate`).
+    open_admission: crate::admission::Kept,
 }
 
 impl Room {
@@ -52,7 +54,13 @@ impl Room {
             config,
             core,
             line,
+            open_admission: Default::default(),
         })
+    }
+
+    /// The signed admission kept for fans let through unqueued.
+    pub fn open_admission(&self) -> &crate::admission::Kept {
+        &self.open_admission
     }
 
     /// What the line keeps in memory (the queue, sessions, snapshot).

@@ -5,6 +5,8 @@
 //! under a key prefix of its own. Tests that stop Redis start their own
 //! `redis-server` on a free port and never touch the shared one.
 
+#[path = "common/admission.rs"]
+mod checkout;
 mod common;
 
 use std::net::TcpListener;
@@ -514,7 +516,10 @@ async fn open_mode_lets_requests_through_while_redis_is_down() {
         &up.url(),
         &redis.url(),
         "wr",
-        "on_store_failure = \"open\"",
+        &format!(
+            "on_store_failure = \"open\"\n{}",
+            checkout::admission_toml(Some(&checkout::key_file(dir.path(), "k1")))
+        ),
         "admit_rate_per_min = 600",
     );
     let gw = Proc::start(&config);
@@ -524,6 +529,7 @@ async fn open_mode_lets_requests_through_while_redis_is_down() {
         Some(json!({ "paused": true })),
     )
     .await;
+    let keys = checkout::jwks(&format!("{}/admin/jwks.json", gw.admin)).await;
     // Queued while the store answers.
     let fan = Fan::new(&gw.public);
     let page = fan.get("/checkout").await;
@@ -537,12 +543,81 @@ async fn open_mode_lets_requests_through_while_redis_is_down() {
     let res = Fan::new(&gw.public).get("/checkout").await;
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["path"], "/checkout", "passed to the upstream: {body}");
+    // It says it came through an open gate: never silently no admission,
+    // which a verifying checkout would read as "closed".
+    let token = body["headers"]["waitroom-admission"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an unqueued request carries an admission: {body}"));
+    let claims = checkout::verify(token, &keys, "demo").expect("verifies");
+    assert_eq!(claims["mode"], "open", "{claims}");
+    assert_eq!(claims["seq"], 0, "no place: {claims}");
     assert!(
         metric(&gw.admin, "waitroom_store_bypassed_total{room=\"demo\"}")
             .await
             .unwrap_or(0.0)
             >= 1.0
     );
+}
+
+#[tokio::test]
+async fn three_replicas_sign_admissions_any_of_their_jwks_verifies() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = checkout::key_file(dir.path(), "shared-1");
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &shared_redis_url(),
+        &unique_prefix(),
+        &checkout::admission_toml(Some(&keys)),
+        "admit_rate_per_min = 6000",
+    );
+    let procs: Vec<Proc> = (0..3).map(|_| Proc::start(&config)).collect();
+    let mut published = Vec::new();
+    for p in &procs {
+        let set = checkout::jwks(&format!("{}/_waitroom/jwks.json", p.public)).await;
+        published.push(serde_json::to_value(&set).unwrap());
+    }
+    assert!(
+        published.iter().all(|p| *p == published[0]),
+        "every replica publishes the same keys: {published:?}"
+    );
+    let jwks = checkout::jwks(&format!("{}/admin/jwks.json", procs[2].admin)).await;
+
+    // Joined on one replica, claimed on another, visiting all three.
+    let (token, seq) = join_ok(&procs[0].public).await;
+    eventually(10, "the fan's turn", || async {
+        (status(&procs[1].public, &token).await["state"] == "admitted").then_some(())
+    })
+    .await;
+    let access = claim_access(&procs[1].public, &token).await;
+    for p in &procs {
+        let body: Value = client()
+            .get(format!("{}/checkout", p.public))
+            .header("x-waitroom-token", &access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let admission = body["headers"]["waitroom-admission"]
+            .as_str()
+            .unwrap_or_else(|| panic!("admitted through {}: {body}", p.public));
+        let claims = checkout::verify(admission, &jwks, "demo").expect("verifies");
+        assert_eq!(claims["seq"], seq, "{claims}");
+        assert_eq!(claims["mode"], "queued", "{claims}");
+        assert_eq!(claims["room"], "demo", "{claims}");
+    }
+    // Without the access token nothing reaches the checkout.
+    for p in &procs {
+        let res = client()
+            .get(format!("{}/checkout", p.public))
+            .send()
+            .await
+            .unwrap();
+        assert!(!res.text().await.unwrap().contains("waitroom-admission"));
+    }
 }
 
 #[tokio::test]

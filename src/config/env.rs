@@ -9,6 +9,9 @@ pub struct EnvOverrides {
     pub admin_token: Option<String>,
     pub signing_key: Option<String>,
     pub signing_kid: Option<String>,
+    /// An Ed25519 private key (PKCS#8 PEM text) that signs admissions.
+    pub admission_key: Option<String>,
+    pub admission_kid: Option<String>,
 }
 
 impl EnvOverrides {
@@ -18,6 +21,8 @@ impl EnvOverrides {
             admin_token: get("WAITROOM_ADMIN_TOKEN"),
             signing_key: get("WAITROOM_SIGNING_KEY"),
             signing_kid: get("WAITROOM_SIGNING_KID"),
+            admission_key: get("WAITROOM_ADMISSION_KEY"),
+            admission_kid: get("WAITROOM_ADMISSION_KID"),
         }
     }
 }
@@ -37,6 +42,7 @@ mod tests {
             admin_token: Some("from-env".into()),
             signing_key: Some("x".repeat(40)),
             signing_kid: None,
+            ..Default::default()
         };
         let c = Config::from_toml_str(&text, &env).unwrap();
         assert_eq!(c.admin_token, "from-env");

@@ -131,17 +131,9 @@ pub struct AdmissionConfig {
     /// The tokens' `iss`.
     pub issuer: String,
     pub ttl_secs: u64,
+    /// Read at validation: `WAITROOM_ADMISSION_KEY` first, then the file's.
     /// Empty: with the embedded store, a key made once in its directory.
-    pub keys: Vec<AdmissionKeyConfig>,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdmissionKeyConfig {
-    pub kid: String,
-    /// PKCS#8 PEM file of an Ed25519 private key.
-    pub path: PathBuf,
-    /// Published in the JWKS, not used to sign yet.
-    pub publish_only: bool,
+    pub keys: Vec<crate::admission::AdmissionKey>,
 }
 
 /// The admission tokens' lifetime when `[admission] ttl_secs` is not set.

@@ -145,9 +145,8 @@ pub struct Session {
     /// The claim's retry key and when the claim was made, if the claimant
     /// presented one (see [`RetryKey`]).
     pub retry: Option<(RetryKey, Millis)>,
-    /// The session's signed admission for the checkout and when it
-    /// expires (UNIX seconds), once signed (see `admission`).
-    pub admission: std::sync::Mutex<Option<(hyper::header::HeaderValue, u64)>>,
+    /// The session's signed admission for the checkout, once signed.
+    pub admission: crate::admission::Kept,
 }
 
 /// How long after a claim the same claimant may ask again and get the same
@@ -421,7 +420,7 @@ impl Core {
                 max_end_ms: now + session_max_secs * 1000,
                 last_active_ms: AtomicU64::new(now),
                 retry: retry.map(|k| (k.clone(), now)),
-                admission: std::sync::Mutex::new(None),
+                admission: Default::default(),
             },
         );
         let wall = self.clock.wall_secs();
@@ -453,7 +452,7 @@ impl Core {
                     max_end_ms,
                     last_active_ms: AtomicU64::new(now),
                     retry: None,
-                    admission: std::sync::Mutex::new(None),
+                    admission: Default::default(),
                 },
             )
             .is_none();

@@ -6,18 +6,28 @@ use std::path::Path;
 use super::Problems;
 use crate::admission::AdmissionKey;
 use crate::config::raw::RawAdmission;
-use crate::config::{AdmissionConfig, AdmissionKeyConfig, DEFAULT_ADMISSION_TTL_SECS, StoreConfig};
+use crate::config::{AdmissionConfig, DEFAULT_ADMISSION_TTL_SECS, EnvOverrides, StoreConfig};
 
-/// Each key file is read here, so a key the gateway could not sign with is
-/// a problem naming its field. With Redis, keys are required: every
-/// replica must sign with the same ones.
+/// Each key is read here, once, so a key the gateway could not sign with
+/// is a problem naming its field. `WAITROOM_ADMISSION_KEY` (PEM text) comes
+/// first, so it signs. With Redis, keys are required: every replica must
+/// sign with the same ones.
 pub(super) fn check(
     raw: Option<&RawAdmission>,
+    env: &EnvOverrides,
     store: &StoreConfig,
     base: &Path,
     problems: &mut Problems,
 ) -> Option<AdmissionConfig> {
-    let raw = raw?;
+    let Some(raw) = raw else {
+        if env.admission_key.is_some() {
+            problems.push(
+                "WAITROOM_ADMISSION_KEY",
+                "is set, but there is no [admission] section (with its issuer) to use it".into(),
+            );
+        }
+        return None;
+    };
     let issuer = raw.issuer.clone().unwrap_or_default();
     if issuer.is_empty() || issuer.len() > 200 {
         problems.push(
@@ -29,41 +39,52 @@ pub(super) fn check(
     if !(60..=86_400).contains(&ttl_secs) {
         problems.push("admission.ttl_secs", "must be between 60 and 86400".into());
     }
+    let mut named: Vec<(String, String)> = Vec::new();
     let mut keys = Vec::new();
+    if let Some(pem) = &env.admission_key {
+        let kid = env.admission_kid.clone().unwrap_or_else(|| "env".into());
+        named.push(("WAITROOM_ADMISSION_KID".into(), kid.clone()));
+        match AdmissionKey::from_pem(&kid, pem.as_bytes(), false) {
+            Ok(key) => keys.push(key),
+            Err(e) => problems.push("WAITROOM_ADMISSION_KEY", e),
+        }
+    }
     for (i, k) in raw.keys.iter().enumerate() {
         let field = |name: &str| format!("admission.keys[{i}].{name}");
-        let kid_ok = (1..=64).contains(&k.kid.len())
-            && k.kid
+        named.push((field("kid"), k.kid.clone()));
+        let path = base.join(&k.private_key);
+        match AdmissionKey::from_pem_file(&k.kid, &path, k.publish_only) {
+            Ok(key) => keys.push(key),
+            Err(e) => problems.push(&field("private_key"), e),
+        }
+    }
+    for (i, (field, kid)) in named.iter().enumerate() {
+        let kid_ok = (1..=64).contains(&kid.len())
+            && kid
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !kid_ok {
             problems.push(
-                &field("kid"),
+                field,
                 "must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'".into(),
             );
-        } else if raw.keys[..i].iter().any(|o| o.kid == k.kid) {
-            problems.push(&field("kid"), format!("{:?} is used by another key", k.kid));
+        } else if named[..i].iter().any(|(_, other)| other == kid) {
+            problems.push(field, format!("{kid:?} is used by another key"));
         }
-        let path = base.join(&k.private_key);
-        if let Err(e) = AdmissionKey::from_pem_file(&k.kid, &path, k.publish_only) {
-            problems.push(&field("private_key"), e);
-        }
-        keys.push(AdmissionKeyConfig {
-            kid: k.kid.clone(),
-            path,
-            publish_only: k.publish_only,
-        });
     }
-    if !keys.is_empty() && keys.iter().all(|k| k.publish_only) {
+    if env.admission_key.is_none()
+        && !raw.keys.is_empty()
+        && raw.keys.iter().all(|k| k.publish_only)
+    {
         problems.push(
             "admission.keys",
             "every key is publish_only: one must sign".into(),
         );
     }
-    if keys.is_empty() && matches!(store, StoreConfig::Redis { .. }) {
+    if keys.is_empty() && named.is_empty() && matches!(store, StoreConfig::Redis { .. }) {
         problems.push(
             "admission.keys",
-            "required with the Redis store: every replica must sign with the same keys".into(),
+            "required with the Redis store (or WAITROOM_ADMISSION_KEY): every replica must sign with the same keys".into(),
         );
     }
     Some(AdmissionConfig {
@@ -143,5 +164,51 @@ mod tests {
         )
         .join("\n");
         assert!(p.contains("every key is publish_only"), "{p}");
+    }
+
+    #[test]
+    fn the_environment_key_signs_first_and_is_checked_like_a_file_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file_key = AdmissionKey::generate().unwrap();
+        std::fs::write(dir.path().join("k.pem"), file_key.to_pem()).unwrap();
+        let env_key = AdmissionKey::generate().unwrap();
+        let text = format!(
+            "{GOOD}\n[admission]\nissuer = \"i\"\nkeys = [{{ kid = \"file\", private_key = \"k.pem\" }}]\n"
+        );
+        let env = EnvOverrides {
+            admission_key: Some(env_key.to_pem()),
+            admission_kid: Some("from-env".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml_str_at(&text, &env, dir.path()).unwrap();
+        let keys = &c.admission.unwrap().keys;
+        let kids: Vec<_> = keys.iter().map(|k| k.kid.as_str()).collect();
+        assert_eq!(kids, ["from-env", "file"]);
+        assert!(!keys[0].publish_only, "the environment's key signs");
+
+        let problems_with = |env: &EnvOverrides, text: &str| match Config::from_toml_str_at(
+            text,
+            env,
+            dir.path(),
+        ) {
+            Err(ConfigError::Invalid(p)) => p.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let junk = EnvOverrides {
+            admission_key: Some(
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            ),
+            admission_kid: Some("file".into()),
+            ..Default::default()
+        };
+        let p = problems_with(&junk, &text).join("\n");
+        assert!(p.contains("WAITROOM_ADMISSION_KEY"), "{p}");
+        assert!(p.contains("\"file\" is used by another key"), "{p}");
+        let p = problems_with(&env, GOOD).join("\n");
+        assert!(p.contains("no [admission] section"), "{p}");
+        assert!(
+            !format!("{keys:?}").contains("PRIVATE"),
+            "Debug never shows a private key"
+        );
     }
 }

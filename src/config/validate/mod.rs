@@ -58,7 +58,7 @@ pub(super) fn validate(
     let store = store::check(&raw.store, &mut problems);
     let proxy = proxy::check(&raw.proxy, raw.tls.is_some(), base, &mut problems);
     let tls = tls::check(raw.tls.as_ref(), base, &mut problems);
-    let admission = admission::check(raw.admission.as_ref(), &store, base, &mut problems);
+    let admission = admission::check(raw.admission.as_ref(), env, &store, base, &mut problems);
     let server = server::check(&raw.server, &mut problems);
     let limits = limits::check(&raw.limits, &mut problems);
     let sse = sse::check(&raw.sse, &mut problems);
