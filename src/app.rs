@@ -25,10 +25,11 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
 
+use crate::checkout::Signals;
 use crate::config::Upstream;
 use crate::conn::Connection;
 use crate::error::GatewayError;
-use crate::gate::{Ctx, Decision};
+use crate::gate::{Ctx, Decision, Pass};
 use crate::gateway::App;
 use crate::http::{self, Body};
 use crate::outcome::Outcome;
@@ -99,9 +100,9 @@ impl App {
         let Some(room) = self.route(host, &view).cloned() else {
             return match &self.config.proxy.default_upstream {
                 Some(up) => self
-                    .forward(None, req, up, conn, (Vec::new(), None))
+                    .forward(None, req, up, conn, Pass::default())
                     .await
-                    .map(|res| (None, Outcome::Passthrough, res))
+                    .map(|(res, _)| (None, Outcome::Passthrough, res))
                     .map_err(|e| (None, e)),
                 None => Err((None, GatewayError::NoRoute)),
             };
@@ -131,31 +132,43 @@ impl App {
                 next: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             }
         };
-        let (outcome, set_cookies, admission) = if exempt {
-            // Exempt paths pass either way; only a signed admission needs
-            // the fan's context.
-            let admission = match self.admission {
-                Some(_) => ctx().exempt_admission(req.headers()).await,
-                None => None,
-            };
-            (Outcome::Exempt, Vec::new(), admission)
+        let (outcome, pass) = if exempt {
+            (Outcome::Exempt, ctx().exempt_pass(req.headers()).await)
         } else {
             match ctx().decide(&req).await {
-                Ok(Decision::Proxy {
-                    set_cookies,
-                    admission,
-                }) => (Outcome::Admitted, set_cookies, admission),
+                Ok(Decision::Proxy(pass)) => (Outcome::Admitted, pass),
                 Ok(Decision::Respond(res)) => return Ok((Some(room), Outcome::Waiting, res)),
                 Err(e) => return Err((Some(room), e)),
             }
         };
         let upstream = &room.config.upstream;
-        match self
-            .forward(Some(&room), req, upstream, conn, (set_cookies, admission))
-            .await
-        {
-            Ok(res) => Ok((Some(room), outcome, res)),
+        let session = pass.session;
+        match self.forward(Some(&room), req, upstream, conn, pass).await {
+            Ok((res, signals)) => {
+                if let Some((epoch, seq)) = session {
+                    self.heed(&room, signals, (epoch, seq)).await;
+                }
+                Ok((Some(room), outcome, res))
+            }
             Err(e) => Err((Some(room), e)),
+        }
+    }
+
+    /// What the room's checkout said in its answer to a request of the
+    /// live session `(epoch, seq)`.
+    async fn heed(&self, room: &Room, signals: Signals, (epoch, seq): (u64, u64)) {
+        if signals.end_session {
+            match room.end_session(epoch, seq).await {
+                Ok(true) => self
+                    .metrics
+                    .completions
+                    .with_label_values(&[room.id()])
+                    .inc(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(room = %room.id(), seq, error = %e, "could not end a session the checkout ended");
+                }
+            }
         }
     }
 
@@ -165,8 +178,8 @@ impl App {
         req: Request<Incoming>,
         upstream: &Upstream,
         conn: &Connection,
-        (set_cookies, admission): (Vec<String>, Option<HeaderValue>),
-    ) -> Result<Response<Body>, GatewayError> {
+        pass: Pass,
+    ) -> Result<(Response<Body>, Signals), GatewayError> {
         let room_label = room.map(|r| r.id()).unwrap_or("-");
         match self
             .proxy
@@ -175,7 +188,8 @@ impl App {
                 upstream,
                 &conn.link,
                 (conn.addr.ip(), &conn.peer),
-                admission,
+                pass.admission,
+                pass.session.is_some(),
             )
             .await
         {
@@ -202,12 +216,12 @@ impl App {
                     r.note_upstream_failure();
                 }
                 let mut res = fwd.response;
-                for c in set_cookies {
+                for c in pass.set_cookies {
                     if let Ok(v) = HeaderValue::from_str(&c) {
                         res.headers_mut().append(header::SET_COOKIE, v);
                     }
                 }
-                Ok(res)
+                Ok((res, fwd.signals))
             }
             // The client's own body failed: its fault, counted as a client
             // error where the answer is made, never against the upstream.

@@ -90,13 +90,20 @@ fn browser_claim_key<'h>(headers: &'h HeaderMap, room: &str) -> Option<&'h str> 
 
 /// What to do with a request to a protected route.
 pub enum Decision {
-    /// Forward upstream, adding these `Set-Cookie` values to the response
-    /// and the fan's signed admission (`[admission]`) to the request.
-    Proxy {
-        set_cookies: Vec<String>,
-        admission: Option<HeaderValue>,
-    },
+    Proxy(Pass),
     Respond(Response<Body>),
+}
+
+/// A request let through to the room's upstream, and what goes with it.
+#[derive(Default)]
+pub struct Pass {
+    /// Added to the response.
+    pub set_cookies: Vec<String>,
+    /// The fan's signed admission (`[admission]`), added to the request.
+    pub admission: Option<HeaderValue>,
+    /// The live session the request holds, `(epoch, seq)`: the checkout's
+    /// answer may end it (see `checkout`).
+    pub session: Option<(u64, u64)>,
 }
 
 /// The status document for a fan's `place` (`None`: no place) as `snap`
@@ -361,14 +368,24 @@ impl Ctx<'_> {
         }
     }
 
-    /// On an exempt path (a payment provider's return, say): the admission
-    /// of the fan's live session, if the request carries a valid access
-    /// token, so the checkout can tell a fan who waited there too. Nothing
-    /// is refused or counted here: an exempt path passes either way.
-    pub async fn exempt_admission(&self, headers: &HeaderMap) -> Option<HeaderValue> {
-        self.app.admission.as_ref()?;
-        let (epoch, c) = self.live_session(headers).await.ok()??;
-        self.admission_for(epoch, c.seq, &c.vid, c.sat.unwrap_or(c.iat))
+    /// On an exempt path (a payment provider's return, say): the fan's
+    /// live session and its admission, if the request carries a valid
+    /// access token, so the checkout can tell a fan who waited there too
+    /// (and end their session on a confirmation page). Looked up only with
+    /// `[admission]` on: exempt paths are often static files. Nothing is
+    /// refused or counted here: an exempt path passes either way.
+    pub async fn exempt_pass(&self, headers: &HeaderMap) -> Pass {
+        if self.app.admission.is_none() {
+            return Pass::default();
+        }
+        let Ok(Some((epoch, c))) = self.live_session(headers).await else {
+            return Pass::default();
+        };
+        Pass {
+            admission: self.admission_for(epoch, c.seq, &c.vid, c.sat.unwrap_or(c.iat)),
+            session: Some((epoch, c.seq)),
+            ..Pass::default()
+        }
     }
 
     fn reject(&self, reason: &str) {
@@ -576,10 +593,11 @@ impl Ctx<'_> {
             Ok((grant, _, c)) => {
                 set_cookies.push(c);
                 let admission = self.admission_for(epoch, seq, vid, grant.session_started_wall);
-                Ok(Decision::Proxy {
+                Ok(Decision::Proxy(Pass {
                     set_cookies,
                     admission,
-                })
+                    session: Some((epoch, seq)),
+                }))
             }
             Err(GatewayError::Claim(ClaimError::AlreadyClaimed)) => {
                 Ok(Decision::Respond(self.place_used()))
@@ -630,10 +648,10 @@ impl Ctx<'_> {
                 .bypassed
                 .with_label_values(&[self.room.id()])
                 .inc();
-            return Ok(Decision::Proxy {
-                set_cookies: Vec::new(),
+            return Ok(Decision::Proxy(Pass {
                 admission: self.open_admission(),
-            });
+                ..Pass::default()
+            }));
         }
         let now = self.app.clock.wall_secs();
         let room_id = self.room.id();
@@ -681,10 +699,11 @@ impl Ctx<'_> {
                         }
                         let admission =
                             self.admission_for(epoch, c.seq, &c.vid, c.sat.unwrap_or(c.iat));
-                        return Ok(Decision::Proxy {
+                        return Ok(Decision::Proxy(Pass {
                             set_cookies,
                             admission,
-                        });
+                            session: Some((epoch, c.seq)),
+                        }));
                     }
                     SessionCheck::Ended => return Ok(Decision::Respond(self.session_ended())),
                     SessionCheck::Foreign => self.reject("foreign_session"),

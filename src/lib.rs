@@ -17,6 +17,7 @@ pub mod app;
 pub mod batch;
 pub mod binding;
 pub mod certs;
+pub mod checkout;
 pub mod clock;
 pub mod config;
 pub mod conn;

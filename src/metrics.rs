@@ -24,6 +24,7 @@ pub struct Metrics {
     pub bypassed: IntCounterVec,
     pub arrivals: IntCounterVec,
     pub admissions: IntCounterVec,
+    pub completions: IntCounterVec,
     pub skipped: IntCounterVec,
     pub noshows: IntCounterVec,
     pub rejected_tokens: IntCounterVec,
@@ -151,6 +152,12 @@ impl Metrics {
                 &r,
                 "waitroom_admissions_total",
                 "Places exchanged for access (real entries).",
+                &["room"],
+            ),
+            completions: counter(
+                &r,
+                "waitroom_completions_total",
+                "Sessions the checkout ended (Waitroom-Session: end): buyers done.",
                 &["room"],
             ),
             skipped: counter(

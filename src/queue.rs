@@ -134,6 +134,9 @@ pub struct Durable {
     /// slots after a restart until they end or show up again).
     #[serde(default)]
     pub active_sessions: u64,
+    /// Claimed places whose session the checkout ended.
+    #[serde(default)]
+    pub ended: SeqBits,
 }
 
 /// A change to a place whose turn has come, for replicas that mirror the
@@ -219,6 +222,8 @@ pub struct Queue {
     /// place, indexed by `seq - serving - 1`. 0 means never seen.
     last_seen: VecDeque<u32>,
     claimed: SeqBits,
+    /// Claimed places whose session the checkout ended (never resumed).
+    ended: SeqBits,
     /// Called, unclaimed places: seq → when called.
     pending: HashMap<u64, Millis>,
     pending_order: VecDeque<(u64, Millis)>,
@@ -326,6 +331,7 @@ impl Queue {
             serving: 0,
             last_seen: VecDeque::new(),
             claimed: SeqBits::default(),
+            ended: SeqBits::default(),
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
             missed: HashMap::new(),
@@ -402,6 +408,7 @@ impl Queue {
         q.next_seq = d.reserved_upto.max(1);
         q.reserved_upto = q.next_seq;
         q.claimed = d.claimed.clone();
+        q.ended = d.ended.clone();
         q.admitted_total = q.claimed.count();
         match order {
             Some(order) => {
@@ -527,6 +534,7 @@ impl Queue {
                 .open
                 .then(|| self.shuffled.as_ref().map_or(0, Shuffled::len)),
             active_sessions: self.active_sessions,
+            ended: self.ended.clone(),
         }
     }
 
@@ -859,6 +867,17 @@ impl Queue {
 
     pub fn is_claimed(&self, seq: u64) -> bool {
         self.claimed.get(seq)
+    }
+
+    /// The checkout said `seq`'s session is over: it never resumes. True
+    /// the first time, for a claimed place.
+    pub fn end_session(&mut self, seq: u64) -> bool {
+        self.claimed.get(seq) && self.ended.set(seq)
+    }
+
+    /// A claimed place whose session the checkout ended.
+    pub fn session_ended(&self, seq: u64) -> bool {
+        self.ended.get(seq)
     }
 
     /// Records line progress once a second, for ETAs from what really happens.

@@ -188,6 +188,17 @@ impl Room {
             .await
     }
 
+    /// The checkout said `seq`'s fan is done (`Waitroom-Session: end`):
+    /// the session ends at once here, for good everywhere. True when it
+    /// ended a session (once: a completion).
+    pub async fn end_session(&self, epoch: u64, seq: u64) -> Result<bool, RoomError> {
+        let ended = self.line.end_session(epoch, seq).await?;
+        if ended {
+            self.core.sessions.remove(&seq);
+        }
+        Ok(ended)
+    }
+
     /// One drip step (about ten a second; `sweep_sessions` about once a
     /// second): what it did, for the metrics.
     pub fn tick(&self, sweep_sessions: bool) -> TickReport {

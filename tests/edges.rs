@@ -79,15 +79,6 @@ fn public_addr(gw: &Gateway) -> SocketAddr {
     gw.running.as_ref().unwrap().public_addr
 }
 
-fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
 // --------------------------------------------------------------------- TLS
 
 #[tokio::test]

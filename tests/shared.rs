@@ -620,6 +620,78 @@ async fn three_replicas_sign_admissions_any_of_their_jwks_verifies() {
     }
 }
 
+/// The checkout's `Waitroom-Session: end` on one replica ends the session
+/// on all three, counts one completion, and frees the `max_active` slot
+/// for the next fan.
+#[tokio::test]
+async fn the_checkout_ends_a_session_on_every_replica() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &shared_redis_url(),
+        &unique_prefix(),
+        "",
+        "admit_rate_per_min = 6000\nmax_active = 1",
+    );
+    let procs: Vec<Proc> = (0..3).map(|_| Proc::start(&config)).collect();
+    let visit = |i: usize, access: String, path: &'static str| {
+        let base = procs[i].public.clone();
+        async move {
+            let res = client()
+                .get(format!("{base}{path}"))
+                .header("accept", "application/json")
+                .header("x-waitroom-token", access)
+                .send()
+                .await
+                .unwrap();
+            assert!(res.headers().get("waitroom-session").is_none());
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let (first, _) = join_ok(&procs[0].public).await;
+    let (second, _) = join_ok(&procs[1].public).await;
+    eventually(10, "the first fan's turn", || async {
+        (status(&procs[0].public, &first).await["state"] == "admitted").then_some(())
+    })
+    .await;
+    let access = claim_access(&procs[0].public, &first).await;
+    // Live on every replica (each now holds it in memory).
+    for i in 0..3 {
+        assert_eq!(visit(i, access.clone(), "/basket").await["upstream"], true);
+    }
+    assert_ne!(
+        status(&procs[1].public, &second).await["state"],
+        "admitted",
+        "max_active = 1: the second fan waits"
+    );
+    let done = visit(1, access.clone(), "/confirm?set=waitroom-session:end").await;
+    assert_eq!(done["upstream"], true, "the confirmation reaches the fan");
+    for i in 0..3 {
+        let ended = eventually(5, "the session ended everywhere", || {
+            let visit = visit(i, access.clone(), "/basket");
+            async move {
+                let v = visit.await;
+                (v["state"] == "ended").then_some(v)
+            }
+        })
+        .await;
+        assert_eq!(ended["upstream"], Value::Null, "{ended}");
+    }
+    let mut total = 0.0;
+    for p in &procs {
+        total += metric(&p.admin, "waitroom_completions_total{room=\"demo\"}")
+            .await
+            .unwrap_or(0.0);
+    }
+    assert_eq!(total, 1.0, "one completion across the replicas");
+    eventually(10, "the freed slot calls the second fan", || async {
+        (status(&procs[2].public, &second).await["state"] == "admitted").then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn redis_that_lost_its_data_starts_a_new_epoch_and_voids_old_places() {
     let redis = OwnRedis::start();

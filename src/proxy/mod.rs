@@ -111,6 +111,8 @@ pub struct Proxy {
 pub struct Forwarded {
     pub response: Response<Body>,
     pub elapsed: Duration,
+    /// What the checkout said (read only when asked: see `checkout`).
+    pub signals: crate::checkout::Signals,
 }
 
 impl Proxy {
@@ -172,6 +174,7 @@ impl Proxy {
         link: &UpstreamLink,
         (peer, peer_headers): (IpAddr, &PeerHeaders),
         admission: Option<HeaderValue>,
+        read_signals: bool,
     ) -> Result<Forwarded, ForwardError> {
         let (mut req, progress) = RequestBody::watch(req);
         let link = Some(link)
@@ -254,10 +257,17 @@ impl Proxy {
         };
         let elapsed = started.elapsed();
         let (mut parts, body) = response.into_parts();
+        // Before the `Waitroom-*` family is removed from the answer.
+        let signals = if read_signals {
+            crate::checkout::Signals::read(&parts.headers)
+        } else {
+            Default::default()
+        };
         headers::rewrite_response_headers(&mut parts.headers);
         Ok(Forwarded {
             response: Response::from_parts(parts, body.boxed_unsync()),
             elapsed,
+            signals,
         })
     }
 }

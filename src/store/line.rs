@@ -517,6 +517,11 @@ pub trait Line: Send + Sync {
     /// writes it back for the other replicas).
     fn session_active(&self, seq: u64);
 
+    /// The checkout ended `seq`'s session: it never resumes, on any
+    /// replica or after a restart, and its `max_active` slot is free at
+    /// the next count. True when a session was ended (once).
+    fn end_session(&self, epoch: u64, seq: u64) -> LineFuture<'_, bool>;
+
     /// Marks a solved proof-of-work challenge as used, across the line.
     /// `Ok(false)`: it had been used already. `None` from a line that
     /// leaves it to the process (one process, one memory).

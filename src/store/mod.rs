@@ -136,6 +136,12 @@ pub enum Record {
         epoch: u64,
         entries: u64,
     },
+    /// The checkout ended `seq`'s session (`Waitroom-Session: end`).
+    SessionEnd {
+        room: String,
+        epoch: u64,
+        seq: u64,
+    },
 }
 
 impl Record {
@@ -148,7 +154,8 @@ impl Record {
             | Record::Progress { room, .. }
             | Record::Settings { room, .. }
             | Record::Seed { room, .. }
-            | Record::Opened { room, .. } => room,
+            | Record::Opened { room, .. }
+            | Record::SessionEnd { room, .. } => room,
         }
     }
 
@@ -197,6 +204,9 @@ impl Record {
             }
             Record::Opened { epoch, entries, .. } if *epoch == d.epoch => {
                 d.opened_entries = Some(*entries);
+            }
+            Record::SessionEnd { epoch, seq, .. } if *epoch == d.epoch => {
+                d.ended.set(*seq);
             }
             _ => {}
         }

@@ -29,7 +29,8 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
 /// A real HTTP upstream that answers every request with a JSON echo of
 /// what it received (method, path, headers, body size). `/slow` waits a
-/// second first.
+/// second first. Each `set=NAME:VALUE` in the query adds that header to
+/// the answer (what a checkout tells the gateway).
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
@@ -122,6 +123,15 @@ async fn echo(req: Request<Incoming>, count: &AtomicU64) -> Response<Full<Bytes>
         .insert("content-type", "application/json".parse().unwrap());
     res.headers_mut()
         .insert("set-cookie", "upstream_session=u1; Path=/".parse().unwrap());
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&') {
+        if let Some((name, value)) = pair.strip_prefix("set=").and_then(|h| h.split_once(':')) {
+            res.headers_mut().append(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+    }
     res
 }
 
@@ -242,6 +252,17 @@ impl Gateway {
             .await
             .unwrap()
     }
+}
+
+/// The value of the first metric line of `text` starting with `line_start`
+/// (a name with its labels), 0 when there is none.
+pub fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
 }
 
 /// A browser-like fan: its own cookie jar, no shared connection pool.

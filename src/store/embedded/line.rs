@@ -505,7 +505,11 @@ impl EmbeddedLine {
             .clock
             .wall_secs()
             .saturating_sub(session_started_wall);
-        if age_secs >= session_max_secs || !self.core.lock().queue.is_claimed(seq) {
+        let resumable = {
+            let q = &self.core.lock().queue;
+            q.is_claimed(seq) && !q.session_ended(seq)
+        };
+        if age_secs >= session_max_secs || !resumable {
             return Ok(SessionCheck::Ended);
         }
         // What is left of session_max_secs, counted from the token's start
@@ -518,6 +522,25 @@ impl EmbeddedLine {
             self.reregistered.fetch_add(1, Ordering::Relaxed);
         }
         Ok(live)
+    }
+
+    /// Marks `seq`'s session ended, durably (the journal), so a restart
+    /// never resumes it.
+    async fn end_session(&self, epoch: u64, seq: u64) -> Result<bool, RoomError> {
+        {
+            let mut st = self.core.lock();
+            if st.queue.epoch() != epoch || !st.queue.end_session(seq) {
+                return Ok(false);
+            }
+        }
+        self.store
+            .write(Record::SessionEnd {
+                room: self.core.id.clone(),
+                epoch,
+                seq,
+            })
+            .await?;
+        Ok(true)
     }
 
     /// Sessions holding `max_active` slots: the live ones, plus those from
@@ -834,6 +857,10 @@ impl Line for EmbeddedLine {
     }
 
     fn session_active(&self, _seq: u64) {}
+
+    fn end_session(&self, epoch: u64, seq: u64) -> LineFuture<'_, bool> {
+        Box::pin(EmbeddedLine::end_session(self, epoch, seq))
+    }
 
     fn spend_pow<'a>(&'a self, _nonce: &'a str, _expires: u64) -> Option<LineFuture<'a, bool>> {
         None

@@ -580,6 +580,21 @@ impl Shared {
             .0)
     }
 
+    /// Ends `seq`'s session in Redis: its idle end and holder go, so no
+    /// replica resumes it, and the next pull counts it out. Replicas that
+    /// hold it live hear of it when they next write its activity back.
+    pub(crate) async fn end_session(
+        &self,
+        room: &Core,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<bool, RoomError> {
+        let mut inv = self.key_args(&END);
+        inv.arg(epoch).arg(seq);
+        let ended: i64 = self.call(room.id(), inv).await?;
+        Ok(ended == 1)
+    }
+
     /// Applies `change` to the room's shared settings. The change is made
     /// to the settings as Redis holds them, not to this replica's view (a
     /// pause set on another replica a moment ago may not have reached it):
@@ -1097,6 +1112,8 @@ impl Shared {
             shuffle_seed: seed.as_ref().map(Seed::to_hex),
             opened_entries: opened,
             active_sessions: 0,
+            // Sessions (and their end) are Redis's to keep, not the mirror's.
+            ended: Default::default(),
         };
         let order = match (opened, &seed) {
             (Some(0), _) => Some(Vec::new()),
@@ -1163,11 +1180,19 @@ impl Shared {
         for seq in &active {
             inv.arg(*seq);
         }
-        if self.call::<i64>(room.id(), inv).await.is_err() {
-            self.session_activity
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(active);
+        match self.call::<Vec<u64>>(room.id(), inv).await {
+            // Ended elsewhere (the checkout's end, or run out): not live here.
+            Ok(gone) => {
+                for seq in gone {
+                    room.sessions.remove(&seq);
+                }
+            }
+            Err(_) => {
+                self.session_activity
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(active);
+            }
         }
     }
 }
@@ -1365,6 +1390,10 @@ impl Line for SharedLine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(seq);
+    }
+
+    fn end_session(&self, epoch: u64, seq: u64) -> LineFuture<'_, bool> {
+        Box::pin(self.shared.end_session(&self.core, epoch, seq))
     }
 
     fn spend_pow<'a>(&'a self, nonce: &'a str, expires: u64) -> Option<LineFuture<'a, bool>> {
@@ -1568,8 +1597,13 @@ static LOOKUP: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/
 static SESSION: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/session.lua")));
 
 /// Activity slides sessions' idle end, never past their hard end
-/// (ARGV: session_ms, seqs...).
+/// (ARGV: session_ms, seqs...). Returns the seqs whose session is gone.
 static EXTEND: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/extend.lua")));
+
+/// The checkout ended a session (ARGV: epoch, seq). Returns 1 when a
+/// session was ended, 0 when there was none (already ended, run out, or
+/// another epoch's).
+static END: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/end.lua")));
 
 /// Rounds of read-change-write before an admin change gives up (each lost
 /// round means another replica changed the settings in between).
