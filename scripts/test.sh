@@ -35,6 +35,27 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   fi
 fi
 
+# The checkout-integration test runs docs/checkout/verify.py, which needs
+# PyJWT with cryptography (EdDSA). Debian's packages go to /usr/bin/python3,
+# which the test also tries when another python3 comes first on PATH.
+python_has_pyjwt() {
+  local python
+  for python in python3 /usr/bin/python3; do
+    command -v "$python" >/dev/null 2>&1 && "$python" -c 'import jwt, cryptography' >/dev/null 2>&1 && return 0
+  done
+  return 1
+}
+if ! python_has_pyjwt; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing python3-jwt and python3-cryptography for the checkout verifier test"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-jwt python3-cryptography >/dev/null
+  else
+    echo "scripts/test.sh: the checkout verifier test needs python3 with PyJWT and cryptography; install them (as root: apt-get install python3 python3-jwt python3-cryptography)" >&2
+    exit 1
+  fi
+fi
+
 # The shared-store tests need redis-server (they also start their own on
 # free ports) and a Redis answering at WAITROOM_TEST_REDIS_URL (default
 # 127.0.0.1:6379); start one when none answers. Each test uses its own key

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 
 const ADMISSION: &str = "[admission]\nissuer = \"https://gw.test\"";
@@ -43,10 +44,10 @@ fn verify(token: &str, keys: &JwkSet, aud: &str) -> Result<Value, jsonwebtoken::
     jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &v).map(|d| d.claims)
 }
 
-#[tokio::test]
-async fn an_admitted_request_carries_an_admission_the_published_keys_verify() {
-    let up = TestUpstream::start().await;
-    let gw = Gateway::start_with(
+/// A gateway signing admissions for room `shop`, whose checkout is
+/// `checkout.test`, letting fans in at once.
+async fn shop_for_checkout(up: &TestUpstream) -> Gateway {
+    Gateway::start_with(
         &room_toml(
             "shop",
             &up.url(),
@@ -54,7 +55,13 @@ async fn an_admitted_request_carries_an_admission_the_published_keys_verify() {
         ),
         ADMISSION,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn an_admitted_request_carries_an_admission_the_published_keys_verify() {
+    let up = TestUpstream::start().await;
+    let gw = shop_for_checkout(&up).await;
     let fan = Fan::new(&gw.public);
     let first = admitted(&fan, "/basket").await;
     let token = first["headers"]["waitroom-admission"]
@@ -186,4 +193,78 @@ async fn the_jwks_holds_public_ed25519_keys_only_and_is_absent_when_off() {
     let off = Gateway::start(&room_toml("shop", &up.url(), "")).await;
     let res = Fan::new(&off.public).get_json("/_waitroom/jwks.json").await;
     assert_eq!(res.status(), 404);
+}
+
+/// The Python that runs `docs/checkout/verify.py`: `python3`, or Debian's
+/// own where `apt-get install python3-jwt` puts PyJWT when another
+/// `python3` comes first on PATH. Never a skip: scripts/test.sh installs it.
+fn python_with_pyjwt() -> &'static str {
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|python| {
+            std::process::Command::new(python)
+                .args(["-c", "import jwt, cryptography"])
+                .output()
+                .is_ok_and(|out| out.status.success())
+        })
+        .expect("python3 with PyJWT and cryptography (apt-get install python3-jwt python3-cryptography; scripts/test.sh does)")
+}
+
+/// Runs the example checkout verifier; its exit code and output.
+async fn python_verify(gw: &Gateway, audience: &str, token: &str) -> (i32, String) {
+    let out = tokio::process::Command::new(python_with_pyjwt())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/checkout/verify.py"
+        ))
+        .args(["--jwks", &format!("{}/_waitroom/jwks.json", gw.public)])
+        .args(["--issuer", "https://gw.test", "--audience", audience, token])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn the_python_example_verifier_accepts_the_gateways_admission_and_refuses_forgeries() {
+    let up = TestUpstream::start().await;
+    let gw = shop_for_checkout(&up).await;
+    let echo = admitted(&Fan::new(&gw.public), "/basket").await;
+    let token = echo["headers"]["waitroom-admission"].as_str().unwrap();
+
+    let (code, out) = python_verify(&gw, "checkout.test", token).await;
+    assert_eq!(code, 0, "{out}");
+    let claims: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(claims["room"], "shop");
+    assert_eq!(claims["seq"], 1);
+
+    let mut altered = token.to_string();
+    altered.replace_range(altered.len() - 4.., "AAAA");
+    let (code, out) = python_verify(&gw, "checkout.test", &altered).await;
+    assert_eq!(code, 1, "an altered signature is refused: {out}");
+    assert!(out.contains("Signature verification failed"), "{out}");
+
+    // Signed by another Ed25519 key under the gateway's kid.
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let stranger = waitroom::admission::AdmissionKey::generate().unwrap();
+    let pkcs8 =
+        rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(stranger.to_pem().as_bytes()).unwrap();
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(pkcs8.secret_pkcs8_der()),
+    )
+    .unwrap();
+    let (code, out) = python_verify(&gw, "checkout.test", &forged).await;
+    assert_eq!(code, 1, "another key's signature is refused: {out}");
+    assert!(out.contains("Signature verification failed"), "{out}");
+
+    let (code, out) = python_verify(&gw, "another-checkout", token).await;
+    assert_eq!(code, 1, "the wrong audience is refused: {out}");
+    assert!(out.contains("audience"), "{out}");
 }

@@ -2,25 +2,25 @@
 //! simulated fans already in line, so a queue can be watched moving.
 //!
 //! Everything is embedded: a generated signing key and admin token, state
-//! in a fresh temporary directory, the checkout on a loopback port.
+//! in a fresh temporary directory (with the admission key made there), the
+//! checkout on a loopback port, refusing requests the gateway did not admit.
+
+mod checkout;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 
 use crate::config::{Config, ConfigError, EnvOverrides};
 use crate::server::{self, ServerError};
+
+pub use checkout::ToyCheckout;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -39,49 +39,12 @@ pub enum DemoError {
     Server(#[from] ServerError),
 }
 
-/// Starts the toy checkout on a free loopback port.
-pub async fn start_checkout() -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let orders = Arc::new(AtomicU64::new(0));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let orders = orders.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let orders = orders.clone();
-                    async move { Ok::<_, std::convert::Infallible>(checkout(req, &orders)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
+/// The demo's one room; its admissions' audience is its id.
+pub const ROOM: &str = "demo";
 
-fn checkout(req: Request<Incoming>, orders: &AtomicU64) -> Response<Full<Bytes>> {
-    let body = if req.method() == hyper::Method::POST {
-        let n = orders.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("<h1>Order #{n} confirmed</h1><p>Enjoy the show.</p>")
-    } else {
-        "<h1>Checkout</h1><p>You are in. This page is the toy checkout behind the gateway.</p>\
-         <form method=post action=/buy><button>Buy 2 tickets</button></form>"
-            .to_string()
-    };
-    let mut res = Response::new(Full::new(Bytes::from(format!(
-        "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width\"><title>Checkout</title><body style=\"font-family:system-ui;padding:2rem\">{body}</body>"
-    ))));
-    *res.status_mut() = StatusCode::OK;
-    res.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    res
+/// The `iss` of the demo gateway's admissions: its public URL.
+pub fn issuer(opts: &DemoOptions) -> String {
+    format!("http://127.0.0.1:{}", opts.port)
 }
 
 pub fn demo_config(
@@ -103,11 +66,14 @@ keys = [{{ kid = "demo", secret = "{secret}" }}]
 [store]
 kind = "embedded"
 path = {path}
+# Signed with a key made in the state directory; the toy checkout checks it.
+[admission]
+issuer = {issuer}
 # The simulated fans and you all come from 127.0.0.1.
 [limits]
 joins_per_min_per_client = 0
 [[rooms]]
-id = "demo"
+id = "{ROOM}"
 title = "Reunion Tour — on sale now"
 upstream = "http://{checkout}"
 path_prefix = "/"
@@ -120,6 +86,7 @@ abandon_after_secs = 60
         public = opts.port,
         admin = opts.port.wrapping_add(1),
         path = toml_string(&state_dir.display().to_string()),
+        issuer = toml_string(&issuer(opts)),
         rate = opts.rate_per_min,
     );
     Config::from_toml_str(&text, &EnvOverrides::default())
@@ -130,7 +97,7 @@ fn toml_string(s: &str) -> String {
 }
 
 pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
-    let checkout = start_checkout().await.map_err(DemoError::Checkout)?;
+    let checkout = ToyCheckout::start().await.map_err(DemoError::Checkout)?;
     let state_dir = std::env::temp_dir().join(format!("waitroom-demo-{}", std::process::id()));
     let admin_token = format!("{:032x}", rand::random::<u128>());
     let secret = format!(
@@ -138,13 +105,14 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         rand::random::<u128>(),
         rand::random::<u128>()
     );
-    let config = demo_config(&opts, checkout, &state_dir, &admin_token, &secret)?;
+    let config = demo_config(&opts, checkout.addr, &state_dir, &admin_token, &secret)?;
     let running = server::start(config).await?;
     let public = running.public_addr;
     let admin = running.admin_addr;
+    checkout.trust(public, &issuer(&opts), ROOM);
     println!(
         "\nwaitroom demo\n\
-         - toy checkout (the upstream):  http://{checkout}/\n\
+         - toy checkout (the upstream):  http://{checkout}/ (403 without the gateway's admission)\n\
          - open the protected site:       http://{public}/\n\
          - admit rate: {rate}/min; {fans} simulated fans joined first, so you start behind them\n\
          - admin API (token {admin_token}):\n    \
@@ -153,6 +121,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
            -d '{{\"admit_rate_per_min\": 600}}' http://{admin}/admin/rooms/demo\n\
          - state: {state}\n\
          Ctrl-C to stop.\n",
+        checkout = checkout.addr,
         rate = opts.rate_per_min,
         fans = opts.fans,
         state = state_dir.display(),
