@@ -2,47 +2,16 @@
 //! (the echo upstream) receives, checked with the public keys the gateway
 //! serves, as a checkout would.
 
+#[path = "common/admission.rs"]
+mod checkout;
 mod common;
 
+use checkout::{jwks, verify};
 use common::*;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 
 const ADMISSION: &str = "[admission]\nissuer = \"https://gw.test\"";
-
-/// Visits `path` until the fan is let through; returns the upstream's echo.
-async fn admitted(fan: &Fan, path: &str) -> Value {
-    eventually(20, "the fan is let in", || async {
-        let v: Value = fan.get(path).await.json().await.ok()?;
-        (v["upstream"] == true).then_some(v)
-    })
-    .await
-}
-
-async fn jwks(url: &str) -> JwkSet {
-    let res = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "{url}");
-    res.json().await.unwrap()
-}
-
-fn verify(token: &str, keys: &JwkSet, aud: &str) -> Result<Value, jsonwebtoken::errors::Error> {
-    let header = jsonwebtoken::decode_header(token)?;
-    let jwk = keys
-        .find(header.kid.as_deref().unwrap_or_default())
-        .expect("the token's kid is in the JWKS");
-    let mut v = Validation::new(Algorithm::EdDSA);
-    v.set_audience(&[aud]);
-    v.set_issuer(&["https://gw.test"]);
-    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &v).map(|d| d.claims)
-}
 
 /// A gateway signing admissions for room `shop`, whose checkout is
 /// `checkout.test`, letting fans in at once.

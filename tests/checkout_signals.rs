@@ -8,15 +8,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// Visits `path` until the fan is let through; returns the upstream's echo.
-async fn admitted(fan: &Fan, path: &str) -> Value {
-    eventually(20, "the fan is let in", || async {
-        let v: Value = fan.get(path).await.json().await.ok()?;
-        (v["upstream"] == true).then_some(v)
-    })
-    .await
-}
-
 const END: &str = "set=waitroom-session:end";
 
 fn shop(up: &TestUpstream) -> String {

@@ -1,6 +1,8 @@
 //! What a checkout does with `Waitroom-Admission`: fetch the gateway's
 //! JWKS and verify a token against it.
 
+#![allow(dead_code)]
+
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use serde_json::Value;
 

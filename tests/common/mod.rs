@@ -265,6 +265,15 @@ pub fn metric(text: &str, line_start: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Visits `path` until the fan is let through; returns the upstream's echo.
+pub async fn admitted(fan: &Fan, path: &str) -> Value {
+    eventually(20, "the fan is let in", || async {
+        let v: Value = fan.get(path).await.json().await.ok()?;
+        (v["upstream"] == true).then_some(v)
+    })
+    .await
+}
+
 /// A browser-like fan: its own cookie jar, no shared connection pool.
 pub struct Fan {
     pub client: reqwest::Client,
