@@ -7,8 +7,9 @@
 //! no-show and its token is refunded when its claim window closes. So the
 //! rate bounds entries into the upstream, and abandoned places cost nothing.
 //!
-//! The bucket is emptied while the room is paused or closed, or while its
-//! upstream is failing, so there is no catch-up burst afterwards. A rate
+//! The bucket is emptied while the room is paused, closed or sold out,
+//! while every ticket is in a cart (stock 0), or while its upstream is
+//! failing, so there is no catch-up burst afterwards. A rate
 //! increase refills at the new rate from that moment on; it never credits
 //! the past. `max_active` caps sessions plus called-but-unclaimed places.
 //!
@@ -61,7 +62,11 @@ impl Drip {
     }
 
     fn running(queue: &Queue, upstream_healthy: bool) -> bool {
-        queue.is_open() && !queue.settings.paused && !queue.settings.closed && upstream_healthy
+        queue.is_open()
+            && !queue.settings.paused
+            && !queue.settings.shut()
+            && !queue.settings.stock_held()
+            && upstream_healthy
     }
 
     fn refill(&mut self, queue: &Queue, now: Millis, running: bool) {
@@ -155,6 +160,9 @@ mod tests {
             rejoin_secs: 120,
             opens_at: None,
             closes_at: None,
+            stock: None,
+            sold_out: false,
+            stock_at_ms: 0,
         }
     }
 

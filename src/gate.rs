@@ -35,7 +35,7 @@ use crate::http::{self, Body};
 use crate::page;
 use crate::queue::{ClaimError, Place};
 use crate::room::{Grant, RetryKey, Room, RoomError, SessionCheck, Snapshot};
-use crate::status::{EtaReason, State, Status};
+use crate::status::{ClosedReason, EtaReason, State, Status};
 use crate::token::{Claims, Expect, Kind, TokenError, TokenMemo};
 
 /// Header carrying a solved proof-of-work challenge (`<challenge>:<n>`).
@@ -125,6 +125,9 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         claim_within_secs: None,
         url: None,
         message: None,
+        tickets_left: snap.stock,
+        tickets_may_run_out: false,
+        closed_reason: None,
     };
     match place {
         Some(Place::PreQueue) => {
@@ -145,6 +148,9 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
             }
             s.eta_reason = if snap.paused {
                 Some(EtaReason::Paused)
+            } else if snap.stock == Some(0) {
+                s.message = Some("All tickets are in carts right now; you keep your place.".into());
+                Some(EtaReason::TicketsInCarts)
             } else if snap.rate_lowered_recently {
                 Some(EtaReason::RateLowered)
             } else if !snap.upstream_healthy {
@@ -154,6 +160,16 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
             } else {
                 None
             };
+            if let Some(left) = snap.stock.filter(|&n| n > 0) {
+                s.tickets_may_run_out =
+                    may_run_out(position - 1, left, room.config.tickets_per_order, snap);
+                if s.tickets_may_run_out {
+                    s.message = Some(format!(
+                        "Tickets may run out before your turn: about {left} left for {} people ahead of you.",
+                        position - 1
+                    ));
+                }
+            }
         }
         Some(Place::Called { claim_by }) => {
             s.state = State::Admitted;
@@ -176,8 +192,13 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         s.state,
         State::Waiting | State::NoPlace | State::Prequeue | State::Expired | State::Admitted
     ) {
-        if snap.closed {
+        if snap.sold_out {
             s.state = State::Closed;
+            s.closed_reason = Some(ClosedReason::SoldOut);
+            s.message = Some(SOLD_OUT.into());
+        } else if snap.closed {
+            s.state = State::Closed;
+            s.closed_reason = Some(ClosedReason::Closed);
             s.message = Some(room.config.closed_message.clone());
         } else if snap.paused && matches!(s.state, State::Waiting | State::Admitted) {
             s.state = State::Paused;
@@ -188,6 +209,23 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         }
     }
     s
+}
+
+/// What a sold-out room tells everyone not already let in.
+pub const SOLD_OUT: &str = "Sold out: every ticket has been sold.";
+
+/// Whether the `ahead` people before a fan may buy the `left` tickets
+/// first: each called fan enters with the share the room has seen (all of
+/// them until 20 have been called, so early on it warns rather than
+/// reassures) and buys `per_order` tickets.
+fn may_run_out(ahead: u64, left: u64, per_order: u64, snap: &Snapshot) -> bool {
+    let called = snap.admitted_total + snap.noshows_total;
+    let share = if called >= 20 {
+        snap.admitted_total as f64 / called as f64
+    } else {
+        1.0
+    };
+    ahead as f64 * per_order as f64 * share > left as f64
 }
 
 /// Refuses a state-changing request from another site's page (see
@@ -450,9 +488,13 @@ impl Ctx<'_> {
         let mut res = if self.json {
             http::json(StatusCode::OK, &status)
         } else if status.state == State::Closed {
+            let message = status.message.as_deref();
             http::html(
                 StatusCode::OK,
-                page::closed_page(&self.room.config.title, &self.room.config.closed_message),
+                page::closed_page(
+                    &self.room.config.title,
+                    message.unwrap_or(&self.room.config.closed_message),
+                ),
             )
         } else {
             http::html(
@@ -732,7 +774,7 @@ impl Ctx<'_> {
                     }
                     place @ Place::Called { .. } => {
                         let snap = self.room.snapshot();
-                        if snap.paused || snap.closed {
+                        if snap.paused || snap.shut() {
                             return Ok(Decision::Respond(self.waiting(place, Vec::new())));
                         }
                         return self
@@ -778,7 +820,7 @@ impl Ctx<'_> {
             }
             return Ok(Decision::Respond(res));
         }
-        if self.room.snapshot().closed {
+        if self.room.snapshot().shut() {
             return Ok(Decision::Respond(self.waiting(Place::Unknown, Vec::new())));
         }
         // Browsers get a page whose script solves the challenge and joins;

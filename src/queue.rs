@@ -51,6 +51,17 @@ pub struct Settings {
     /// Wall-clock seconds when the room closes by itself.
     #[serde(default)]
     pub closes_at: Option<u64>,
+    /// Tickets left, as the checkout or the promoter said last (`None`:
+    /// unknown). 0 holds the drip: carts that time out give tickets back.
+    #[serde(default)]
+    pub stock: Option<u64>,
+    /// Sold out: closed to everyone not already let in, every place kept
+    /// for a reopening.
+    #[serde(default)]
+    pub sold_out: bool,
+    /// Wall-clock ms of the stock news applied last: older news is ignored.
+    #[serde(default)]
+    pub stock_at_ms: u64,
 }
 
 impl Settings {
@@ -68,7 +79,21 @@ impl Settings {
             rejoin_secs: room.rejoin_secs,
             opens_at: room.opens_at,
             closes_at: room.closes_at,
+            stock: None,
+            sold_out: false,
+            stock_at_ms: 0,
         }
+    }
+
+    /// Closed to everyone not already let in: by the promoter, or sold out.
+    pub fn shut(&self) -> bool {
+        self.closed || self.sold_out
+    }
+
+    /// Every ticket is in someone's cart: nobody new is called until some
+    /// come back.
+    pub fn stock_held(&self) -> bool {
+        self.stock == Some(0)
     }
 }
 
@@ -236,6 +261,8 @@ pub struct Queue {
     /// Sessions counted by the runtime (access tokens in use).
     active_sessions: u64,
     admitted_total: u64,
+    /// Called places that never claimed (no-shows), since this view began.
+    noshows_total: u64,
     /// Places called or skipped so far (main line and rejoin lane).
     advanced_total: u64,
     advance_samples: VecDeque<Sample>,
@@ -340,6 +367,7 @@ impl Queue {
             noshow_floor: 0,
             active_sessions: 0,
             admitted_total: 0,
+            noshows_total: 0,
             advanced_total: 0,
             advance_samples: VecDeque::new(),
             open: true,
@@ -569,6 +597,10 @@ impl Queue {
     pub fn active_sessions(&self) -> u64 {
         self.active_sessions
     }
+    pub fn noshows_total(&self) -> u64 {
+        self.noshows_total
+    }
+
     pub fn admitted_total(&self) -> u64 {
         self.admitted_total
     }
@@ -798,6 +830,7 @@ impl Queue {
                 // A restored place never cost a token: nothing to refund.
                 if !self.restored.remove(&seq) {
                     noshows += 1;
+                    self.noshows_total += 1;
                 }
             }
         }
@@ -817,7 +850,7 @@ impl Queue {
 
     /// Paused or closed: called places may not enter, and keep their call.
     pub fn is_held(&self) -> bool {
-        self.settings.paused || self.settings.closed
+        self.settings.paused || self.settings.shut()
     }
 
     /// Every pending call is made again at `now` (after a pause or closing).
@@ -837,7 +870,7 @@ impl Queue {
     /// [`Queue::unclaim`] if it cannot.
     pub fn claim(&mut self, seq: u64, now: Millis) -> Result<(), ClaimError> {
         match self.place(seq, now) {
-            Place::Called { .. } if self.settings.closed => Err(ClaimError::Closed),
+            Place::Called { .. } if self.settings.shut() => Err(ClaimError::Closed),
             Place::Called { .. } if self.settings.paused => Err(ClaimError::Paused),
             Place::Called { .. } => {
                 self.claimed.set(seq);
@@ -892,7 +925,10 @@ impl Queue {
         self.advance_samples.push_back(Sample {
             at: now,
             advanced: self.advanced_total,
-            busy: self.queue_length() > 0 && !self.settings.paused && !self.settings.closed,
+            busy: self.queue_length() > 0
+                && !self.settings.paused
+                && !self.settings.shut()
+                && !self.settings.stock_held(),
         });
         while self
             .advance_samples
@@ -932,7 +968,7 @@ impl Queue {
     /// history, the configured rate is the typical case and 25% slower the
     /// slow one. `None` while paused or closed.
     pub fn paces(&self) -> Option<(f64, f64)> {
-        if self.settings.paused || self.settings.closed {
+        if self.settings.paused || self.settings.shut() || self.settings.stock_held() {
             return None;
         }
         let configured = self.settings.admit_rate_per_min as f64 / 60.0;
@@ -992,6 +1028,9 @@ mod tests {
             rejoin_secs: 300,
             opens_at: None,
             closes_at: None,
+            stock: None,
+            sold_out: false,
+            stock_at_ms: 0,
         }
     }
 

@@ -74,6 +74,9 @@ pub enum EtaReason {
     CheckoutUnavailable,
     /// The checkout holds as many sessions as it may.
     CheckoutFull,
+    /// Every ticket left is in someone's cart (stock 0): nobody is called
+    /// until some come back.
+    TicketsInCarts,
 }
 
 impl EtaReason {
@@ -84,6 +87,27 @@ impl EtaReason {
             EtaReason::RateLowered => "rate_lowered",
             EtaReason::CheckoutUnavailable => "checkout_unavailable",
             EtaReason::CheckoutFull => "checkout_full",
+            EtaReason::TicketsInCarts => "tickets_in_carts",
+        }
+    }
+}
+
+/// Why a room is closed. Serialized as its [`ClosedReason::as_str`] text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedReason {
+    /// The promoter closed it.
+    Closed,
+    /// Every ticket is sold.
+    SoldOut,
+}
+
+impl ClosedReason {
+    /// The JSON text of the reason (without quotes), plain ASCII.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClosedReason::Closed => "closed",
+            ClosedReason::SoldOut => "sold_out",
         }
     }
 }
@@ -116,6 +140,14 @@ pub struct Status {
     /// Where to go once admitted (same host, inside the room's route).
     pub url: Option<String>,
     pub message: Option<String>,
+    /// Tickets left, if the checkout or the promoter said.
+    pub tickets_left: Option<u64>,
+    /// The line ahead may buy every ticket left before this fan's turn
+    /// (people ahead × tickets per order × the share of called fans who
+    /// enter exceeds the tickets left). Never a promise either way.
+    pub tickets_may_run_out: bool,
+    /// Why the room is closed (`state` is `closed`).
+    pub closed_reason: Option<ClosedReason>,
 }
 
 impl Status {
@@ -190,6 +222,17 @@ impl Status {
         number(out, b",\"claim_within_secs\":", self.claim_within_secs);
         text(out, b",\"url\":", self.url.as_deref());
         text(out, b",\"message\":", self.message.as_deref());
+        number(out, b",\"tickets_left\":", self.tickets_left);
+        out.extend_from_slice(if self.tickets_may_run_out {
+            b",\"tickets_may_run_out\":true"
+        } else {
+            b",\"tickets_may_run_out\":false"
+        });
+        name(
+            out,
+            b",\"closed_reason\":",
+            self.closed_reason.map(ClosedReason::as_str),
+        );
         out.push(b'}');
     }
 }
@@ -211,12 +254,14 @@ mod tests {
         State::Active,
         State::Superseded,
     ];
-    const REASONS: [EtaReason; 4] = [
+    const REASONS: [EtaReason; 5] = [
         EtaReason::Paused,
         EtaReason::RateLowered,
         EtaReason::CheckoutUnavailable,
         EtaReason::CheckoutFull,
+        EtaReason::TicketsInCarts,
     ];
+    const CLOSED: [ClosedReason; 2] = [ClosedReason::Closed, ClosedReason::SoldOut];
 
     #[test]
     fn state_and_reason_texts_are_their_json_and_need_no_escaping() {
@@ -229,6 +274,13 @@ mod tests {
             assert!(plain(state.as_str()), "{state:?}");
         }
         for reason in REASONS {
+            assert_eq!(
+                serde_json::to_string(&reason).unwrap(),
+                format!("\"{}\"", reason.as_str())
+            );
+            assert!(plain(reason.as_str()), "{reason:?}");
+        }
+        for reason in CLOSED {
             assert_eq!(
                 serde_json::to_string(&reason).unwrap(),
                 format!("\"{}\"", reason.as_str())
@@ -257,6 +309,9 @@ mod tests {
             claim_within_secs in proptest::option::of(proptest::num::u64::ANY),
             url in proptest::option::of("\\PC{0,10}"),
             message in proptest::option::of(".{0,10}"),
+            tickets_left in proptest::option::of(proptest::num::u64::ANY),
+            tickets_may_run_out in proptest::bool::ANY,
+            closed_reason in proptest::option::of(proptest::sample::select(CLOSED.to_vec())),
         ) {
             let status = Status {
                 room,
@@ -274,6 +329,9 @@ mod tests {
                 claim_within_secs,
                 url,
                 message,
+                tickets_left,
+                tickets_may_run_out,
+                closed_reason,
             };
             let mut written = Vec::new();
             status.write_json(&mut written);

@@ -302,6 +302,9 @@ pub struct RoomConfig {
     pub access_binding: crate::binding::AccessBinding,
     /// Proof-of-work difficulty for a new place (0 = off), see `pow`.
     pub pow_bits: u8,
+    /// Tickets a buyer takes on average: with the stock, whether the line
+    /// ahead of a fan may buy everything first.
+    pub tickets_per_order: u64,
 }
 
 impl Config {

@@ -164,6 +164,7 @@ pub(super) struct RawRoom {
     pub(super) closed_message: Option<String>,
     pub(super) access_binding: Option<String>,
     pub(super) pow_bits: Option<u8>,
+    pub(super) tickets_per_order: Option<u64>,
 }
 
 #[cfg(test)]

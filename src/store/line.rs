@@ -67,7 +67,17 @@ pub struct Snapshot {
     pub called_unclaimed: u64,
     pub admitted_total: u64,
     pub paused: bool,
+    /// Closed by the promoter (see [`Snapshot::shut`]).
     pub closed: bool,
+    /// Tickets left, if known; 0 holds the drip.
+    pub stock: Option<u64>,
+    /// The checkout or the promoter said sold out.
+    pub sold_out: bool,
+    /// Wall-clock ms of the stock news applied last.
+    pub stock_at_ms: u64,
+    /// Called places that never entered, since this process has known the
+    /// line (with `admitted_total`, the share of called fans who enter).
+    pub noshows_total: u64,
     pub queue: QueueMode,
     pub session_secs: u64,
     pub session_max_secs: u64,
@@ -103,6 +113,8 @@ pub struct Headline {
     pub open: bool,
     pub paused: bool,
     pub closed: bool,
+    pub sold_out: bool,
+    pub stock_held: bool,
     pub admit_rate_per_min: u64,
     pub rate_lowered_recently: bool,
     pub upstream_healthy: bool,
@@ -116,6 +128,8 @@ impl Headline {
             open: s.open,
             paused: s.paused,
             closed: s.closed,
+            sold_out: s.sold_out,
+            stock_held: s.stock == Some(0),
             admit_rate_per_min: s.admit_rate_per_min,
             rate_lowered_recently: s.rate_lowered_recently,
             upstream_healthy: s.upstream_healthy,
@@ -125,6 +139,11 @@ impl Headline {
 }
 
 impl Snapshot {
+    /// Closed to everyone not already let in: by the promoter, or sold out.
+    pub fn shut(&self) -> bool {
+        self.closed || self.sold_out
+    }
+
     /// Every checkout slot is taken (`max_active` reached).
     pub fn checkout_full(&self) -> bool {
         self.max_active
@@ -238,6 +257,10 @@ pub(crate) fn snapshot_of(
         admitted_total: q.admitted_total(),
         paused: q.settings.paused,
         closed: q.settings.closed,
+        stock: q.settings.stock,
+        sold_out: q.settings.sold_out,
+        stock_at_ms: q.settings.stock_at_ms,
+        noshows_total: q.noshows_total(),
         queue: q.settings.queue,
         session_secs: q.settings.session_secs,
         session_max_secs: q.settings.session_max_secs,

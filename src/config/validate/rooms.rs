@@ -207,6 +207,13 @@ fn room(
             ),
         );
     }
+    let tickets_per_order = r.tickets_per_order.unwrap_or(2);
+    if !(1..=100).contains(&tickets_per_order) {
+        problems.push(
+            &f("tickets_per_order"),
+            "must be between 1 and 100 (tickets a buyer takes on average)".into(),
+        );
+    }
     Some(RoomConfig {
         id: r.id.clone(),
         title: r.title.clone().unwrap_or_else(|| r.id.clone()),
@@ -229,6 +236,7 @@ fn room(
         closed_message,
         access_binding,
         pow_bits,
+        tickets_per_order,
     })
 }
 

@@ -1476,6 +1476,9 @@ fn settings_of(snap: &Snapshot, configured: &Settings) -> Settings {
         rejoin_secs: configured.rejoin_secs,
         opens_at: snap.opens_at,
         closes_at: snap.closes_at,
+        stock: snap.stock,
+        sold_out: snap.sold_out,
+        stock_at_ms: snap.stock_at_ms,
     }
 }
 
@@ -1500,6 +1503,9 @@ fn apply_settings_to_snapshot(snap: &mut Snapshot, s: &Settings) {
     snap.session_max_secs = s.session_max_secs;
     snap.opens_at = s.opens_at;
     snap.closes_at = s.closes_at;
+    snap.stock = s.stock;
+    snap.sold_out = s.sold_out;
+    snap.stock_at_ms = s.stock_at_ms;
 }
 
 fn take(set: &Mutex<HashSet<u64>>) -> Vec<u64> {

@@ -15,7 +15,7 @@ end
 local f = redis.call('HGET', KEYS[6], ARGV[2])
 if not f or string.sub(f, 1, 2) ~= 'c:' then return {-3, now} end
 local settings = cjson.decode(redis.call('HGET', KEYS[1], 'settings') or '{}')
-if settings.closed == true then return {-5, now} end
+if settings.closed == true or settings.sold_out == true then return {-5, now} end
 if settings.paused == true then return {-4, now} end
 local called = math.max(tonumber(string.sub(f, 3)), tonumber(redis.call('HGET', KEYS[1], 'resumed') or '0'))
 if called + tonumber(ARGV[4]) <= now then return {-3, now} end
