@@ -61,7 +61,7 @@ const HOLD_AFTER_INCREASE: u32 = 1;
 const STEP: f64 = 0.01;
 /// The raise after sustained health.
 const FAST_STEP: f64 = 0.05;
-/// Raises in a row before they become [`FAST_STEP`]s.
+/// Raises in a row before they become `FAST_STEP`s.
 pub const FAST_AFTER_INCREASES: u32 = 8;
 
 /// The controller's configuration (validated by the caller).
