@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-request hot path: token issue and verify,
 //! the admitted-request decision, reading a request's path and host for
-//! routing, and building the status document (with serde, as the API does,
-//! and written by hand, as every event stream does).
+//! routing, building the status document (with serde, as the API does,
+//! and written by hand, as every event stream does), and recording an
+//! upstream latency for the capacity controller.
 //! Run: `cargo bench --bench micro`. Numbers go in BENCHMARKS.md.
 
 use futures_util::FutureExt;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use waitroom::capacity::LatencySketch;
 use waitroom::config::{Config, EnvOverrides};
 use waitroom::gate;
 use waitroom::queue::Place;
@@ -165,6 +167,16 @@ fn benches(c: &mut Criterion) {
             let mut out = Vec::with_capacity(512);
             build().write_json(&mut out);
             out
+        })
+    });
+
+    // Every proxied request records its upstream latency: one atomic add.
+    let sketch = LatencySketch::new();
+    let mut micros = 0u64;
+    c.bench_function("capacity/record_latency", |b| {
+        b.iter(|| {
+            micros = (micros + 7_919) % 2_000_000;
+            sketch.record(Duration::from_micros(black_box(micros)))
         })
     });
 }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod batch;
 pub mod binding;
+pub mod capacity;
 pub mod certs;
 pub mod checkout;
 pub mod clock;
