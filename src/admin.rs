@@ -136,7 +136,7 @@ fn room_json(room: &Room) -> Value {
         "host": c.host,
         "path_prefix": c.path_prefix,
         "upstream": format!("{}://{}", c.upstream.scheme, c.upstream.authority),
-        "state": if s.closed { "closed" } else if s.paused { "paused" } else { "open" },
+        "state": if s.sold_out { "sold_out" } else if s.closed { "closed" } else if s.paused { "paused" } else if s.stock == Some(0) { "tickets_in_carts" } else { "open" },
         "epoch": s.epoch,
         "queue_length": s.queue_length,
         "serving_counter": s.serving,
@@ -149,6 +149,9 @@ fn room_json(room: &Room) -> Value {
         "max_active": s.max_active,
         "paused": s.paused,
         "closed": s.closed,
+        "stock": s.stock,
+        "sold_out": s.sold_out,
+        "tickets_per_order": c.tickets_per_order,
         "queue": s.queue,
         "session_secs": s.session_secs,
         "session_max_secs": s.session_max_secs,
@@ -198,7 +201,7 @@ async fn read_json(req: Request<Incoming>) -> Result<Map<String, Value>, Gateway
 }
 
 /// Fields `PATCH /admin/rooms/{id}` accepts.
-const PATCHABLE: [&str; 7] = [
+const PATCHABLE: [&str; 9] = [
     "admit_rate_per_min",
     "max_active",
     "paused",
@@ -206,6 +209,8 @@ const PATCHABLE: [&str; 7] = [
     "session_secs",
     "opens_at",
     "closes_at",
+    "stock",
+    "sold_out",
 ];
 
 #[derive(Debug, Default, PartialEq)]
@@ -219,6 +224,9 @@ struct Patch {
     opens_at: Option<u64>,
     /// `Some(None)` removes the closing time.
     closes_at: Option<Option<u64>>,
+    /// `Some(None)`: unknown.
+    stock: Option<Option<u64>>,
+    sold_out: Option<bool>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> GatewayError {
@@ -283,6 +291,9 @@ fn parse_patch(body: &Map<String, Value>, mode: QueueMode) -> Result<Patch, Gate
             "opens_at" => p.opens_at = Some(time(v, "opens_at")?),
             "closes_at" if v.is_null() => p.closes_at = Some(None),
             "closes_at" => p.closes_at = Some(Some(time(v, "closes_at")?)),
+            "stock" if v.is_null() => p.stock = Some(None),
+            "stock" => p.stock = Some(Some(uint(v, "stock", 0, 999_999_999_999)?)),
+            "sold_out" => p.sold_out = Some(boolean(v, "sold_out")?),
             _ => unreachable!("checked against PATCHABLE above"),
         }
     }
@@ -302,8 +313,20 @@ async fn patch(room: &Room, body: Map<String, Value>) -> Result<(), GatewayError
     {
         return Err(invalid("closes_at", "must be after opens_at"));
     }
+    // The promoter's stock news is the newest: a checkout's answer to a
+    // request sent before it is ignored.
+    let now_ms = room.clock.wall_ms();
     let settings = room
         .update_settings(|s| {
+            if p.stock.is_some() || p.sold_out.is_some() {
+                s.stock_at_ms = s.stock_at_ms.max(now_ms);
+            }
+            if let Some(v) = p.stock {
+                s.stock = v;
+            }
+            if let Some(v) = p.sold_out {
+                s.sold_out = v;
+            }
             if let Some(v) = p.admit_rate_per_min {
                 s.admit_rate_per_min = v;
             }

@@ -238,11 +238,27 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
             },
         ));
     }
+    // Sold out: an arrival is told so (200, the status document), with no
+    // place; a fan who holds one keeps it for a reopening.
+    let sold_out = || {
+        let status = gate::status_of(room, None, &room.snapshot(), ctx.next);
+        Ok(joined_answer(
+            ctx,
+            req,
+            Joined {
+                token: None,
+                status,
+            },
+        ))
+    };
     let existing = queue_token(ctx.app, room, req, None, false)?;
     let (token, cookie, place) = match existing {
         Some(c) => match room.touch(c.ep, c.seq).await? {
             // A used or lost place: joining again means a new place (as any arrival).
             Place::Claimed | Place::Expired | Place::Unknown | Place::Missed { .. } => {
+                if room.snapshot().sold_out {
+                    return sold_out();
+                }
                 new_place(ctx, req).await?
             }
             place => {
@@ -250,6 +266,7 @@ async fn join(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Result<Response<Body>, 
                 (token, cookie, place)
             }
         },
+        None if room.snapshot().sold_out => return sold_out(),
         None => new_place(ctx, req).await?,
     };
     let snap = room.snapshot();

@@ -143,10 +143,13 @@ impl App {
         };
         let upstream = &room.config.upstream;
         let session = pass.session;
+        // When the request left: the checkout's stock news in its answer
+        // is as new as this.
+        let sent_ms = session.map(|_| self.clock.wall_ms());
         match self.forward(Some(&room), req, upstream, conn, pass).await {
             Ok((res, signals)) => {
-                if let Some((epoch, seq)) = session {
-                    self.heed(&room, signals, (epoch, seq)).await;
+                if let (Some(session), Some(sent_ms)) = (session, sent_ms) {
+                    self.heed(&room, signals, session, (outcome, sent_ms)).await;
                 }
                 Ok((Some(room), outcome, res))
             }
@@ -155,8 +158,20 @@ impl App {
     }
 
     /// What the room's checkout said in its answer to a request of the
-    /// live session `(epoch, seq)`.
-    async fn heed(&self, room: &Room, signals: Signals, (epoch, seq): (u64, u64)) {
+    /// live session `(epoch, seq)`, sent at `sent_ms`. Stock counts only
+    /// from the room's protected route, never from an exempt path.
+    async fn heed(
+        &self,
+        room: &Arc<Room>,
+        signals: Signals,
+        (epoch, seq): (u64, u64),
+        (outcome, sent_ms): (Outcome, u64),
+    ) {
+        if let Some(stock) = signals.stock
+            && outcome == Outcome::Admitted
+        {
+            room.offer_stock(stock, sent_ms);
+        }
         if signals.end_session {
             match room.end_session(epoch, seq).await {
                 Ok(true) => self

@@ -78,14 +78,17 @@ impl Clock {
     }
 
     pub fn wall_secs(&self) -> u64 {
+        self.wall_ms() / 1000
+    }
+
+    /// Wall-clock milliseconds since the UNIX epoch.
+    pub fn wall_ms(&self) -> u64 {
         match self.source {
             TimeSource::System { .. } => SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
+                .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            TimeSource::Manual(t) => {
-                (t.wall_start_ms + t.elapsed_ms.load(Ordering::Acquire)) / 1000
-            }
+            TimeSource::Manual(t) => t.wall_start_ms + t.elapsed_ms.load(Ordering::Acquire),
         }
     }
 }

@@ -87,7 +87,8 @@ function set(id,t){var e=$(id);if(e)e.textContent=t;}
 function note(t){var n=$("wr-note");if(n){n.textContent=t||"";n.hidden=!t;}}
 function mins(s){if(s<60)return "under a minute";var m=Math.round(s/60);return m<60?(m+" min"):(Math.floor(m/60)+" h "+(m%60)+" min");}
 function eta(r){if(!r)return "Estimated wait: on hold";if(r[1]<60)return "Estimated wait: under a minute";if(r[0]===r[1]||mins(r[0])===mins(r[1]))return "Estimated wait: about "+mins(r[0]);return "Estimated wait: "+mins(r[0])+" to "+mins(r[1]);}
-var why={paused:"Entry is paused for a moment. You keep your place.",rate_lowered:"The organiser slowed entry down, so the wait got longer. You keep your place.",checkout_unavailable:"The checkout is having trouble; entry resumes when it recovers. You keep your place.",checkout_full:"The checkout is full; the next fans go in as others finish."};
+var why={paused:"Entry is paused for a moment. You keep your place.",rate_lowered:"The organiser slowed entry down, so the wait got longer. You keep your place.",checkout_unavailable:"The checkout is having trouble; entry resumes when it recovers. You keep your place.",checkout_full:"The checkout is full; the next fans go in as others finish.",tickets_in_carts:"All tickets are in carts right now; you keep your place."};
+function num(n){return Number(n).toLocaleString("en");}
 function show(d){
   if(done)return false;
   if(d.state==="admitted"&&d.url){done=true;note("It is your turn. Taking you in…");location.replace(d.url);return false;}
@@ -97,13 +98,14 @@ function show(d){
   if(d.position!=null){
     if(best===null||d.position<best)best=d.position;
     set("wr-position",best);
-    set("wr-ahead",best>1?(best-1)+" ahead of you":"You are next");
+    var left=d.tickets_left!=null?"about "+num(d.tickets_left)+" tickets left · ":"";
+    set("wr-ahead",left+(best>1?num(best-1)+" people ahead of you":"You are next"));
     if(first===null)first=best;
     var pct=first>1?Math.round(100*(first-best)/(first-1)):100;
     var b=$("wr-bar");if(b){b.style.width=pct+"%";b.parentNode.setAttribute("aria-valuenow",pct);}
   }
   set("wr-eta",eta(d.state==="paused"?null:d.eta_range_seconds));
-  note(why[d.eta_reason]||"");
+  note(why[d.eta_reason]||(d.tickets_may_run_out?d.message:""));
   return true;
 }
 function away(){

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::checkout::Stock;
 pub use crate::clock::{Clock, ManualTime};
 use crate::config::RoomConfig;
 use crate::drip::TickReport;
@@ -31,6 +32,11 @@ pub struct Room {
     line: Arc<dyn Line>,
     /// The admission of fans let through unqueued (see `gate`).
     open_admission: crate::admission::Kept,
+    /// The newest stock news from the checkout not yet applied: (wall ms
+    /// its request was sent, what it said).
+    stock_news: std::sync::Mutex<Option<(u64, Stock)>>,
+    /// A task is applying stock news (one at a time; it takes the newest).
+    stock_writing: std::sync::atomic::AtomicBool,
 }
 
 impl Room {
@@ -55,6 +61,8 @@ impl Room {
             core,
             line,
             open_admission: Default::default(),
+            stock_news: std::sync::Mutex::new(None),
+            stock_writing: Default::default(),
         })
     }
 
@@ -199,6 +207,67 @@ impl Room {
         Ok(ended)
     }
 
+    /// The checkout said how many tickets are left (`Waitroom-Stock`) in
+    /// its answer to a request sent at `sent_ms` (wall clock). Applied to
+    /// the room's settings (every replica's) unless newer news was applied
+    /// already; a checkout that repeats itself on every answer writes
+    /// nothing, and news that comes faster than the store writes is taken
+    /// newest first, one write at a time.
+    pub fn offer_stock(self: &Arc<Self>, stock: Stock, sent_ms: u64) {
+        let snap = self.core.snapshot();
+        if sent_ms <= snap.stock_at_ms || stock_says(&snap, stock) {
+            return;
+        }
+        {
+            let mut news = self.stock_news.lock().unwrap_or_else(|p| p.into_inner());
+            if news.is_some_and(|(at, _)| at >= sent_ms) {
+                return;
+            }
+            *news = Some((sent_ms, stock));
+        }
+        if self.stock_writing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let room = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let news = room
+                    .stock_news
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                let Some((sent_ms, stock)) = news else {
+                    room.stock_writing.store(false, Ordering::Release);
+                    // News that came in after the take and before the flag
+                    // was down finds no writer: look once more.
+                    let more = room
+                        .stock_news
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_some();
+                    if more && !room.stock_writing.swap(true, Ordering::AcqRel) {
+                        continue;
+                    }
+                    return;
+                };
+                let applied = room
+                    .update_settings(|s| {
+                        if sent_ms > s.stock_at_ms {
+                            s.stock_at_ms = sent_ms;
+                            match stock {
+                                Stock::Left(n) => s.stock = Some(n),
+                                Stock::SoldOut => s.sold_out = true,
+                            }
+                        }
+                    })
+                    .await;
+                if let Err(e) = applied {
+                    tracing::warn!(room = %room.id(), error = %e, ?stock, "could not apply the checkout's stock news");
+                }
+            }
+        });
+    }
+
     /// One drip step (about ten a second; `sweep_sessions` about once a
     /// second): what it did, for the metrics.
     pub fn tick(&self, sweep_sessions: bool) -> TickReport {
@@ -248,6 +317,14 @@ impl Room {
     /// reservation; the shared line's lease handed over).
     pub async fn flush(&self) -> Result<(), RoomError> {
         self.line.flush().await
+    }
+}
+
+/// Whether the room already says what `stock` says.
+fn stock_says(snap: &Snapshot, stock: Stock) -> bool {
+    match stock {
+        Stock::Left(n) => snap.stock == Some(n),
+        Stock::SoldOut => snap.sold_out,
     }
 }
 

@@ -158,3 +158,250 @@ async fn with_admission_on_an_exempt_confirmation_page_ends_the_session() {
     let page = buyer.get("/shop/basket").await.text().await.unwrap();
     assert!(page.contains("Your session has ended"), "{page}");
 }
+
+// ------------------------------------------------------------ stock, sold out
+
+async fn api_join(gw: &Gateway, room: &str) -> String {
+    let v = gw.join_json(room).await;
+    v["token"].as_str().expect("a place").to_string()
+}
+
+async fn api_status(gw: &Gateway, room: &str, token: &str) -> Value {
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/_waitroom/status?room={room}", gw.public);
+    let (status, v) = bearer_json(&c, reqwest::Method::GET, url, token, None).await;
+    assert_eq!(status, 200);
+    v
+}
+
+/// A room whose buyer is inside and whose next fan waits (max_active 1).
+async fn shop_with_a_buyer(up: &TestUpstream, extra_top: &str) -> (Gateway, Fan, String) {
+    let gw = Gateway::start_with(&shop(up), extra_top).await;
+    let buyer = Fan::new(&gw.public);
+    admitted(&buyer, "/shop/basket").await;
+    let waiting = api_join(&gw, "shop").await;
+    (gw, buyer, waiting)
+}
+
+#[tokio::test]
+async fn the_checkouts_stock_reaches_the_line_and_older_news_is_ignored() {
+    let up = TestUpstream::start().await;
+    let (gw, buyer, waiting) = shop_with_a_buyer(&up, "").await;
+    let echo: Value = buyer
+        .get("/shop/cart?set=waitroom-stock:1200")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["upstream"], true);
+    let seen = eventually(5, "the stock is shown", || async {
+        let s = api_status(&gw, "shop", &waiting).await;
+        (s["tickets_left"] == 1200).then_some(s)
+    })
+    .await;
+    assert_eq!(seen["tickets_may_run_out"], false, "{seen}");
+    assert_eq!(gw.admin_get("/admin/rooms/shop").await["stock"], 1200);
+
+    // A slow answer to a request sent before the promoter's change is older
+    // news: it must not undo it.
+    let slow = {
+        let client = buyer.client.clone();
+        let url = format!("{}/shop/slow?set=waitroom-stock:0", gw.public);
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    gw.patch_room("shop", serde_json::json!({ "stock": 300 }))
+        .await;
+    assert_eq!(slow.await.unwrap(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        gw.admin_get("/admin/rooms/shop").await["stock"],
+        300,
+        "the stale 0 was ignored"
+    );
+    // Newer news from the checkout counts again.
+    buyer.get("/shop/cart?set=waitroom-stock:250").await;
+    eventually(5, "the newer stock", || async {
+        (gw.admin_get("/admin/rooms/shop").await["stock"] == 250).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stock_zero_holds_the_drip_and_the_room_reopens_when_tickets_come_back() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "shop",
+        &up.url(),
+        "path_prefix = \"/shop\"\nadmit_rate_per_min = 6000",
+    ))
+    .await;
+    let buyer = Fan::new(&gw.public);
+    admitted(&buyer, "/shop/basket").await;
+    buyer.get("/shop/cart?set=waitroom-stock:0").await;
+    eventually(5, "the hold", || async {
+        (gw.admin_get("/admin/rooms/shop").await["state"] == "tickets_in_carts").then_some(())
+    })
+    .await;
+    let waiting = api_join(&gw, "shop").await;
+    let s = api_status(&gw, "shop", &waiting).await;
+    assert_eq!(s["state"], "waiting", "{s}");
+    assert_eq!(s["eta_reason"], "tickets_in_carts", "{s}");
+    assert_eq!(
+        s["message"],
+        "All tickets are in carts right now; you keep your place."
+    );
+    // At 6,000 a minute the fan would be called within a tick; held, not.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(api_status(&gw, "shop", &waiting).await["state"], "waiting");
+    // Carts time out and give tickets back.
+    buyer.get("/shop/cart?set=waitroom-stock:40").await;
+    eventually(5, "the fan is called", || async {
+        (api_status(&gw, "shop", &waiting).await["state"] == "admitted").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fans_are_told_when_the_line_ahead_may_buy_every_ticket_left() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "shop",
+        &up.url(),
+        "path_prefix = \"/shop\"\ntickets_per_order = 2",
+    ))
+    .await;
+    gw.patch_room("shop", serde_json::json!({ "paused": true, "stock": 3 }))
+        .await;
+    let first = api_join(&gw, "shop").await;
+    let second = api_join(&gw, "shop").await;
+    let third = api_join(&gw, "shop").await;
+    // 0 and 1 ahead buy at most 2 tickets of 3; 2 ahead may buy 4.
+    for token in [&first, &second] {
+        let s = api_status(&gw, "shop", token).await;
+        assert_eq!(s["tickets_left"], 3);
+        assert_eq!(s["tickets_may_run_out"], false, "{s}");
+    }
+    let s = api_status(&gw, "shop", &third).await;
+    assert_eq!(s["tickets_may_run_out"], true, "{s}");
+    gw.patch_room("shop", serde_json::json!({ "paused": false }))
+        .await;
+    let s = api_status(&gw, "shop", &third).await;
+    assert_eq!(
+        s["message"],
+        "Tickets may run out before your turn: about 3 left for 2 people ahead of you."
+    );
+}
+
+#[tokio::test]
+async fn sold_out_closes_the_line_at_once_keeps_sessions_and_a_reopening_keeps_every_place() {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let up = TestUpstream::start().await;
+    let (gw, buyer, waiting) = shop_with_a_buyer(&up, "").await;
+    let behind = api_join(&gw, "shop").await;
+    let before = api_status(&gw, "shop", &behind).await["position"].clone();
+    let mut events = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!(
+            "{}/_waitroom/events?room=shop&token={waiting}",
+            gw.public
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream()
+        .eventsource();
+    let first = events.next().await.unwrap().unwrap();
+    assert_eq!(first.event, "position");
+
+    buyer.get("/shop/cart?set=waitroom-stock:sold-out").await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        loop {
+            let e = events.next().await.unwrap().unwrap();
+            if e.event == "closed" {
+                return serde_json::from_str::<Value>(&e.data).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a closed event within a few seconds");
+    assert_eq!(closed["closed_reason"], "sold_out", "{closed}");
+
+    // New arrivals get the sold-out page, not a place.
+    let page = Fan::new(&gw.public).get("/shop/basket").await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Sold out"), "{html}");
+    let join = gw.join_json("shop").await;
+    assert!(join["token"].is_null(), "no place: {join}");
+    assert_eq!(join["closed_reason"], "sold_out", "{join}");
+    // The buyer inside keeps going.
+    let echo: Value = buyer.get("/shop/pay").await.json().await.unwrap();
+    assert_eq!(echo["upstream"], true);
+
+    // The promoter reopens (tickets came back): every place is kept.
+    gw.patch_room("shop", serde_json::json!({ "sold_out": false }))
+        .await;
+    let s = api_status(&gw, "shop", &behind).await;
+    assert_eq!(s["state"], "waiting", "{s}");
+    assert_eq!(s["position"], before);
+}
+
+#[tokio::test]
+async fn stock_counts_only_from_the_rooms_own_admitted_answers() {
+    let up = TestUpstream::start().await;
+    let other = TestUpstream::start().await;
+    let gw = Gateway::start_with(
+        &shop(&up),
+        &format!(
+            "[admission]\nissuer = \"https://gw.test\"\n[proxy]\ndefault_upstream = \"{}\"",
+            other.url()
+        ),
+    )
+    .await;
+    let buyer = Fan::new(&gw.public);
+    admitted(&buyer, "/shop/basket").await;
+    // An exempt path (the fan's session is known there) and the default
+    // route: neither is the room's admitted answer.
+    for path in [
+        "/shop/3ds/return?set=waitroom-stock:sold-out",
+        "/elsewhere?set=waitroom-stock:sold-out",
+    ] {
+        let echo: Value = buyer.get(path).await.json().await.unwrap();
+        assert_eq!(echo["upstream"], true, "{path}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let room = gw.admin_get("/admin/rooms/shop").await;
+    assert_eq!(room["sold_out"], false, "{room}");
+    assert_eq!(room["stock"], Value::Null, "{room}");
+}
+
+#[tokio::test]
+async fn bad_stock_values_from_the_promoter_are_refused_by_field() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&shop(&up)).await;
+    let c = gw.admin_client();
+    for (body, field) in [
+        (serde_json::json!({ "stock": -1 }), "stock"),
+        (serde_json::json!({ "stock": "lots" }), "stock"),
+        (serde_json::json!({ "stock": 1.5 }), "stock"),
+        (serde_json::json!({ "sold_out": "yes" }), "sold_out"),
+    ] {
+        let (status, v) = bearer_json(
+            &c,
+            reqwest::Method::PATCH,
+            format!("{}/admin/rooms/shop", gw.admin),
+            ADMIN_TOKEN,
+            Some(&body),
+        )
+        .await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(v["field"], field, "{v}");
+    }
+    let room = gw.admin_get("/admin/rooms/shop").await;
+    assert_eq!(room["stock"], Value::Null);
+    assert_eq!(room["sold_out"], false);
+}

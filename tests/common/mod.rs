@@ -28,8 +28,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
 /// A real HTTP upstream that answers every request with a JSON echo of
-/// what it received (method, path, headers, body size). `/slow` waits a
-/// second first. Each `set=NAME:VALUE` in the query adds that header to
+/// what it received (method, path, headers, body size). A path ending in
+/// `/slow` waits 1.5 seconds first. Each `set=NAME:VALUE` in the query adds that header to
 /// the answer (what a checkout tells the gateway).
 pub struct TestUpstream {
     pub addr: SocketAddr,
@@ -102,7 +102,7 @@ async fn echo(req: Request<Incoming>, count: &AtomicU64) -> Response<Full<Bytes>
             Value::String(v.to_str().unwrap_or("<bin>").to_string()),
         );
     }
-    if path == "/slow" {
+    if path.split('?').next().is_some_and(|p| p.ends_with("/slow")) {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let body = req
@@ -239,6 +239,22 @@ impl Gateway {
         let (status, v) = bearer_json(&c, Method::PATCH, url, ADMIN_TOKEN, Some(&body)).await;
         assert!(status.is_success(), "PATCH {id}: {status}");
         v
+    }
+
+    /// `POST /_waitroom/join?room=…` as an app: the answer's JSON.
+    pub async fn join_json(&self, room: &str) -> Value {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("{}/_waitroom/join?room={room}", self.public))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn metrics(&self) -> String {

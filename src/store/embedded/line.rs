@@ -199,7 +199,7 @@ impl EmbeddedLine {
             let issued = {
                 let mut st = self.core.lock();
                 let st = &mut *st;
-                if st.queue.settings.closed {
+                if st.queue.settings.shut() {
                     return Err(RoomError::Closed);
                 }
                 let epoch = st.queue.epoch();

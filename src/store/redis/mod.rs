@@ -336,7 +336,7 @@ impl Shared {
         room: &Arc<Core>,
     ) -> Result<(u64, u64, bool), RoomError> {
         let snap = room.snapshot();
-        if snap.closed {
+        if snap.shut() {
             return Err(RoomError::Closed);
         }
         let (shared, for_room) = (self.clone(), room.clone());
