@@ -112,3 +112,58 @@ async fn a_proof_of_work_room_gets_a_browser_in_line_without_any_human_step() {
     assert_eq!(browser.current_url().await.unwrap().path(), "/tickets");
     browser.close().await.unwrap();
 }
+
+/// The stock next to the place, the hold while every ticket is in a cart,
+/// and the sold-out close, live in a real browser: the promoter says each
+/// through the admin API and the page follows without a reload.
+#[tokio::test]
+async fn the_waiting_page_shows_the_stock_the_hold_and_sold_out() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "demo",
+        &up.url(),
+        "title = \"Reunion Tour\"\nabandon_after_secs = 600",
+    ))
+    .await;
+    gw.patch_room("demo", json!({"paused": true, "stock": 1200}))
+        .await;
+    let app = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..3 {
+        app.post(format!("{}/_waitroom/join?room=demo", gw.public))
+            .send()
+            .await
+            .unwrap();
+    }
+    let (_driver, browser) = start_browser().await;
+    browser.goto(&format!("{}/tickets", gw.public)).await.unwrap();
+    eventually(10, "the stock next to the place", || async {
+        let ahead = text_of(&browser, "wr-ahead").await;
+        (ahead == "about 1,200 tickets left · 3 people ahead of you").then_some(())
+    })
+    .await;
+    if let Ok(path) = std::env::var("WAITROOM_SCREENSHOT_STOCK") {
+        std::fs::write(path, browser.screenshot().await.unwrap()).unwrap();
+    }
+
+    gw.patch_room("demo", json!({"paused": false, "stock": 0}))
+        .await;
+    eventually(10, "the hold is explained", || async {
+        let note = text_of(&browser, "wr-note").await;
+        (note == "All tickets are in carts right now; you keep your place.").then_some(())
+    })
+    .await;
+    assert_eq!(text_of(&browser, "wr-position").await, "4", "nobody was called");
+
+    gw.patch_room("demo", json!({"sold_out": true})).await;
+    eventually(10, "sold out, live", || async {
+        let note = text_of(&browser, "wr-note").await;
+        (note == "Sold out: every ticket has been sold.").then_some(())
+    })
+    .await;
+    // A new browser arriving now gets the sold-out page, not a place.
+    let (_driver2, second) = start_browser().await;
+    second.goto(&format!("{}/tickets", gw.public)).await.unwrap();
+    let body = second.source().await.unwrap();
+    assert!(body.contains("Sold out: every ticket has been sold."), "{body}");
+    assert!(!body.contains("wr-position"), "no place: {body}");
+}

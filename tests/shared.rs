@@ -692,6 +692,99 @@ async fn the_checkout_ends_a_session_on_every_replica() {
     .await;
 }
 
+/// The checkout's stock news on one replica is the room's on all three;
+/// its sold-out closes every replica's line within a few seconds (an open
+/// event stream on another replica hears it), and the promoter's reopening
+/// on a third keeps every place.
+#[tokio::test]
+async fn stock_and_sold_out_from_the_checkout_reach_every_replica() {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &shared_redis_url(),
+        &unique_prefix(),
+        "",
+        "admit_rate_per_min = 6000\nmax_active = 1",
+    );
+    let procs: Vec<Proc> = (0..3).map(|_| Proc::start(&config)).collect();
+    let (buyer, _) = join_ok(&procs[0].public).await;
+    eventually(10, "the buyer's turn", || async {
+        (status(&procs[0].public, &buyer).await["state"] == "admitted").then_some(())
+    })
+    .await;
+    let access = claim_access(&procs[0].public, &buyer).await;
+    let visit = |i: usize, path: &'static str| {
+        let (base, access) = (procs[i].public.clone(), access.clone());
+        async move {
+            client()
+                .get(format!("{base}{path}"))
+                .header("x-waitroom-token", access)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let (waiting, _) = join_ok(&procs[1].public).await;
+    let before = status(&procs[1].public, &waiting).await["position"].clone();
+
+    assert_eq!(visit(0, "/cart?set=waitroom-stock:900").await["upstream"], true);
+    for p in &procs {
+        eventually(5, "the stock on every replica", || async {
+            (status(&p.public, &waiting).await["tickets_left"] == 900).then_some(())
+        })
+        .await;
+    }
+
+    let mut events = client()
+        .get(format!(
+            "{}/_waitroom/events?room=demo&token={waiting}",
+            procs[2].public
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream()
+        .eventsource();
+    assert_eq!(events.next().await.unwrap().unwrap().event, "position");
+    assert_eq!(visit(1, "/cart?set=waitroom-stock:sold-out").await["upstream"], true);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let e = events.next().await.unwrap().unwrap();
+            if e.event == "closed" {
+                return serde_json::from_str::<Value>(&e.data).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("another replica's stream hears the sale is sold out");
+    assert_eq!(closed["closed_reason"], "sold_out", "{closed}");
+    let arrival: Value = join(&procs[0].public).await.json().await.unwrap();
+    assert!(arrival["token"].is_null(), "no place: {arrival}");
+    assert_eq!(arrival["closed_reason"], "sold_out", "{arrival}");
+    assert_eq!(visit(2, "/pay").await["upstream"], true, "the buyer inside goes on");
+
+    procs[2]
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/rooms/demo",
+            Some(json!({ "sold_out": false })),
+        )
+        .await;
+    let s = eventually(5, "reopened on every replica", || async {
+        let s = status(&procs[0].public, &waiting).await;
+        (s["state"] == "waiting").then_some(s)
+    })
+    .await;
+    assert_eq!(s["position"], before, "the place is kept");
+}
+
 #[tokio::test]
 async fn redis_that_lost_its_data_starts_a_new_epoch_and_voids_old_places() {
     let redis = OwnRedis::start();
