@@ -145,6 +145,8 @@ fn room_json(room: &Room) -> Value {
         "active_sessions": s.active_sessions,
         "called_unclaimed": s.called_unclaimed,
         "admit_rate_per_min": s.admit_rate_per_min,
+        "effective_rate_per_min": s.admit_rate(),
+        "rate_reason": s.rate_reason,
         "observed_advance_per_min": s.observed_advance_per_min,
         "max_active": s.max_active,
         "paused": s.paused,

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
 
+use crate::capacity::CapacityGroup;
 use crate::checkout::Signals;
 use crate::config::Upstream;
 use crate::conn::Connection;
@@ -100,7 +101,7 @@ impl App {
         let Some(room) = self.route(host, &view).cloned() else {
             return match &self.config.proxy.default_upstream {
                 Some(up) => self
-                    .forward(None, req, up, conn, Pass::default())
+                    .forward(None, req, up, conn, (Pass::default(), None))
                     .await
                     .map(|(res, _)| (None, Outcome::Passthrough, res))
                     .map_err(|e| (None, e)),
@@ -146,7 +147,16 @@ impl App {
         // When the request left: the checkout's stock news in its answer
         // is as new as this.
         let sent_ms = session.map(|_| self.clock.wall_ms());
-        match self.forward(Some(&room), req, upstream, conn, pass).await {
+        // The checkout's health is measured on admitted requests alone
+        // (exempt paths are often static files).
+        let measured = room
+            .capacity
+            .as_deref()
+            .filter(|_| outcome == Outcome::Admitted);
+        match self
+            .forward(Some(&room), req, upstream, conn, (pass, measured))
+            .await
+        {
             Ok((res, signals)) => {
                 if let (Some(session), Some(sent_ms)) = (session, sent_ms) {
                     self.heed(&room, signals, session, (outcome, sent_ms)).await;
@@ -193,7 +203,7 @@ impl App {
         req: Request<Incoming>,
         upstream: &Upstream,
         conn: &Connection,
-        pass: Pass,
+        (pass, measured): (Pass, Option<&CapacityGroup>),
     ) -> Result<(Response<Body>, Signals), GatewayError> {
         let room_label = room.map(|r| r.id()).unwrap_or("-");
         match self
@@ -230,6 +240,9 @@ impl App {
                 {
                     r.note_upstream_failure();
                 }
+                if let Some(group) = measured {
+                    group.record((status.as_u16() < 500).then_some(fwd.elapsed));
+                }
                 let mut res = fwd.response;
                 for c in pass.set_cookies {
                     if let Ok(v) = HeaderValue::from_str(&c) {
@@ -254,6 +267,9 @@ impl App {
                     .inc();
                 if let Some(r) = room {
                     r.note_upstream_failure();
+                }
+                if let Some(group) = measured {
+                    group.record(None);
                 }
                 Err(e.into())
             }

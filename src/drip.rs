@@ -58,7 +58,7 @@ impl Drip {
 
     /// One second of rate, and at least one token.
     fn burst(queue: &Queue) -> u64 {
-        (queue.settings.admit_rate_per_min * 1000).max(TOKEN)
+        (queue.admit_rate() * 1000).max(TOKEN)
     }
 
     fn running(queue: &Queue, upstream_healthy: bool) -> bool {
@@ -76,7 +76,7 @@ impl Drip {
             self.credit = 0;
             return;
         }
-        let accrued = queue.settings.admit_rate_per_min.saturating_mul(elapsed);
+        let accrued = queue.admit_rate().saturating_mul(elapsed);
         self.credit = self.credit.saturating_add(accrued).min(Self::burst(queue));
     }
 

@@ -120,7 +120,7 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
         opens_at: snap.opens_at.map(crate::rfc3339::format),
         shuffle_commitment: snap.commitment.clone(),
         queue_length: snap.queue_length,
-        admit_rate_per_min: snap.admit_rate_per_min,
+        admit_rate_per_min: snap.admit_rate(),
         serving: snap.serving,
         claim_within_secs: None,
         url: None,
@@ -155,6 +155,8 @@ pub fn status_of(room: &Room, place: Option<Place>, snap: &Snapshot, next: &str)
                 Some(EtaReason::RateLowered)
             } else if !snap.upstream_healthy {
                 Some(EtaReason::CheckoutUnavailable)
+            } else if snap.checkout_slow() {
+                Some(EtaReason::CheckoutSlow)
             } else if snap.checkout_full() {
                 Some(EtaReason::CheckoutFull)
             } else {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::admission::{Admission, AdmissionKey};
+use crate::capacity::CapacityGroup;
 use crate::config::{AdmissionConfig, Config, StoreConfig, Upstream};
 use crate::limits::JoinLimiter;
 use crate::metrics::{Metrics, OutcomeCounters};
@@ -61,6 +62,8 @@ pub struct App {
     pub pow: crate::pow::Pow,
     /// The signer of `Waitroom-Admission` (`[admission]`), if on.
     pub admission: Option<Admission>,
+    /// The checkout-health groups (`upstream_target_p95_ms`).
+    pub capacity: Vec<Arc<CapacityGroup>>,
 }
 
 impl App {
@@ -72,8 +75,20 @@ impl App {
             None => None,
         };
         let lines = crate::store::open_lines(&config.store)?;
+        let mut capacity: Vec<Arc<CapacityGroup>> = Vec::new();
         let mut rooms = Vec::new();
         for rc in &config.rooms {
+            let group =
+                rc.capacity
+                    .as_ref()
+                    .map(|c| match capacity.iter().find(|g| g.name == c.group) {
+                        Some(g) => g.clone(),
+                        None => {
+                            let g = Arc::new(CapacityGroup::new(&c.group, c.settings.clone()));
+                            capacity.push(g.clone());
+                            g
+                        }
+                    });
             let (core, line) =
                 lines
                     .open(rc, clock, hold)
@@ -82,7 +97,7 @@ impl App {
                         room: rc.id.clone(),
                         source,
                     })?;
-            rooms.push(Room::on(rc.clone(), core, line));
+            rooms.push(Room::on(rc.clone(), core, line, group));
         }
         let is_https = |u: &Upstream| u.scheme == hyper::http::uri::Scheme::HTTPS;
         let https_upstreams = config.rooms.iter().any(|r| is_https(&r.upstream))
@@ -106,6 +121,7 @@ impl App {
             outcomes_of_no_room: metrics.outcome_counters("-"),
             metrics,
             admission,
+            capacity,
             rooms,
             lines,
             clock,
@@ -140,6 +156,21 @@ impl App {
             .max_by_key(|r| (r.config.path_prefix.len(), r.config.host.is_some()))
     }
 
+    /// Steps each checkout-health group's controller on what this process
+    /// measured; the group's rooms follow its verdict at their next tick.
+    fn decide_capacity(&self) {
+        let now = self.clock.mono_ms();
+        for group in &self.capacity {
+            let promoter_total: u64 = self
+                .rooms
+                .iter()
+                .filter(|r| r.capacity.as_ref().is_some_and(|g| Arc::ptr_eq(g, group)))
+                .map(|r| r.core().promoter_rate())
+                .sum();
+            group.decide(now, &[group.sketch.take()], promoter_total, None);
+        }
+    }
+
     /// Runs the drip for every room until `stop` turns true.
     pub async fn run_ticker(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         // A shared room's drip runs against Redis in a task of its own;
@@ -159,7 +190,9 @@ impl App {
             }
             n += 1;
             let sweep = n.is_multiple_of(SWEEP_EVERY_TICKS);
+            self.decide_capacity();
             for room in &self.rooms {
+                room.follow_capacity();
                 let report = room.tick(sweep);
                 let l = &[room.id()];
                 if report.skipped > 0 {

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub active_sessions: IntGaugeVec,
     pub called_unclaimed: IntGaugeVec,
     pub admit_rate: IntGaugeVec,
+    pub effective_rate: IntGaugeVec,
+    pub checkout_slow: IntGaugeVec,
     pub paused: IntGaugeVec,
     /// 1 while the room's store answers (0: holding, or open in `open` mode).
     pub store_up: IntGaugeVec,
@@ -121,6 +123,18 @@ impl Metrics {
                 &r,
                 "waitroom_admit_rate_per_min",
                 "Configured admission rate.",
+                &["room"],
+            ),
+            effective_rate: gauge(
+                &r,
+                "waitroom_effective_rate_per_min",
+                "The rate the drip admits at: the configured one, or lower while the checkout's health limits it.",
+                &["room"],
+            ),
+            checkout_slow: gauge(
+                &r,
+                "waitroom_checkout_limited",
+                "1 while the checkout's latency or errors hold the rate below the configured one.",
                 &["room"],
             ),
             paused: gauge(
@@ -283,6 +297,12 @@ impl Metrics {
         self.admit_rate
             .with_label_values(l)
             .set(s.admit_rate_per_min as i64);
+        self.effective_rate
+            .with_label_values(l)
+            .set(s.admit_rate() as i64);
+        self.checkout_slow
+            .with_label_values(l)
+            .set(i64::from(s.checkout_slow()));
         self.paused.with_label_values(l).set(i64::from(s.paused));
     }
 

@@ -87,7 +87,7 @@ function set(id,t){var e=$(id);if(e)e.textContent=t;}
 function note(t){var n=$("wr-note");if(n){n.textContent=t||"";n.hidden=!t;}}
 function mins(s){if(s<60)return "under a minute";var m=Math.round(s/60);return m<60?(m+" min"):(Math.floor(m/60)+" h "+(m%60)+" min");}
 function eta(r){if(!r)return "Estimated wait: on hold";if(r[1]<60)return "Estimated wait: under a minute";if(r[0]===r[1]||mins(r[0])===mins(r[1]))return "Estimated wait: about "+mins(r[0]);return "Estimated wait: "+mins(r[0])+" to "+mins(r[1]);}
-var why={paused:"Entry is paused for a moment. You keep your place.",rate_lowered:"The organiser slowed entry down, so the wait got longer. You keep your place.",checkout_unavailable:"The checkout is having trouble; entry resumes when it recovers. You keep your place.",checkout_full:"The checkout is full; the next fans go in as others finish.",tickets_in_carts:"All tickets are in carts right now; you keep your place."};
+var why={paused:"Entry is paused for a moment. You keep your place.",rate_lowered:"The organiser slowed entry down, so the wait got longer. You keep your place.",checkout_unavailable:"The checkout is having trouble; entry resumes when it recovers. You keep your place.",checkout_full:"The checkout is full; the next fans go in as others finish.",tickets_in_carts:"All tickets are in carts right now; you keep your place.",checkout_slow:"The checkout is slow right now, so entry is slower to keep it working. You keep your place."};
 function num(n){return Number(n).toLocaleString("en");}
 function show(d){
   if(done)return false;

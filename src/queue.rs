@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::capacity::Reason;
 use crate::config::{QueueMode, RoomConfig};
 
 /// Monotonic milliseconds.
@@ -263,6 +264,8 @@ pub struct Queue {
     admitted_total: u64,
     /// Called places that never claimed (no-shows), since this view began.
     noshows_total: u64,
+    /// The checkout's health limits the rate to this (see `capacity`).
+    checkout_limit: Option<(u64, Reason)>,
     /// Places called or skipped so far (main line and rejoin lane).
     advanced_total: u64,
     advance_samples: VecDeque<Sample>,
@@ -368,6 +371,7 @@ impl Queue {
             active_sessions: 0,
             admitted_total: 0,
             noshows_total: 0,
+            checkout_limit: None,
             advanced_total: 0,
             advance_samples: VecDeque::new(),
             open: true,
@@ -597,6 +601,28 @@ impl Queue {
     pub fn active_sessions(&self) -> u64 {
         self.active_sessions
     }
+    /// The rate the checkout's health allows (`None`: the promoter's).
+    pub fn set_checkout_limit(&mut self, limit: Option<(u64, Reason)>) {
+        self.checkout_limit = limit;
+    }
+
+    /// The rate the drip admits at: the promoter's, or lower while the
+    /// checkout's health limits it.
+    pub fn admit_rate(&self) -> u64 {
+        match self.checkout_limit {
+            Some((limit, _)) => limit.min(self.settings.admit_rate_per_min),
+            None => self.settings.admit_rate_per_min,
+        }
+    }
+
+    /// Why the rate is what it is.
+    pub fn rate_reason(&self) -> Reason {
+        match self.checkout_limit {
+            Some((limit, reason)) if limit < self.settings.admit_rate_per_min => reason,
+            _ => Reason::PromoterRate,
+        }
+    }
+
     pub fn noshows_total(&self) -> u64 {
         self.noshows_total
     }
@@ -971,7 +997,7 @@ impl Queue {
         if self.settings.paused || self.settings.shut() || self.settings.stock_held() {
             return None;
         }
-        let configured = self.settings.admit_rate_per_min as f64 / 60.0;
+        let configured = self.admit_rate() as f64 / 60.0;
         let fallback = (configured, configured / 1.25);
         let paces = self.window_paces();
         if paces.len() < MIN_PACE_WINDOWS {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::capacity::CapacityGroup;
 use crate::checkout::Stock;
 pub use crate::clock::{Clock, ManualTime};
 use crate::config::RoomConfig;
@@ -37,6 +38,9 @@ pub struct Room {
     stock_news: std::sync::Mutex<Option<(u64, Stock)>>,
     /// A task is applying stock news (one at a time; it takes the newest).
     stock_writing: std::sync::atomic::AtomicBool,
+    /// The checkout-health group the room's admitted requests feed and
+    /// whose verdict its drip follows (`upstream_target_p95_ms`).
+    pub capacity: Option<Arc<CapacityGroup>>,
 }
 
 impl Room {
@@ -50,11 +54,17 @@ impl Room {
         upstream_hold: Duration,
     ) -> Result<Arc<Room>, RoomError> {
         let line = EmbeddedLine::open(&config, store, clock, seq_block, upstream_hold).await?;
-        Ok(Room::on(config, line.core().clone(), line))
+        Ok(Room::on(config, line.core().clone(), line, None))
     }
 
-    /// A room kept in `line`, whose in-memory part is `core`.
-    pub fn on(config: RoomConfig, core: Arc<Core>, line: Arc<dyn Line>) -> Arc<Room> {
+    /// A room kept in `line`, whose in-memory part is `core`, in the
+    /// checkout-health group `capacity` if it has one.
+    pub fn on(
+        config: RoomConfig,
+        core: Arc<Core>,
+        line: Arc<dyn Line>,
+        capacity: Option<Arc<CapacityGroup>>,
+    ) -> Arc<Room> {
         Arc::new(Room {
             clock: core.clock,
             config,
@@ -63,6 +73,7 @@ impl Room {
             open_admission: Default::default(),
             stock_news: std::sync::Mutex::new(None),
             stock_writing: Default::default(),
+            capacity,
         })
     }
 
@@ -266,6 +277,14 @@ impl Room {
                 }
             }
         });
+    }
+
+    /// Follows the checkout-health verdict of the room's group (from the
+    /// next drip tick on).
+    pub fn follow_capacity(&self) {
+        if let Some(group) = &self.capacity {
+            self.core.limit_rate(|promoter| group.rate_for(promoter));
+        }
     }
 
     /// One drip step (about ten a second; `sweep_sessions` about once a

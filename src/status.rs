@@ -77,6 +77,9 @@ pub enum EtaReason {
     /// Every ticket left is in someone's cart (stock 0): nobody is called
     /// until some come back.
     TicketsInCarts,
+    /// The checkout is slow or failing some requests: the rate is held
+    /// below the promoter's until it recovers.
+    CheckoutSlow,
 }
 
 impl EtaReason {
@@ -88,6 +91,7 @@ impl EtaReason {
             EtaReason::CheckoutUnavailable => "checkout_unavailable",
             EtaReason::CheckoutFull => "checkout_full",
             EtaReason::TicketsInCarts => "tickets_in_carts",
+            EtaReason::CheckoutSlow => "checkout_slow",
         }
     }
 }
@@ -254,7 +258,8 @@ mod tests {
         State::Active,
         State::Superseded,
     ];
-    const REASONS: [EtaReason; 5] = [
+    const REASONS: [EtaReason; 6] = [
+        EtaReason::CheckoutSlow,
         EtaReason::Paused,
         EtaReason::RateLowered,
         EtaReason::CheckoutUnavailable,

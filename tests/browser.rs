@@ -135,7 +135,10 @@ async fn the_waiting_page_shows_the_stock_the_hold_and_sold_out() {
             .unwrap();
     }
     let (_driver, browser) = start_browser().await;
-    browser.goto(&format!("{}/tickets", gw.public)).await.unwrap();
+    browser
+        .goto(&format!("{}/tickets", gw.public))
+        .await
+        .unwrap();
     eventually(10, "the stock next to the place", || async {
         let ahead = text_of(&browser, "wr-ahead").await;
         (ahead == "about 1,200 tickets left · 3 people ahead of you").then_some(())
@@ -152,7 +155,11 @@ async fn the_waiting_page_shows_the_stock_the_hold_and_sold_out() {
         (note == "All tickets are in carts right now; you keep your place.").then_some(())
     })
     .await;
-    assert_eq!(text_of(&browser, "wr-position").await, "4", "nobody was called");
+    assert_eq!(
+        text_of(&browser, "wr-position").await,
+        "4",
+        "nobody was called"
+    );
 
     gw.patch_room("demo", json!({"sold_out": true})).await;
     eventually(10, "sold out, live", || async {
@@ -162,8 +169,14 @@ async fn the_waiting_page_shows_the_stock_the_hold_and_sold_out() {
     .await;
     // A new browser arriving now gets the sold-out page, not a place.
     let (_driver2, second) = start_browser().await;
-    second.goto(&format!("{}/tickets", gw.public)).await.unwrap();
+    second
+        .goto(&format!("{}/tickets", gw.public))
+        .await
+        .unwrap();
     let body = second.source().await.unwrap();
-    assert!(body.contains("Sold out: every ticket has been sold."), "{body}");
+    assert!(
+        body.contains("Sold out: every ticket has been sold."),
+        "{body}"
+    );
     assert!(!body.contains("wr-position"), "no place: {body}");
 }

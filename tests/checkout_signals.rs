@@ -405,3 +405,77 @@ async fn bad_stock_values_from_the_promoter_are_refused_by_field() {
     assert_eq!(room["stock"], Value::Null);
     assert_eq!(room["sold_out"], false);
 }
+
+// ------------------------------------------------- admission follows health
+
+#[tokio::test]
+async fn a_slow_checkout_lowers_the_rate_and_fans_are_told_why_then_it_recovers() {
+    let up = TestUpstream::start().await;
+    let gw = Gateway::start(&room_toml(
+        "shop",
+        &up.url(),
+        "path_prefix = \"/shop\"\nadmit_rate_per_min = 600\nmax_active = 1\nupstream_target_p95_ms = 200\nupstream_rate_floor_per_min = 60\ncontrol_interval_secs = 1\ncontrol_min_samples = 5",
+    ))
+    .await;
+    let buyer = Fan::new(&gw.public);
+    admitted(&buyer, "/shop/basket").await;
+    let room = gw.admin_get("/admin/rooms/shop").await;
+    assert_eq!(room["effective_rate_per_min"], 600);
+    assert_eq!(room["rate_reason"], "promoter_rate");
+
+    // The checkout takes 1.5 s to answer (target: 200 ms).
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            let client = buyer.client.clone();
+            let url = format!("{}/shop/slow", gw.public);
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    let limited = eventually(5, "the controller cuts the rate", || async {
+        let room = gw.admin_get("/admin/rooms/shop").await;
+        (room["rate_reason"] == "checkout_slow").then_some(room)
+    })
+    .await;
+    let cut = limited["effective_rate_per_min"].as_u64().unwrap();
+    assert!(
+        (480..600).contains(&cut),
+        "one gentle cut (≥ ×0.8): {limited}"
+    );
+    assert_eq!(
+        limited["admit_rate_per_min"], 600,
+        "the promoter's rate stays"
+    );
+    // max_active = 1: the next fan waits behind the buyer, and is told why
+    // the line is slower (before the full checkout).
+    let waiting = api_join(&gw, "shop").await;
+    let s = api_status(&gw, "shop", &waiting).await;
+    assert_eq!(s["state"], "waiting", "{s}");
+    assert_eq!(s["eta_reason"], "checkout_slow", "{s}");
+    assert_eq!(
+        s["admit_rate_per_min"], cut,
+        "fans see the rate in force: {s}"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "waitroom_checkout_limited{room=\"shop\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&metrics, "waitroom_effective_rate_per_min{room=\"shop\"}"),
+        cut
+    );
+
+    // The checkout heals: fast answers raise the rate again, step by step.
+    let healed = eventually(30, "the rate rises again", || async {
+        for _ in 0..10 {
+            buyer.get("/shop/basket").await;
+        }
+        let room = gw.admin_get("/admin/rooms/shop").await;
+        (room["effective_rate_per_min"].as_u64().unwrap() > cut).then_some(room)
+    })
+    .await;
+    assert!(healed["effective_rate_per_min"].as_u64().unwrap() <= 600);
+}

@@ -734,7 +734,10 @@ async fn stock_and_sold_out_from_the_checkout_reach_every_replica() {
     let (waiting, _) = join_ok(&procs[1].public).await;
     let before = status(&procs[1].public, &waiting).await["position"].clone();
 
-    assert_eq!(visit(0, "/cart?set=waitroom-stock:900").await["upstream"], true);
+    assert_eq!(
+        visit(0, "/cart?set=waitroom-stock:900").await["upstream"],
+        true
+    );
     for p in &procs {
         eventually(5, "the stock on every replica", || async {
             (status(&p.public, &waiting).await["tickets_left"] == 900).then_some(())
@@ -753,7 +756,10 @@ async fn stock_and_sold_out_from_the_checkout_reach_every_replica() {
         .bytes_stream()
         .eventsource();
     assert_eq!(events.next().await.unwrap().unwrap().event, "position");
-    assert_eq!(visit(1, "/cart?set=waitroom-stock:sold-out").await["upstream"], true);
+    assert_eq!(
+        visit(1, "/cart?set=waitroom-stock:sold-out").await["upstream"],
+        true
+    );
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let e = events.next().await.unwrap().unwrap();
@@ -768,7 +774,11 @@ async fn stock_and_sold_out_from_the_checkout_reach_every_replica() {
     let arrival: Value = join(&procs[0].public).await.json().await.unwrap();
     assert!(arrival["token"].is_null(), "no place: {arrival}");
     assert_eq!(arrival["closed_reason"], "sold_out", "{arrival}");
-    assert_eq!(visit(2, "/pay").await["upstream"], true, "the buyer inside goes on");
+    assert_eq!(
+        visit(2, "/pay").await["upstream"],
+        true,
+        "the buyer inside goes on"
+    );
 
     procs[2]
         .admin(

@@ -10,13 +10,16 @@
 //!                                                                     (rate for the drip, reason)
 //! ```
 //!
-//! Pure: no clock, no I/O. [`sketch`] measures; [`controller`] decides.
+//! [`sketch`] measures and [`controller`] decides, pure: no clock, no I/O.
+//! [`group`] holds them at run time for the rooms that share a checkout.
 
 pub mod controller;
+pub mod group;
 pub mod sketch;
 
 #[cfg(test)]
 mod sim;
 
 pub use controller::{CapacitySettings, ControlState, Controller, Decision, Reason};
+pub use group::{CapacityGroup, Verdict};
 pub use sketch::{LatencySketch, SketchError, Window, WindowDelta, WindowStats};

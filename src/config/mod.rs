@@ -305,6 +305,17 @@ pub struct RoomConfig {
     /// Tickets a buyer takes on average: with the stock, whether the line
     /// ahead of a fan may buy everything first.
     pub tickets_per_order: u64,
+    /// Admission that follows the checkout's latency, if a target is set.
+    pub capacity: Option<CapacityConfig>,
+}
+
+/// A room's checkout-health controller (`upstream_target_p95_ms`): rooms
+/// naming the same `capacity_group` share one checkout and one controller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacityConfig {
+    /// The room id unless the room names a group.
+    pub group: String,
+    pub settings: crate::capacity::CapacitySettings,
 }
 
 impl Config {

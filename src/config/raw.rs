@@ -165,6 +165,11 @@ pub(super) struct RawRoom {
     pub(super) access_binding: Option<String>,
     pub(super) pow_bits: Option<u8>,
     pub(super) tickets_per_order: Option<u64>,
+    pub(super) upstream_target_p95_ms: Option<u64>,
+    pub(super) upstream_rate_floor_per_min: Option<u64>,
+    pub(super) control_interval_secs: Option<u64>,
+    pub(super) control_min_samples: Option<u64>,
+    pub(super) capacity_group: Option<String>,
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::capacity::Reason;
 use crate::clock::Clock;
 use crate::config::QueueMode;
 use crate::drip::{Drip, TickReport};
@@ -70,14 +71,24 @@ pub struct Snapshot {
     /// Closed by the promoter (see [`Snapshot::shut`]).
     pub closed: bool,
     /// Tickets left, if known; 0 holds the drip.
+    #[serde(default)]
     pub stock: Option<u64>,
     /// The checkout or the promoter said sold out.
+    #[serde(default)]
     pub sold_out: bool,
     /// Wall-clock ms of the stock news applied last.
+    #[serde(default)]
     pub stock_at_ms: u64,
     /// Called places that never entered, since this process has known the
     /// line (with `admitted_total`, the share of called fans who enter).
+    #[serde(default)]
     pub noshows_total: u64,
+    /// The rate the drip admits at: `admit_rate_per_min` (the promoter's)
+    /// or lower while the checkout's health limits it.
+    #[serde(default)]
+    pub effective_rate_per_min: u64,
+    #[serde(default = "promoter_rate")]
+    pub rate_reason: Reason,
     pub queue: QueueMode,
     pub session_secs: u64,
     pub session_max_secs: u64,
@@ -116,6 +127,7 @@ pub struct Headline {
     pub sold_out: bool,
     pub stock_held: bool,
     pub admit_rate_per_min: u64,
+    pub effective_rate_per_min: u64,
     pub rate_lowered_recently: bool,
     pub upstream_healthy: bool,
     pub checkout_full: bool,
@@ -131,6 +143,7 @@ impl Headline {
             sold_out: s.sold_out,
             stock_held: s.stock == Some(0),
             admit_rate_per_min: s.admit_rate_per_min,
+            effective_rate_per_min: s.effective_rate_per_min,
             rate_lowered_recently: s.rate_lowered_recently,
             upstream_healthy: s.upstream_healthy,
             checkout_full: s.checkout_full(),
@@ -138,7 +151,25 @@ impl Headline {
     }
 }
 
+fn promoter_rate() -> Reason {
+    Reason::PromoterRate
+}
+
 impl Snapshot {
+    /// The rate the drip admits at (the promoter's from a replica too old
+    /// to say).
+    pub fn admit_rate(&self) -> u64 {
+        match self.effective_rate_per_min {
+            0 => self.admit_rate_per_min,
+            n => n,
+        }
+    }
+
+    /// The checkout's health limits the rate (`rate_reason`).
+    pub fn checkout_slow(&self) -> bool {
+        self.rate_reason != Reason::PromoterRate
+    }
+
     /// Closed to everyone not already let in: by the promoter, or sold out.
     pub fn shut(&self) -> bool {
         self.closed || self.sold_out
@@ -261,6 +292,8 @@ pub(crate) fn snapshot_of(
         sold_out: q.settings.sold_out,
         stock_at_ms: q.settings.stock_at_ms,
         noshows_total: q.noshows_total(),
+        effective_rate_per_min: q.admit_rate(),
+        rate_reason: q.rate_reason(),
         queue: q.settings.queue,
         session_secs: q.settings.session_secs,
         session_max_secs: q.settings.session_max_secs,
@@ -348,6 +381,20 @@ impl Core {
     /// (every admitted request reads it).
     pub fn session_secs(&self) -> u64 {
         self.snapshot.borrow().session_secs
+    }
+
+    /// The promoter's rate now.
+    pub fn promoter_rate(&self) -> u64 {
+        self.snapshot.borrow().admit_rate_per_min
+    }
+
+    /// Limits the drip's rate as the checkout's health says: `limit` maps
+    /// the promoter's rate to the allowed one and why (`None`: no limit).
+    /// In force from the next tick; a leader's drip publishes it.
+    pub fn limit_rate(&self, limit: impl FnOnce(u64) -> (u64, Option<Reason>)) {
+        let mut st = self.lock();
+        let (rate, reason) = limit(st.queue.settings.admit_rate_per_min);
+        st.queue.set_checkout_limit(reason.map(|r| (rate, r)));
     }
 
     /// The session windows and the epoch now, in one look.

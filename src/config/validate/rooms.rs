@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::Problems;
 use crate::binding::AccessBinding;
+use crate::config::CapacityConfig;
 use crate::config::raw::RawRoom;
 use crate::config::{
     DEFAULT_ABANDON_AFTER_SECS, DEFAULT_CLAIM_GRACE_SECS, DEFAULT_REJOIN_SECS,
@@ -26,11 +27,30 @@ pub(super) fn check(rooms: &[RawRoom], base: &Path, problems: &mut Problems) -> 
         problems.push("rooms", "at least one [[rooms]] entry is required".into());
     }
     let mut taken = Taken::default();
-    rooms
+    let checked: Vec<RoomConfig> = rooms
         .iter()
         .enumerate()
         .filter_map(|(i, r)| room(i, r, base, &mut taken, problems))
-        .collect()
+        .collect();
+    // One controller per group: its rooms must agree on how it works.
+    for (i, r) in checked.iter().enumerate() {
+        let Some(c) = &r.capacity else { continue };
+        if let Some(first) = checked[..i]
+            .iter()
+            .filter_map(|o| o.capacity.as_ref().map(|oc| (o, oc)))
+            .find(|(_, oc)| oc.group == c.group)
+            && first.1.settings != c.settings
+        {
+            problems.push(
+                &format!("rooms[{i}].capacity_group"),
+                format!(
+                    "{:?} is shared with room {:?}, whose upstream_target_p95_ms, upstream_rate_floor_per_min, control_interval_secs and control_min_samples differ: rooms of one group share one controller",
+                    c.group, first.0.id
+                ),
+            );
+        }
+    }
+    checked
 }
 
 /// Room `i`; `None` when its upstream is unusable (its other problems are
@@ -214,6 +234,7 @@ fn room(
             "must be between 1 and 100 (tickets a buyer takes on average)".into(),
         );
     }
+    let capacity = capacity(r, &f, problems);
     Some(RoomConfig {
         id: r.id.clone(),
         title: r.title.clone().unwrap_or_else(|| r.id.clone()),
@@ -237,6 +258,81 @@ fn room(
         access_binding,
         pow_bits,
         tickets_per_order,
+        capacity,
+    })
+}
+
+/// `upstream_target_p95_ms` and the controller's other knobs; the rest
+/// without a target is a mistake worth naming.
+fn capacity(
+    r: &RawRoom,
+    f: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) -> Option<CapacityConfig> {
+    let Some(target_ms) = r.upstream_target_p95_ms else {
+        for (set, name) in [
+            (
+                r.upstream_rate_floor_per_min.is_some(),
+                "upstream_rate_floor_per_min",
+            ),
+            (r.control_interval_secs.is_some(), "control_interval_secs"),
+            (r.control_min_samples.is_some(), "control_min_samples"),
+            (r.capacity_group.is_some(), "capacity_group"),
+        ] {
+            if set {
+                problems.push(&f(name), "needs upstream_target_p95_ms".into());
+            }
+        }
+        return None;
+    };
+    let mut ok = true;
+    let mut bounded = |name: &str, v: u64, min: u64, max: u64, what: &str| {
+        if !(min..=max).contains(&v) {
+            problems.push(
+                &f(name),
+                format!("must be between {min} and {max} ({what})"),
+            );
+            ok = false;
+        }
+        v
+    };
+    let target_ms = bounded("upstream_target_p95_ms", target_ms, 10, 600_000, "ms");
+    let floor = bounded(
+        "upstream_rate_floor_per_min",
+        r.upstream_rate_floor_per_min.unwrap_or(1),
+        1,
+        6_000_000,
+        "fans per minute the controller never goes below",
+    );
+    let interval = bounded(
+        "control_interval_secs",
+        r.control_interval_secs
+            .unwrap_or(crate::capacity::controller::DEFAULT_CONTROL_INTERVAL_SECS),
+        1,
+        3600,
+        "seconds between decisions; admitted fans load the checkout for minutes, so 30 or more",
+    );
+    let min_samples = bounded(
+        "control_min_samples",
+        r.control_min_samples
+            .unwrap_or(crate::capacity::controller::DEFAULT_MIN_SAMPLES),
+        1,
+        10_000_000,
+        "requests a window needs before the controller acts on it",
+    );
+    let group = r.capacity_group.clone().unwrap_or_else(|| r.id.clone());
+    if group.is_empty() || group.len() > 48 {
+        problems.push(&f("capacity_group"), "must be 1 to 48 bytes".into());
+        ok = false;
+    }
+    ok.then(|| {
+        let mut settings = crate::capacity::CapacitySettings::new(
+            std::time::Duration::from_millis(target_ms),
+            floor,
+        );
+        settings.control_interval = std::time::Duration::from_secs(interval);
+        settings.min_samples = min_samples;
+        CapacityConfig { group, settings }
     })
 }
 
