@@ -22,6 +22,8 @@ use crate::token::Keys;
 pub const TICK: Duration = Duration::from_millis(100);
 /// Sessions are swept (and progress persisted) every this many ticks.
 pub const SWEEP_EVERY_TICKS: u64 = 10;
+/// How often checkout-health groups share their measurements and decide.
+pub const CONTROL_TICK: Duration = Duration::from_secs(1);
 /// The join limiter forgets clients with a full budget every this many ticks.
 pub const LIMITER_TRIM_EVERY_TICKS: u64 = 100;
 
@@ -156,18 +158,38 @@ impl App {
             .max_by_key(|r| (r.config.path_prefix.len(), r.config.host.is_some()))
     }
 
-    /// Steps each checkout-health group's controller on what this process
-    /// measured; the group's rooms follow its verdict at their next tick.
-    fn decide_capacity(&self) {
-        let now = self.clock.mono_ms();
-        for group in &self.capacity {
-            let promoter_total: u64 = self
-                .rooms
-                .iter()
-                .filter(|r| r.capacity.as_ref().is_some_and(|g| Arc::ptr_eq(g, group)))
-                .map(|r| r.core().promoter_rate())
-                .sum();
-            group.decide(now, &[group.sketch.take()], promoter_total, None);
+    /// A checkout-health group's control tick, once a second until `stop`:
+    /// this process's measurements go to the group's decider (this
+    /// process, where it leads the group's first room), and the verdict
+    /// comes back; the group's rooms follow it at every drip tick.
+    async fn run_capacity(
+        self: Arc<Self>,
+        group: Arc<CapacityGroup>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let rooms: Vec<&Arc<Room>> = self
+            .rooms
+            .iter()
+            .filter(|r| r.capacity.as_ref().is_some_and(|g| Arc::ptr_eq(g, &group)))
+            .collect();
+        let mut interval = tokio::time::interval(CONTROL_TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let deciding = rooms.first().is_some_and(|r| r.leading());
+            let promoter_total = rooms.iter().map(|r| r.core().promoter_rate()).sum();
+            let now = self.clock.mono_ms();
+            let delta = group.sketch.take();
+            if let Err(e) = self
+                .lines
+                .control(&group, delta, (deciding, promoter_total, now))
+                .await
+            {
+                tracing::debug!(group = %group.name, error = %e, "a capacity control tick failed");
+            }
         }
     }
 
@@ -180,6 +202,9 @@ impl App {
                 tokio::spawn(work);
             }
         }
+        for group in &self.capacity {
+            tokio::spawn(self.clone().run_capacity(group.clone(), stop.clone()));
+        }
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
@@ -190,7 +215,6 @@ impl App {
             }
             n += 1;
             let sweep = n.is_multiple_of(SWEEP_EVERY_TICKS);
-            self.decide_capacity();
             for room in &self.rooms {
                 room.follow_capacity();
                 let report = room.tick(sweep);

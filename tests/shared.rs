@@ -43,6 +43,18 @@ fn write_config(
     path
 }
 
+/// A config for replicas sharing the test Redis under a fresh prefix.
+fn shared_config(dir: &Path, upstream: &str, room: &str) -> PathBuf {
+    write_config(
+        dir,
+        upstream,
+        &shared_redis_url(),
+        &unique_prefix(),
+        "",
+        room,
+    )
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
@@ -627,12 +639,9 @@ async fn three_replicas_sign_admissions_any_of_their_jwks_verifies() {
 async fn the_checkout_ends_a_session_on_every_replica() {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = shared_config(
         dir.path(),
         &up.url(),
-        &shared_redis_url(),
-        &unique_prefix(),
-        "",
         "admit_rate_per_min = 6000\nmax_active = 1",
     );
     let procs: Vec<Proc> = (0..3).map(|_| Proc::start(&config)).collect();
@@ -702,12 +711,9 @@ async fn stock_and_sold_out_from_the_checkout_reach_every_replica() {
     use futures_util::StreamExt;
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = shared_config(
         dir.path(),
         &up.url(),
-        &shared_redis_url(),
-        &unique_prefix(),
-        "",
         "admit_rate_per_min = 6000\nmax_active = 1",
     );
     let procs: Vec<Proc> = (0..3).map(|_| Proc::start(&config)).collect();
@@ -793,6 +799,76 @@ async fn stock_and_sold_out_from_the_checkout_reach_every_replica() {
     })
     .await;
     assert_eq!(s["position"], before, "the place is kept");
+}
+
+/// Every replica's measurements reach the one controller: no replica alone
+/// has enough slow answers to act on, together they do; the cut rate is
+/// the room's on every replica, and a new drip leader continues from it
+/// instead of jumping back to the promoter's rate.
+#[tokio::test]
+async fn a_slow_checkout_seen_across_replicas_lowers_the_rate_for_all_and_survives_a_new_leader() {
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = shared_config(
+        dir.path(),
+        &up.url(),
+        "admit_rate_per_min = 600\nupstream_target_p95_ms = 200\nupstream_rate_floor_per_min = 60\ncontrol_interval_secs = 3\ncontrol_min_samples = 7",
+    );
+    let mut procs: Vec<Option<Proc>> = (0..3).map(|_| Some(Proc::start(&config))).collect();
+    let public = |i: usize| procs[i].as_ref().unwrap().public.clone();
+    let (token, _) = join_ok(&public(0)).await;
+    eventually(10, "the buyer's turn", || async {
+        (status(&public(0), &token).await["state"] == "admitted").then_some(())
+    })
+    .await;
+    let access = claim_access(&public(0), &token).await;
+    // A slow checkout under steady load: two requests at a time through
+    // each replica, each answered in 1.5 s. A three-second window holds
+    // about four answers a replica, fewer than the 7 the controller needs:
+    // only the replicas' deltas together are enough to act on.
+    let load = Load::start(
+        (0..6)
+            .map(|i| {
+                client()
+                    .get(format!("{}/slow", public(i % 3)))
+                    .header("x-waitroom-token", &access)
+            })
+            .collect(),
+    );
+    let mut cut = 0;
+    for p in procs.iter().flatten() {
+        let room = eventually(20, "every replica shows the cut", || async {
+            let room = p
+                .admin(reqwest::Method::GET, "/admin/rooms/demo", None)
+                .await;
+            (room["rate_reason"] == "checkout_slow").then_some(room)
+        })
+        .await;
+        cut = cut.max(room["effective_rate_per_min"].as_u64().unwrap());
+        assert!(
+            room["effective_rate_per_min"].as_u64().unwrap() < 600,
+            "{room}"
+        );
+    }
+    load.stop().await;
+
+    let leader = leader_of(&procs).await;
+    procs[leader].take().unwrap().kill_9();
+    let next = eventually(15, "a new drip leader", || async {
+        let i = leader_of(&procs).await;
+        (i != leader).then_some(i)
+    })
+    .await;
+    let room = procs[next]
+        .as_ref()
+        .unwrap()
+        .admin(reqwest::Method::GET, "/admin/rooms/demo", None)
+        .await;
+    assert_eq!(room["rate_reason"], "checkout_slow", "{room}");
+    assert!(
+        room["effective_rate_per_min"].as_u64().unwrap() <= cut,
+        "the new leader continues from the cut: {room}"
+    );
 }
 
 #[tokio::test]
@@ -957,12 +1033,9 @@ async fn a_scheduled_pre_queue_is_drawn_once_for_every_replica() {
 async fn max_active_caps_sessions_across_every_replica() {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = shared_config(
         dir.path(),
         &up.url(),
-        &shared_redis_url(),
-        &unique_prefix(),
-        "",
         "admit_rate_per_min = 6000\nmax_active = 2",
     );
     let procs: Vec<Option<Proc>> = (0..3).map(|_| Some(Proc::start(&config))).collect();
@@ -1098,12 +1171,9 @@ async fn admin_changes_made_at_once_on_two_replicas_both_hold() {
 async fn over_capacity_lets_arrivals_straight_in_on_every_replica() {
     let up = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = shared_config(
         dir.path(),
         &up.url(),
-        &shared_redis_url(),
-        &unique_prefix(),
-        "",
         "admit_rate_per_min = 6000\nmax_active = 50\nqueue = \"over_capacity\"",
     );
     let procs: Vec<Option<Proc>> = (0..2).map(|_| Some(Proc::start(&config))).collect();

@@ -20,9 +20,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::capacity::{CapacityGroup, WindowDelta};
 use crate::clock::Clock;
 use crate::config::{RoomConfig, StoreConfig};
-use crate::queue::{Durable, Settings};
+use crate::queue::{Durable, Millis, Settings};
 use crate::store::line::{Core, Line, LineFuture};
 
 /// Where a process keeps its rooms' lines, as `[store]` says: it opens
@@ -47,6 +48,19 @@ pub trait Lines: Send + Sync {
 
     /// At shutdown, after every room's line has flushed.
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// One control tick of a checkout-health group (about once a second):
+    /// shares this process's `delta` of admitted requests and, where this
+    /// process is `deciding` (it leads the group's first room), steps the
+    /// group's controller on every replica's deltas against the rooms'
+    /// summed promoter rates. The verdict the group's rooms follow is then
+    /// in `group`, here and on every replica.
+    fn control<'a>(
+        &'a self,
+        group: &'a CapacityGroup,
+        delta: WindowDelta,
+        deciding_total_now: (bool, u64, Millis),
+    ) -> LineFuture<'a, ()>;
 }
 
 /// The lines `[store]` names: the embedded journal in its directory, or

@@ -281,6 +281,40 @@ pub fn metric(text: &str, line_start: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Requests sent again and again, each as soon as its answer is in, until
+/// [`Load::stop`]: steady load on a checkout.
+pub struct Load {
+    on: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// One loop per request (each must be clonable: no streamed body).
+    pub fn start(requests: Vec<reqwest::RequestBuilder>) -> Load {
+        let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let tasks = requests
+            .into_iter()
+            .map(|req| {
+                let on = on.clone();
+                tokio::spawn(async move {
+                    while on.load(Ordering::Relaxed) {
+                        let res = req.try_clone().unwrap().send().await.unwrap();
+                        assert!(res.status().is_success(), "{}", res.status());
+                    }
+                })
+            })
+            .collect();
+        Load { on, tasks }
+    }
+
+    pub async fn stop(self) {
+        self.on.store(false, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
 /// Visits `path` until the fan is let through; returns the upstream's echo.
 pub async fn admitted(fan: &Fan, path: &str) -> Value {
     eventually(20, "the fan is let in", || async {

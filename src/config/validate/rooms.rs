@@ -396,6 +396,52 @@ fn check_route_path(value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use crate::config::testing::{GOOD, problems};
+
+    #[test]
+    fn the_checkout_health_knobs_are_checked_and_a_group_agrees_on_them() {
+        let text = GOOD.replace(
+            "admit_rate_per_min = 600",
+            "admit_rate_per_min = 600\ncontrol_interval_secs = 30\ncapacity_group = \"g\"",
+        );
+        let fields: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            ["rooms[0].control_interval_secs", "rooms[0].capacity_group"],
+            "knobs without a target"
+        );
+        let text = GOOD.replace(
+            "admit_rate_per_min = 600",
+            "admit_rate_per_min = 600\nupstream_target_p95_ms = 5\nupstream_rate_floor_per_min = 0\ncontrol_interval_secs = 0\ncontrol_min_samples = 0",
+        );
+        let fields: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+        for f in [
+            "upstream_target_p95_ms",
+            "upstream_rate_floor_per_min",
+            "control_interval_secs",
+            "control_min_samples",
+        ] {
+            assert!(fields.contains(&format!("rooms[0].{f}")), "{f}: {fields:?}");
+        }
+        let two = |second_target: u64| {
+            format!(
+                "{}\nupstream_target_p95_ms = 800\ncapacity_group = \"hall\"\n[[rooms]]\nid = \"b\"\nupstream = \"http://127.0.0.1:9091\"\npath_prefix = \"/b\"\nadmit_rate_per_min = 300\nupstream_target_p95_ms = {second_target}\ncapacity_group = \"hall\"\n",
+                GOOD.trim_end()
+            )
+        };
+        let p = problems(&two(900));
+        assert_eq!(p[0].field, "rooms[1].capacity_group", "{p:?}");
+        let c = crate::config::Config::from_toml_str(
+            &two(800),
+            &crate::config::EnvOverrides::default(),
+        )
+        .unwrap();
+        let groups: Vec<_> = c
+            .rooms
+            .iter()
+            .map(|r| r.capacity.as_ref().unwrap().group.as_str())
+            .collect();
+        assert_eq!(groups, ["hall", "hall"]);
+    }
     use crate::config::{
         Config, DEFAULT_CLAIM_GRACE_SECS, DEFAULT_SESSION_SECS, EnvOverrides, QueueMode,
     };

@@ -11,8 +11,10 @@ pub use line::EmbeddedLine;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::capacity::{CapacityGroup, WindowDelta};
 use crate::clock::Clock;
 use crate::config::{OnStoreFailure, RoomConfig};
+use crate::queue::Millis;
 use crate::store::line::{Core, Line, LineFuture};
 use crate::store::{BoxFuture, Lines, Store, StoreError};
 
@@ -52,5 +54,16 @@ impl Lines for EmbeddedLines {
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.store.close()
+    }
+
+    /// One process measures everything: it decides on its own delta.
+    fn control<'a>(
+        &'a self,
+        group: &'a CapacityGroup,
+        delta: WindowDelta,
+        (_, promoter_total, now): (bool, u64, Millis),
+    ) -> LineFuture<'a, ()> {
+        group.decide(now, &[delta], promoter_total, None);
+        Box::pin(async { Ok(()) })
     }
 }

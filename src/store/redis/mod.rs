@@ -49,6 +49,7 @@ use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
+use crate::capacity::{CapacityGroup, ControlState, Verdict, WindowDelta};
 use crate::clock::Clock;
 use crate::config::{OnStoreFailure, RoomConfig};
 use crate::drip::{Drip, TickReport};
@@ -1332,6 +1333,69 @@ impl crate::store::Lines for RedisLines {
     fn close(&self) -> crate::store::BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Every replica pushes its delta; the decider takes them all, steps
+    /// the controller (resuming from the kept state when it starts
+    /// deciding) and keeps the verdict and state in Redis, where the other
+    /// replicas read the verdict.
+    fn control<'a>(
+        &'a self,
+        group: &'a CapacityGroup,
+        delta: WindowDelta,
+        (deciding, promoter_total, now): (bool, u64, Millis),
+    ) -> LineFuture<'a, ()> {
+        Box::pin(async move {
+            let base = format!("{}:{{cap:{}}}", self.key_prefix, group.name);
+            let (deltas_key, kept_key) = (format!("{base}:deltas"), format!("{base}:verdict"));
+            let mine = match delta.buckets.is_empty() && delta.errors == 0 {
+                true => String::new(),
+                false => to_json(&delta)?,
+            };
+            let mut inv = CAPACITY.prepare_invoke();
+            inv.key(&deltas_key)
+                .key(&kept_key)
+                .arg(mine)
+                .arg(if deciding { "1" } else { "0" });
+            let (deltas, kept): (Vec<String>, String) =
+                on_io(&self.con, move |mut con| async move {
+                    inv.invoke_async(&mut con).await
+                })
+                .await?;
+            let kept: Option<KeptVerdict> = serde_json::from_str(&kept).ok();
+            if !deciding {
+                group.stop_deciding();
+                group.adopt(kept.map_or(Verdict::FULL, |k| k.verdict));
+                return Ok(());
+            }
+            let deltas: Vec<WindowDelta> = deltas
+                .iter()
+                .filter_map(|d| serde_json::from_str(d).ok())
+                .collect();
+            let (verdict, state) =
+                group.decide(now, &deltas, promoter_total, kept.map(|k| k.state));
+            let now_kept = KeptVerdict { verdict, state };
+            if kept != Some(now_kept) {
+                let json = to_json(&now_kept)?;
+                on_io(&self.con, move |mut con| async move {
+                    redis::cmd("SET")
+                        .arg(kept_key)
+                        .arg(json)
+                        .query_async::<()>(&mut con)
+                        .await
+                })
+                .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A capacity group's verdict and controller state, as kept in Redis for
+/// every replica and for the next decider.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct KeptVerdict {
+    verdict: Verdict,
+    state: ControlState,
 }
 
 /// A room's line shared through Redis: the calls ([`Shared`]) and the
@@ -1605,6 +1669,11 @@ static SESSION: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts
 /// Activity slides sessions' idle end, never past their hard end
 /// (ARGV: session_ms, seqs...). Returns the seqs whose session is gone.
 static EXTEND: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/extend.lua")));
+
+/// A capacity group's control tick (KEYS: deltas, verdict; ARGV: this
+/// replica's delta or '', deciding 0|1). Returns {every delta if deciding,
+/// the kept verdict or ''}.
+static CAPACITY: LazyLock<Script> = LazyLock::new(|| script(include_str!("scripts/capacity.lua")));
 
 /// The checkout ended a session (ARGV: epoch, seq). Returns 1 when a
 /// session was ended, 0 when there was none (already ended, run out, or
