@@ -1318,15 +1318,22 @@ async fn a_copied_queue_cookie_replayed_on_other_replicas_never_claims_a_second_
     assert_eq!(res.json::<Value>().await.unwrap()["upstream"], true);
 }
 
-#[tokio::test]
-async fn a_pause_on_one_replica_holds_a_called_fan_on_another_at_once_and_keeps_the_call() {
-    let (_up, _dir, procs) =
-        three_replicas("admit_rate_per_min = 6000\nclaim_grace_secs = 5").await;
+/// Three replicas with a 5 s claim window, and a fan joined on the first
+/// whose turn the third shows.
+async fn three_replicas_and_a_called_fan()
+-> (TestUpstream, tempfile::TempDir, Vec<Option<Proc>>, String) {
+    let (up, dir, procs) = three_replicas("admit_rate_per_min = 6000\nclaim_grace_secs = 5").await;
     let (token, _) = join_ok(&public(&procs, 0)).await;
     eventually(10, "called", || async {
         (status(&public(&procs, 2), &token).await["state"] == "admitted").then_some(())
     })
     .await;
+    (up, dir, procs, token)
+}
+
+#[tokio::test]
+async fn a_pause_on_one_replica_holds_a_called_fan_on_another_at_once_and_keeps_the_call() {
+    let (_up, _dir, procs, token) = three_replicas_and_a_called_fan().await;
     paused(&procs, 1, true).await;
     // No waiting for the pause to reach replica 2's view: Redis decides.
     let res = client()
@@ -1390,4 +1397,33 @@ async fn one_solved_proof_of_work_buys_one_place_across_every_replica() {
         let v: Value = res.json().await.unwrap();
         assert_eq!(v["reason"], "reused", "{v}");
     }
+}
+
+/// Sold out holds a called fan's call as a pause does, on every replica:
+/// past the claim window the fan is told the sale is sold out (not that
+/// they missed their turn), and once the promoter reopens they enter.
+#[tokio::test]
+async fn sold_out_on_one_replica_keeps_a_called_fans_call_on_another_past_the_claim_window() {
+    let (_up, _dir, procs, token) = three_replicas_and_a_called_fan().await;
+    let sold_out = |v: bool| {
+        procs[1].as_ref().unwrap().admin(
+            reqwest::Method::PATCH,
+            "/admin/rooms/demo",
+            Some(json!({ "sold_out": v })),
+        )
+    };
+    sold_out(true).await;
+    // Longer than the claim window: the call is kept.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for i in 0..3 {
+        let s = status(&public(&procs, i), &token).await;
+        assert_eq!(s["state"], "closed", "replica {i}: {s}");
+        assert_eq!(s["closed_reason"], "sold_out", "replica {i}: {s}");
+    }
+    sold_out(false).await;
+    assert_eq!(
+        claim(&public(&procs, 2), &token).await,
+        200,
+        "the call survived the sold-out, on every replica at once"
+    );
 }

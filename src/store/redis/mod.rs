@@ -463,7 +463,7 @@ impl Shared {
             Some(Fate::Called(at)) => {
                 // A pause stops the claim window; resuming starts it again.
                 let by = at.max(resumed) + self.configured.claim_grace_secs as i64 * 1000;
-                if now < by || snap.paused || snap.closed {
+                if now < by || snap.paused || snap.shut() {
                     Place::Called {
                         claim_by: self.mono_ms(by),
                     }
