@@ -33,9 +33,8 @@ pub struct Room {
     line: Arc<dyn Line>,
     /// The admission of fans let through unqueued (see `gate`).
     open_admission: crate::admission::Kept,
-    /// The newest stock news from the checkout not yet applied: (wall ms
-    /// its request was sent, what it said).
-    stock_news: std::sync::Mutex<Option<(u64, Stock)>>,
+    /// The checkout's stock news on its way to the room's settings.
+    stock_news: std::sync::Mutex<StockNews>,
     /// A task is applying stock news (one at a time; it takes the newest).
     stock_writing: std::sync::atomic::AtomicBool,
     /// The checkout-health group the room's admitted requests feed and
@@ -71,7 +70,7 @@ impl Room {
             core,
             line,
             open_admission: Default::default(),
-            stock_news: std::sync::Mutex::new(None),
+            stock_news: Default::default(),
             stock_writing: Default::default(),
             capacity,
         })
@@ -226,15 +225,23 @@ impl Room {
     /// newest first, one write at a time.
     pub fn offer_stock(self: &Arc<Self>, stock: Stock, sent_ms: u64) {
         let snap = self.core.snapshot();
-        if sent_ms <= snap.stock_at_ms || stock_says(&snap, stock) {
+        if sent_ms <= snap.stock_at_ms {
             return;
         }
         {
             let mut news = self.stock_news.lock().unwrap_or_else(|p| p.into_inner());
-            if news.is_some_and(|(at, _)| at >= sent_ms) {
+            // What the room will say once the news taken is written: a
+            // repeat of that writes nothing, anything else must be written
+            // even when the room still says it now.
+            let says = match news.taken {
+                Some((at, taken)) if at > snap.stock_at_ms => taken == stock,
+                _ => stock_says(&snap, stock),
+            };
+            if says || news.taken.is_some_and(|(at, _)| at >= sent_ms) {
                 return;
             }
-            *news = Some((sent_ms, stock));
+            news.taken = Some((sent_ms, stock));
+            news.unwritten = Some((sent_ms, stock));
         }
         if self.stock_writing.swap(true, Ordering::AcqRel) {
             return;
@@ -246,6 +253,7 @@ impl Room {
                     .stock_news
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
+                    .unwritten
                     .take();
                 let Some((sent_ms, stock)) = news else {
                     room.stock_writing.store(false, Ordering::Release);
@@ -255,6 +263,7 @@ impl Room {
                         .stock_news
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
+                        .unwritten
                         .is_some();
                     if more && !room.stock_writing.swap(true, Ordering::AcqRel) {
                         continue;
@@ -273,6 +282,13 @@ impl Room {
                     })
                     .await;
                 if let Err(e) = applied {
+                    // Not what the room says after all: the next repeat
+                    // tries again.
+                    let mut news = room.stock_news.lock().unwrap_or_else(|p| p.into_inner());
+                    if news.taken == Some((sent_ms, stock)) {
+                        news.taken = None;
+                    }
+                    drop(news);
                     tracing::warn!(room = %room.id(), error = %e, ?stock, "could not apply the checkout's stock news");
                 }
             }
@@ -337,6 +353,16 @@ impl Room {
     pub async fn flush(&self) -> Result<(), RoomError> {
         self.line.flush().await
     }
+}
+
+/// The checkout's stock news, each as (wall ms its request was sent,
+/// what it said).
+#[derive(Default)]
+struct StockNews {
+    /// The newest news taken (written, being written or waiting).
+    taken: Option<(u64, Stock)>,
+    /// The newest news not yet handed to the writer.
+    unwritten: Option<(u64, Stock)>,
 }
 
 /// Whether the room already says what `stock` says.
@@ -589,5 +615,32 @@ mod tests {
         let room = open(room_config(""), reopened).await;
         let (_, next, _) = room.arrive().await.unwrap();
         assert_eq!(next, first + 1, "no gap after a clean shutdown, no reuse");
+    }
+
+    /// The checkout says 5, then 0, then 5 again faster than the store
+    /// writes: the last word holds, though the room still showed 5 when
+    /// it came (a lost 5 would hold the drip for good).
+    #[tokio::test]
+    async fn stock_news_that_undoes_news_not_yet_written_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let room = open(room_config(""), store).await;
+        let settled = || async {
+            for _ in 0..100 {
+                if !room.stock_writing.load(Ordering::Acquire) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("the stock writer never finished");
+        };
+        room.offer_stock(Stock::Left(5), 1);
+        settled().await;
+        assert_eq!(room.snapshot().stock, Some(5));
+        room.offer_stock(Stock::Left(0), 2);
+        room.offer_stock(Stock::Left(5), 3);
+        settled().await;
+        let snap = room.snapshot();
+        assert_eq!((snap.stock, snap.stock_at_ms), (Some(5), 3));
     }
 }
