@@ -67,8 +67,10 @@ fi
 SSE_BIG_REPLICAS=$(( (SSE_BIG + SSE_N - 1) / SSE_N ))
 
 cargo build --release --quiet --bins --example bare_proxy --example loadgen
-BIN=target/release/waitroom
-LOADGEN=target/release/examples/loadgen
+# Where cargo put them: CARGO_TARGET_DIR when set (a worktree's own).
+RELEASE=${CARGO_TARGET_DIR:-target}/release
+BIN=$RELEASE/waitroom
+LOADGEN=$RELEASE/examples/loadgen
 WORK=$(mktemp -d /tmp/waitroom-bench.XXXXXX)
 PIDS=()
 REDIS_PORT=""; REDIS_OURS=0; KEY_PREFIX="bench-$$-$RANDOM"
@@ -198,7 +200,7 @@ nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 && break; sleep 0.1; done
 # The HTTP stack's floor for (a): a proxy made of hyper alone (benches/bare_proxy.rs).
 if want a; then
-  target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" > "$WORK/bare.out" 2>&1 &
+  "$RELEASE/examples/bare_proxy" "127.0.0.1:$BARE" "127.0.0.1:$UP" > "$WORK/bare.out" 2>&1 &
   BARE_PID=$!; PIDS+=("$BARE_PID")
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$BARE/" >/dev/null 2>&1 && break; sleep 0.1; done
   if [ "$(curl -s "http://127.0.0.1:$BARE/")" != ok ]; then
