@@ -67,8 +67,10 @@ fi
 SSE_BIG_REPLICAS=$(( (SSE_BIG + SSE_N - 1) / SSE_N ))
 
 cargo build --release --quiet --bins --example bare_proxy --example loadgen
-BIN=target/release/waitroom
-LOADGEN=target/release/examples/loadgen
+# Where cargo put them: CARGO_TARGET_DIR when set (a worktree's own).
+RELEASE=${CARGO_TARGET_DIR:-target}/release
+BIN=$RELEASE/waitroom
+LOADGEN=$RELEASE/examples/loadgen
 WORK=$(mktemp -d /tmp/waitroom-bench.XXXXXX)
 PIDS=()
 REDIS_PORT=""; REDIS_OURS=0; KEY_PREFIX="bench-$$-$RANDOM"
@@ -88,6 +90,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 UP=$(free_port); PROXY=$(free_port); STATIC=$(free_port); PUB=$(free_port); ADM=$(free_port)
 RPUB=$(free_port); RADM=$(free_port); R2PUB=$(free_port); R2ADM=$(free_port); BARE=$(free_port)
+SPUB=$(free_port); SADM=$(free_port)
 TOKEN=bench-admin-token-0123456789abcdef
 
 # --- Redis for the shared store: an existing one on 6379, else our own.
@@ -108,7 +111,7 @@ sed -e "s#@WORK@#$WORK#g" -e "s#@UPSTREAM@#$UP#g" -e "s#@PROXY@#$PROXY#g" -e "s#
   benches/nginx/nginx.conf.template > "$WORK/nginx.conf"
 
 # --- waitroom
-gateway_config() { # FILE PUBLIC ADMIN STORE-TABLE-LINES
+gateway_config() { # FILE PUBLIC ADMIN STORE-TABLE-LINES [MORE-TOP-LEVEL-TABLES]
   cat > "$1" <<TOML
 [listen]
 public = "127.0.0.1:$2"
@@ -119,6 +122,7 @@ token = "$TOKEN"
 keys = [{ kid = "b1", secret = "bench-secret-bench-secret-bench-secret-0123" }]
 [store]
 $4
+${5:-}
 [sse]
 max_connections = 100000
 # The SSE runs put every stream on one token, from a few addresses.
@@ -177,6 +181,10 @@ on_store_failure = \"hold\"
 lease_ms = 2000"
 gateway_config "$WORK/waitroom-redis.toml" "$RPUB" "$RADM" "$REDIS_STORE"
 gateway_config "$WORK/waitroom-redis2.toml" "$R2PUB" "$R2ADM" "$REDIS_STORE"
+# (a) once more with signed admission on: the embedded store makes its key.
+gateway_config "$WORK/waitroom-signed.toml" "$SPUB" "$SADM" "path = \"$WORK/state-signed\"" \
+  "[admission]
+issuer = \"http://127.0.0.1:$SPUB\""
 # start_gateway NAME: runs the gateway on $WORK/NAME.toml in the
 # background (output in NAME.out / NAME.err); its pid in GW_PID. Its log
 # filter is WAITROOM_BENCH_LOG (default warn); with KEEP_WORK=1 the work
@@ -188,8 +196,10 @@ start_gateway() {
 }
 start_gateway waitroom; WPID=$GW_PID
 start_gateway waitroom-redis; RPID=$GW_PID
+if want a; then start_gateway waitroom-signed; SPID=$GW_PID; fi
 wait_ready "$ADM"
 wait_ready "$RADM"
+if want a; then wait_ready "$SADM"; fi
 
 # The static baseline page: exactly the size of waitroom's waiting page.
 curl -s "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html' > "$WORK/static/waiting.html"
@@ -198,7 +208,7 @@ nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 && break; sleep 0.1; done
 # The HTTP stack's floor for (a): a proxy made of hyper alone (benches/bare_proxy.rs).
 if want a; then
-  target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" > "$WORK/bare.out" 2>&1 &
+  "$RELEASE/examples/bare_proxy" "127.0.0.1:$BARE" "127.0.0.1:$UP" > "$WORK/bare.out" 2>&1 &
   BARE_PID=$!; PIDS+=("$BARE_PID")
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$BARE/" >/dev/null 2>&1 && break; sleep 0.1; done
   if [ "$(curl -s "http://127.0.0.1:$BARE/")" != ok ]; then
@@ -230,9 +240,11 @@ PY
 }
 ACCESS=$(access_token "$PUB")
 RACCESS=$(access_token "$RPUB")
+PAIRS=("$PUB $ACCESS" "$RPUB $RACCESS")
+if want a; then SACCESS=$(access_token "$SPUB"); PAIRS+=("$SPUB $SACCESS"); fi
 # The passthrough runs must reach the upstream (its body is "ok"), not a
 # waiting page: a refused token would quietly measure arrivals instead.
-for pair in "$PUB $ACCESS" "$RPUB $RACCESS"; do
+for pair in "${PAIRS[@]}"; do
   read -r port tok <<<"$pair"
   got=$(curl -s "http://127.0.0.1:$port/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $tok")
   if [ "$got" != "ok" ]; then
@@ -240,6 +252,21 @@ for pair in "$PUB $ACCESS" "$RPUB $RACCESS"; do
     exit 1
   fi
 done
+# The upstream answers /_bench/admission with the Waitroom-Admission it
+# received: a JWS from the signed gateway, nothing from the plain one, or
+# the two passthrough runs would not differ by what they claim to.
+if want a; then
+  ADMISSION=$(curl -s "http://127.0.0.1:$SPUB/_bench/admission" -H "User-Agent: $UA" -H "X-Waitroom-Token: $SACCESS")
+  if ! [[ "$ADMISSION" =~ ^eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$ ]]; then
+    echo "benches/run.sh: the upstream did not receive Waitroom-Admission from the signed gateway (got: ${ADMISSION:0:80})" >&2
+    exit 1
+  fi
+  got=$(curl -s "http://127.0.0.1:$PUB/_bench/admission" -H "User-Agent: $UA" -H "X-Waitroom-Token: $ACCESS")
+  if [ -n "$got" ]; then
+    echo "benches/run.sh: the plain gateway sent Waitroom-Admission (got: ${got:0:80})" >&2
+    exit 1
+  fi
+fi
 
 FMT="python3 benches/fmt.py"
 # CPU a process has used (user + system), in clock ticks (100 a second).
@@ -262,9 +289,10 @@ run_wrk() {
 # spread is printed too. The order flips every repetition (nginx, embedded,
 # Redis, then Redis, embedded, nginx): a run right after another one tends
 # to do a few percent better, and a fixed order would bias every ratio.
-: > "$WORK/n"; : > "$WORK/w"; : > "$WORK/s"; : > "$WORK/a"; : > "$WORK/wr"; : > "$WORK/ar"; : > "$WORK/h"
+: > "$WORK/n"; : > "$WORK/w"; : > "$WORK/ws"; : > "$WORK/s"; : > "$WORK/a"; : > "$WORK/wr"; : > "$WORK/ar"; : > "$WORK/h"
 pass_nginx() { run_wrk "http://127.0.0.1:$PROXY/" -H "User-Agent: $UA" >> "$WORK/n"; }
 pass_embedded() { CPU_PID=$WPID run_wrk "http://127.0.0.1:$PUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $ACCESS" >> "$WORK/w"; }
+pass_signed() { CPU_PID=$SPID run_wrk "http://127.0.0.1:$SPUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $SACCESS" >> "$WORK/ws"; }
 pass_bare() { CPU_PID=$BARE_PID run_wrk "http://127.0.0.1:$BARE/" -H "User-Agent: $UA" >> "$WORK/h"; }
 pass_redis() { if want e; then run_wrk "http://127.0.0.1:$RPUB/" -H "User-Agent: $UA" -H "X-Waitroom-Token: $RACCESS" >> "$WORK/wr"; fi; }
 spike_static() { run_wrk "http://127.0.0.1:$STATIC/" >> "$WORK/s"; }
@@ -272,10 +300,10 @@ spike_embedded() { run_wrk "http://127.0.0.1:$PUB/spike/" -H 'Accept: text/html'
 spike_redis() { if want e; then run_wrk "http://127.0.0.1:$RPUB/spike/" -H 'Accept: text/html' >> "$WORK/ar"; fi; }
 for rep in $(seq "$REPS"); do
   if [ $((rep % 2)) = 1 ]; then
-    if want a; then pass_nginx; pass_embedded; pass_bare; pass_redis; fi
+    if want a; then pass_nginx; pass_embedded; pass_signed; pass_bare; pass_redis; fi
     if want b; then spike_static; spike_embedded; spike_redis; fi
   else
-    if want a; then pass_redis; pass_bare; pass_embedded; pass_nginx; fi
+    if want a; then pass_redis; pass_bare; pass_signed; pass_embedded; pass_nginx; fi
     if want b; then spike_redis; spike_embedded; spike_static; fi
   fi
 done
@@ -360,11 +388,16 @@ if want a; then
   read -r W_RPS W_P50 W_P99 W_BAD <<<"$($FMT median "$WORK/w")"
   echo "| a. admitted passthrough rps | $W_RPS | $N_RPS | $($FMT pair_median "$WORK/w" "$WORK/n") (pairs: $($FMT spread "$WORK/w" "$WORK/n"); goal ≥ 0.9) |"
   echo "| a. admitted passthrough p50 / p99 ms | $W_P50 / $W_P99 | $N_P50 / $N_P99 | p99 $(ratio "$W_P99" "$N_P99") (goal ≤ 1.2) |"
+  read -r WS_RPS WS_P50 WS_P99 WS_BAD <<<"$($FMT median "$WORK/ws")"
+  echo "| a. passthrough, signed admission on (+${#ADMISSION}-byte Waitroom-Admission), rps | $WS_RPS | $N_RPS | $($FMT pair_median "$WORK/ws" "$WORK/n") (pairs: $($FMT spread "$WORK/ws" "$WORK/n")); $($FMT pair_median "$WORK/ws" "$WORK/w")× admission off (pairs: $($FMT spread "$WORK/ws" "$WORK/w")) |"
+  echo "| a. passthrough, signed admission on, p50 / p99 ms | $WS_P50 / $WS_P99 | $N_P50 / $N_P99 | p99 $(ratio "$WS_P99" "$N_P99"); $(ratio "$WS_P99" "$W_P99")× admission off |"
   read -r H_RPS H_P50 H_P99 H_BAD <<<"$($FMT median "$WORK/h")"
   echo "| a′. the HTTP stack's floor: a bare hyper proxy, rps | $H_RPS (bare hyper) | $N_RPS | $($FMT pair_median "$WORK/h" "$WORK/n") (pairs: $($FMT spread "$WORK/h" "$WORK/n")) |"
   echo "| a′. waitroom against the bare hyper proxy, rps | $W_RPS | $H_RPS (bare hyper) | $($FMT pair_median "$WORK/w" "$WORK/h") (pairs: $($FMT spread "$WORK/w" "$WORK/h")): waitroom's own cost |"
   W_CPU=$($FMT cpu_median "$WORK/w"); H_CPU=$($FMT cpu_median "$WORK/h")
   echo "| a′. CPU per request in the proxy's own process (user + system), µs | $W_CPU | $H_CPU (bare hyper) | $(ratio "$W_CPU" "$H_CPU")× the floor's (pairs: $($FMT cpu_spread "$WORK/w" "$WORK/h")) |"
+  WS_CPU=$($FMT cpu_median "$WORK/ws")
+  echo "| a. CPU per request, signed admission on vs off, µs | $WS_CPU (on) | $W_CPU (off) | $(ratio "$WS_CPU" "$W_CPU")× (pairs: $($FMT cpu_spread "$WORK/ws" "$WORK/w")) |"
 fi
 if want b; then
   read -r S_RPS S_P50 S_P99 S_BAD <<<"$($FMT median "$WORK/s")"
@@ -402,7 +435,7 @@ if want e; then
 fi
 echo
 if want a || want b; then
-  echo "non-2xx responses: waitroom passthrough ${W_BAD:--}, spike ${A_BAD:--}; Redis-store passthrough ${WR_BAD:--}, spike ${AR_BAD:--}; bare hyper proxy ${H_BAD:--}; nginx proxy ${N_BAD:--}, static ${S_BAD:--}"
+  echo "non-2xx responses: waitroom passthrough ${W_BAD:--} (signed admission on ${WS_BAD:--}), spike ${A_BAD:--}; Redis-store passthrough ${WR_BAD:--}, spike ${AR_BAD:--}; bare hyper proxy ${H_BAD:--}; nginx proxy ${N_BAD:--}, static ${S_BAD:--}"
 fi
 echo "Redis: 127.0.0.1:$REDIS_PORT ($([ $REDIS_OURS = 1 ] && echo "started by this run" || echo "already running")), key prefix $KEY_PREFIX"
 if want c; then
