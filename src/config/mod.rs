@@ -216,7 +216,33 @@ pub enum StoreConfig {
         /// How long a replica's drip lease lasts without renewal: the
         /// longest admission pause when the replica driving the drip dies.
         lease_ms: u64,
+        /// The primary found (and followed across failovers) through
+        /// Sentinel, instead of `url`.
+        sentinel: Option<SentinelConfig>,
     },
+}
+
+/// `[store] sentinels` and `master_name`: a Redis primary with replicas,
+/// watched by Sentinel.
+#[derive(Clone, PartialEq)]
+pub struct SentinelConfig {
+    /// `(host, port)` of each sentinel.
+    pub sentinels: Vec<(String, u16)>,
+    pub master_name: String,
+    /// The Redis primary's password (`AUTH`), if it needs one.
+    pub password: Option<String>,
+    /// The sentinels' own password, if they need one.
+    pub sentinel_password: Option<String>,
+}
+
+/// Never the passwords.
+impl std::fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the gateway does while the shared store does not answer.

@@ -110,6 +110,11 @@ pub(super) struct RawStore {
     pub(super) key_prefix: Option<String>,
     pub(super) on_store_failure: Option<String>,
     pub(super) lease_ms: Option<u64>,
+    #[serde(default)]
+    pub(super) sentinels: Vec<String>,
+    pub(super) master_name: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) sentinel_password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -76,8 +76,9 @@ pub fn open_lines(config: &StoreConfig) -> Result<Box<dyn Lines>, StoreError> {
             key_prefix,
             on_failure,
             lease_ms,
+            sentinel,
         } => Box::new(redis::RedisLines {
-            con: redis::connect(url)?,
+            con: redis::connect(url, sentinel.as_ref())?,
             key_prefix: key_prefix.clone(),
             on_failure: *on_failure,
             lease_ms: *lease_ms,

@@ -44,14 +44,17 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
+
+mod primary;
+pub use primary::Primary;
 use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
 use crate::capacity::{CapacityGroup, ControlState, Verdict, WindowDelta};
 use crate::clock::Clock;
-use crate::config::{OnStoreFailure, RoomConfig};
+use crate::config::{OnStoreFailure, RoomConfig, SentinelConfig};
 use crate::drip::{Drip, TickReport};
 use crate::queue::{ClaimError, Durable, Millis, Place, Queue, SeqBits, Settings, Shuffled};
 use crate::shuffle::{self, Seed};
@@ -81,16 +84,12 @@ const LEAD_BACKOFF: Duration = Duration::from_secs(5);
 /// Opens the connection to Redis. Lazy: it connects on first use and
 /// reconnects by itself after a failure. The connection lives on the Redis
 /// I/O thread (see [`io`]).
-pub fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(url).map_err(|e| StoreError::Io(format!("redis: {e}")))?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(1));
-    let _on_io = io()?.enter();
-    ConnectionManager::new_lazy_with_config(client, config)
-        .map_err(|e| StoreError::Io(format!("redis: {e}")))
+/// The primary `[store]` names: at `url`, or through the sentinels.
+pub fn connect(url: &str, sentinel: Option<&SentinelConfig>) -> Result<Primary, StoreError> {
+    match sentinel {
+        Some(s) => Primary::through_sentinels(s),
+        None => Primary::at(url),
+    }
 }
 
 /// The runtime every Redis call runs on: one thread of its own, shared by
@@ -131,17 +130,20 @@ fn io() -> Result<&'static tokio::runtime::Handle, StoreError> {
 }
 
 /// Runs `call` with the connection on the Redis I/O runtime.
-async fn on_io<T, F, Fut>(con: &ConnectionManager, call: F) -> Result<T, StoreError>
+async fn on_io<T, F, Fut>(primary: &Primary, call: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: FnOnce(ConnectionManager) -> Fut,
     Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
 {
-    io()?
-        .spawn(call(con.clone()))
+    let answer = io()?
+        .spawn(call(primary.con()))
         .await
-        .map_err(|e| StoreError::Io(format!("redis call: {e}")))?
-        .map_err(redis_err)
+        .map_err(|e| StoreError::Io(format!("redis call: {e}")))?;
+    answer.map_err(|e| {
+        primary.failed(&e);
+        redis_err(e)
+    })
 }
 
 fn redis_err(e: redis::RedisError) -> StoreError {
@@ -195,7 +197,7 @@ fn parse_fate(s: &str) -> Option<Fate> {
 
 /// A room's link to the shared line.
 pub struct Shared {
-    con: ConnectionManager,
+    con: Primary,
     keys: Vec<String>,
     /// This replica's name in the lease.
     node: String,
@@ -1233,7 +1235,7 @@ async fn run(
 /// first one. Waits up to [`STARTUP_WAIT`] for Redis.
 pub async fn open_line(
     config: &RoomConfig,
-    con: ConnectionManager,
+    con: Primary,
     key_prefix: &str,
     on_failure: OnStoreFailure,
     lease_ms: u64,
@@ -1293,7 +1295,7 @@ pub async fn open_line(
 
 /// Every room's line on one Redis, shared by every replica.
 pub struct RedisLines {
-    pub con: ConnectionManager,
+    pub con: Primary,
     pub key_prefix: String,
     pub on_failure: OnStoreFailure,
     pub lease_ms: u64,
