@@ -151,9 +151,9 @@ fn redis_err(e: redis::RedisError) -> StoreError {
 }
 
 /// The room's keys, in the order every script takes them.
-const KEY_NAMES: [&str; 13] = [
+const KEY_NAMES: [&str; 14] = [
     "meta", "next", "lease", "state", "claimed", "fate", "seen", "claims", "rejoins", "sessions",
-    "sess", "upfail", "spent",
+    "sess", "upfail", "spent", "ended",
 ];
 
 /// What the lease holder publishes for every replica each tick.
@@ -827,6 +827,14 @@ impl Shared {
         self.offset
             .store(redis_now - ((before + after) / 2) as i64, Ordering::Relaxed);
         let role = int(reply.first());
+        // Sessions the checkout ended lately (on any replica): not live here.
+        if let Some(Value::Array(ended)) = reply.get(if role == 0 { 4 } else { 13 }) {
+            for seq in ended {
+                if let Ok(seq) = text(Some(seq)).parse::<u64>() {
+                    room.sessions.remove(&seq);
+                }
+            }
+        }
         let epoch: u64 = text(reply.get(2)).parse().unwrap_or(0);
         let state = text(reply.get(3));
         if epoch == 0 {
@@ -1625,7 +1633,7 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
 
 // ---- scripts ---------------------------------------------------------------
 // KEYS, always: 1 meta, 2 next, 3 lease, 4 state, 5 claimed, 6 fate, 7 seen,
-// 8 claims, 9 rejoins, 10 sessions, 11 sess, 12 upfail.
+// 8 claims, 9 rejoins, 10 sessions, 11 sess, 12 upfail, 13 spent, 14 ended.
 
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
 
