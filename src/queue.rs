@@ -533,6 +533,25 @@ impl Queue {
         self.reserved_upto = self.reserved_upto.max(self.next_seq);
     }
 
+    /// Places in `gaps` (inclusive ranges) may never have been handed out:
+    /// numbers the shared counter skipped when a replica raised it past a
+    /// failover or a lost write. Like the unknown tail after a restart they
+    /// count as never seen until their fan shows a sign of life, so the
+    /// line skips the ones nobody holds for free instead of waiting
+    /// `abandon_after_secs` for them.
+    pub fn mark_unseen(&mut self, gaps: &[(u64, u64)]) {
+        for &(from, to) in gaps {
+            for seq in from.max(1)..=to.min(self.next_seq.saturating_sub(1)) {
+                let rank = self.rank(seq);
+                if rank > self.serving
+                    && let Some(slot) = self.last_seen.get_mut((rank - self.serving - 1) as usize)
+                {
+                    *slot = 0;
+                }
+            }
+        }
+    }
+
     /// A claim already made durable elsewhere (the shared store checked the
     /// claim window atomically): the place is claimed whatever this view
     /// thought of it a moment ago.
@@ -1089,6 +1108,23 @@ mod tests {
         assert!(matches!(q.place(1, 0), Place::Called { .. }));
         assert_eq!(q.place(6, 0), Place::Unknown);
         assert_eq!(q.place(0, 0), Place::Unknown);
+    }
+
+    #[test]
+    fn numbers_in_a_gap_count_as_never_seen_until_their_fan_shows_life() {
+        let mut q = Queue::new(1, settings());
+        q.sync_issued(6, 1_000);
+        q.mark_unseen(&[(2, 3), (5, 9)]);
+        // 1 was seen; 2 and 3 are in the gap; 4 was seen.
+        assert!(!q.head_abandoned(1_000));
+        q.call_head(1_000);
+        assert!(q.head_abandoned(1_000), "2 nobody holds: skipped at once");
+        q.touch(3, 1_000);
+        q.skip_head(1_000);
+        assert!(
+            !q.head_abandoned(1_000),
+            "3's fan showed life: it waits its turn"
+        );
     }
 
     #[test]

@@ -150,10 +150,22 @@ fn redis_err(e: redis::RedisError) -> StoreError {
     StoreError::Io(format!("redis: {e}"))
 }
 
+/// How far past the highest number it saw a replica raises the counter
+/// after the primary failed over. Replication is asynchronous: the promoted
+/// replica may lack the last arrivals, numbers already given to fans. Each
+/// surviving replica knows the numbers it handed out itself and the room's
+/// `issued` as of its last tick (100 ms); what none may know is what a
+/// replica that died with the primary handed out in the replication lag
+/// (bounded with `min-replicas-max-lag`). 1,000 covers 10,000 arrivals a
+/// second for 100 ms. The skipped numbers are recorded (`gaps`), and the
+/// line skips the ones nobody holds for free; until it reaches them, a fan
+/// who joins after the failover sees up to this many more people ahead.
+pub const FAILOVER_MARGIN: u64 = 1_000;
+
 /// The room's keys, in the order every script takes them.
-const KEY_NAMES: [&str; 14] = [
+const KEY_NAMES: [&str; 15] = [
     "meta", "next", "lease", "state", "claimed", "fate", "seen", "claims", "rejoins", "sessions",
-    "sess", "upfail", "spent", "ended",
+    "sess", "upfail", "spent", "ended", "gaps",
 ];
 
 /// What the lease holder publishes for every replica each tick.
@@ -210,6 +222,9 @@ pub struct Shared {
     /// (epoch, the highest sequence number this replica has seen issued in
     /// it): raises the counter again if Redis lost its last writes.
     issued: Mutex<(u64, u64)>,
+    /// The primary's failovers whose counter margin this replica has
+    /// applied (see [`FAILOVER_MARGIN`]).
+    margin_applied: AtomicU64,
     /// After a failed lead, this replica does not take the lease again
     /// before this (monotonic ms), so a replica that cannot lead does not
     /// hold the line up.
@@ -294,10 +309,28 @@ impl Shared {
         answer
     }
 
-    /// The counter floor this replica vouches for in `epoch`.
-    fn floor_for(&self, epoch: u64) -> u64 {
+    /// The counter floor this replica vouches for in `epoch`: the highest
+    /// number it saw handed out, past [`FAILOVER_MARGIN`] once after each
+    /// failover of the primary it follows; and the failovers that covers,
+    /// for [`Shared::floor_applied`] once a call carried it.
+    fn floor_for(&self, epoch: u64) -> (u64, u64) {
         let g = self.issued.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0 == epoch { g.1 } else { 0 }
+        let switches = self.con.switches();
+        let margin = if switches > self.margin_applied.load(Ordering::Acquire) {
+            FAILOVER_MARGIN
+        } else {
+            0
+        };
+        if g.0 == epoch {
+            (g.1 + margin, switches)
+        } else {
+            (0, switches)
+        }
+    }
+
+    /// A call carrying [`Shared::floor_for`]'s floor reached Redis.
+    fn floor_applied(&self, switches: u64) {
+        self.margin_applied.fetch_max(switches, Ordering::AcqRel);
     }
 
     fn saw_issued(&self, epoch: u64, seq: u64) {
@@ -382,9 +415,13 @@ impl Shared {
     async fn arrive_many(&self, room: &Core, n: usize) -> Result<Vec<(u64, u64)>, StoreError> {
         let epoch = room.epoch();
         let mut inv = self.key_args(&ARRIVE);
-        inv.arg(epoch).arg(self.floor_for(epoch)).arg(n);
+        let (floor, switches) = self.floor_for(epoch);
+        inv.arg(epoch).arg(floor).arg(n);
         let started = std::time::Instant::now();
         let answer = self.call(room.id(), inv).await;
+        if answer.is_ok() {
+            self.floor_applied(switches);
+        }
         let ms = started.elapsed().as_millis() as u64;
         tracing::debug!(
             room = room.id(),
@@ -800,12 +837,13 @@ impl Shared {
         let before = room.clock.mono_ms();
         let may_lead = before >= self.lead_backoff_until.load(Ordering::Relaxed);
         let mut inv = self.key_args(&PULL);
+        let (floor, switches) = self.floor_for(known);
         inv.arg(&self.node)
             .arg(self.lease_ms)
             .arg(csv(&touches))
             .arg(csv(&rejoins))
             .arg(known)
-            .arg(self.floor_for(known))
+            .arg(floor)
             .arg(u8::from(may_lead));
         let reply: Vec<Value> = match self.call(room.id(), inv).await {
             Ok(v) => v,
@@ -822,6 +860,7 @@ impl Shared {
             }
         };
         self.set_healthy(room.id(), true, None);
+        self.floor_applied(switches);
         let after = room.clock.mono_ms();
         let redis_now = int(reply.get(1));
         self.offset
@@ -921,6 +960,13 @@ impl Shared {
         let rejoins = list(reply.get(10));
         let active = int(reply.get(11)).max(0) as u64;
         let upfail_ms = int(reply.get(12));
+        let gaps: Vec<(u64, u64)> = list(reply.get(14))
+            .iter()
+            .filter_map(|g| {
+                let (from, to) = g.split_once('-')?;
+                Some((from.parse().ok()?, to.parse().ok()?))
+            })
+            .collect();
         if upfail_ms > 0 {
             // Held until the hold another replica started ends, not longer.
             room.hold_upstream_until(room.clock.mono_ms() + upfail_ms as u64);
@@ -961,7 +1007,17 @@ impl Shared {
         let (report, published, changes) = {
             let mut st = room.lock();
             let st = &mut *st;
+            let before = st.queue.next_seq();
             st.queue.sync_issued(issued, now);
+            // Skipped numbers among those just synced, or all of them when
+            // the line was rebuilt (which counts every issued place seen).
+            let fresh_from = if fresh { 1 } else { before };
+            let new_gaps: Vec<(u64, u64)> = gaps
+                .iter()
+                .filter(|&&(_, to)| to >= fresh_from)
+                .map(|&(from, to)| (from.max(fresh_from), to))
+                .collect();
+            st.queue.mark_unseen(&new_gaps);
             for seq in seen.iter().flat_map(|b| b.split(',')) {
                 if let Ok(seq) = seq.parse::<u64>() {
                     st.queue.touch(seq, now);
@@ -1265,6 +1321,7 @@ pub async fn open_line(
         leading: AtomicBool::new(false),
         offset: AtomicI64::new(0),
         issued: Mutex::new((0, 0)),
+        margin_applied: AtomicU64::new(0),
         lead_backoff_until: AtomicU64::new(0),
         clock,
         touches: Mutex::new(HashSet::new()),
@@ -1633,7 +1690,8 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
 
 // ---- scripts ---------------------------------------------------------------
 // KEYS, always: 1 meta, 2 next, 3 lease, 4 state, 5 claimed, 6 fate, 7 seen,
-// 8 claims, 9 rejoins, 10 sessions, 11 sess, 12 upfail, 13 spent, 14 ended.
+// 8 claims, 9 rejoins, 10 sessions, 11 sess, 12 upfail, 13 spent, 14 ended,
+// 15 gaps.
 
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
 

@@ -136,6 +136,14 @@ impl Primary {
         }
     }
 
+    /// How many times the primary moved since this process found it.
+    pub fn switches(&self) -> u64 {
+        self.0
+            .following
+            .as_ref()
+            .map_or(0, |f| f.switches.load(Ordering::Acquire))
+    }
+
     /// Where the primary is now (`host:port`), when it is followed.
     pub fn address(&self) -> Option<String> {
         let f = self.0.following.as_ref()?;
@@ -181,13 +189,17 @@ impl Primary {
                 return;
             }
         };
-        *self.0.con.write().unwrap_or_else(|p| p.into_inner()) = con;
         let was = std::mem::replace(
             &mut *f.address.lock().unwrap_or_else(|p| p.into_inner()),
             address.clone(),
         );
+        // Counted before the first call can reach the new primary, so that
+        // call already carries the failover's counter margin.
         if !was.is_empty() {
-            f.switches.fetch_add(1, Ordering::Relaxed);
+            f.switches.fetch_add(1, Ordering::AcqRel);
+        }
+        *self.0.con.write().unwrap_or_else(|p| p.into_inner()) = con;
+        if !was.is_empty() {
             tracing::warn!(from = %was, to = %address, master = %f.master_name, "following the Redis primary to its new address");
         } else {
             tracing::info!(%address, master = %f.master_name, "Redis primary found through Sentinel");

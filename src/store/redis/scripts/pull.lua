@@ -5,7 +5,12 @@ if ep == ARGV[5] then
   -- Numbers this replica saw handed out are never handed out again, even
   -- if Redis lost its last writes.
   local n = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if n < tonumber(ARGV[6]) then redis.call('SET', KEYS[2], ARGV[6]) end
+  if n < tonumber(ARGV[6]) then
+    redis.call('SET', KEYS[2], ARGV[6])
+    -- Numbers this store never handed out: the leader skips them for free.
+    redis.call('RPUSH', KEYS[15], (n + 1) .. '-' .. ARGV[6])
+    redis.call('LTRIM', KEYS[15], -100, -1)
+  end
 end
 -- Sessions the checkout ended lately: every replica forgets its copy.
 redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', now - 5000)
@@ -32,4 +37,5 @@ redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now)
 local m = redis.call('HMGET', KEYS[1], 'settings', 'seed', 'opened')
 return {role, now, ep, redis.call('GET', KEYS[4]) or '', m[1] or '', m[2] or '', m[3] or '',
   tonumber(redis.call('GET', KEYS[2]) or '0'), seen, claims, rejoins,
-  redis.call('ZCARD', KEYS[10]), redis.call('PTTL', KEYS[12]), finished}
+  redis.call('ZCARD', KEYS[10]), redis.call('PTTL', KEYS[12]), finished,
+  redis.call('LRANGE', KEYS[15], 0, -1)}
