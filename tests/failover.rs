@@ -76,14 +76,7 @@ impl Node {
 
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            let pid = c.id().to_string();
-            assert!(
-                Command::new("kill")
-                    .args([sig, &pid])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
+            signal(c, sig);
         }
     }
 
@@ -239,8 +232,9 @@ async fn join_spread(procs: &[Proc], n: usize, what: &str) -> Vec<(String, u64)>
     joined
 }
 
-fn signal(p: &Proc, sig: &str) {
-    let pid = p.child.id().to_string();
+/// Sends `sig` (`-STOP`, `-CONT`) to a process.
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().to_string();
     assert!(
         Command::new("kill")
             .args([sig, &pid])
@@ -350,7 +344,7 @@ async fn numbers_handed_out_only_on_the_dying_primary_are_never_handed_out_again
         .cmd(&["CLIENT", "KILL", "TYPE", "replica"])
         .unwrap();
     for p in &procs {
-        signal(p, "-STOP");
+        signal(&p.child, "-STOP");
     }
     let mut lost = Vec::new();
     for _ in 0..3 {
@@ -363,7 +357,7 @@ async fn numbers_handed_out_only_on_the_dying_primary_are_never_handed_out_again
     redis.data_node(first).kill_9();
     dying.kill_9();
     for p in &procs {
-        signal(p, "-CONT");
+        signal(&p.child, "-CONT");
     }
     for n in redis.data.iter().filter(|n| n.port != first) {
         n.signal("-CONT");
