@@ -90,7 +90,7 @@ impl Node {
 
 /// One primary, two replicas, three sentinels.
 struct Sentinel {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     data: Vec<Node>,
     sentinels: Vec<Node>,
 }
@@ -140,7 +140,7 @@ impl Sentinel {
             sentinels.push(Node::start(&sub, port, &[&conf_s, "--sentinel"]));
         }
         Sentinel {
-            dir,
+            _dir: dir,
             data,
             sentinels,
         }
@@ -201,19 +201,42 @@ async fn join(base: &str) -> Option<(String, u64)> {
     Some((token, seq))
 }
 
-/// Three gateway replicas following `redis`'s primary, room `demo`.
-fn gateways(redis: &Sentinel, up: &TestUpstream, dir: &Path, room: &str) -> Vec<Proc> {
-    let config = dir.join("waitroom.toml");
-    std::fs::write(
-        &config,
-        config_toml_with_store(
-            &redis.store_toml(&format!("fo{:08x}", rand::random::<u32>())),
-            &room_toml("demo", &up.url(), room),
-            "",
-        ),
-    )
-    .unwrap();
-    (0..3).map(|_| Proc::start(&config)).collect()
+/// What each failover test runs: the Redis processes, the primary's port
+/// at the start, an upstream, and three gateway replicas following the
+/// primary with room `demo` (`room`: its extra settings).
+struct Rig {
+    redis: Sentinel,
+    first: u16,
+    _up: TestUpstream,
+    _dir: tempfile::TempDir,
+    procs: Vec<Proc>,
+}
+
+impl Rig {
+    async fn start(room: &str) -> Rig {
+        let redis = Sentinel::start();
+        let first = redis.primary_port().expect("the sentinels name a primary");
+        let up = TestUpstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("waitroom.toml");
+        std::fs::write(
+            &config,
+            config_toml_with_store(
+                &redis.store_toml(&format!("fo{:08x}", rand::random::<u32>())),
+                &room_toml("demo", &up.url(), room),
+                "",
+            ),
+        )
+        .unwrap();
+        let procs = (0..3).map(|_| Proc::start(&config)).collect();
+        Rig {
+            redis,
+            first,
+            _up: up,
+            _dir: dir,
+            procs,
+        }
+    }
 }
 
 /// `n` new places spread over the gateways, each retried until one is
@@ -252,16 +275,11 @@ async fn status(base: &str, token: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateways_follow_the_primary_through_a_failover_and_admissions_resume() {
-    let mut redis = Sentinel::start();
-    let first = redis.primary_port().expect("the sentinels name a primary");
-    let up = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let procs = gateways(
-        &redis,
-        &up,
-        dir.path(),
-        "admit_rate_per_min = 120\nabandon_after_secs = 600\nclaim_grace_secs = 600",
-    );
+    let mut rig =
+        Rig::start("admit_rate_per_min = 120\nabandon_after_secs = 600\nclaim_grace_secs = 600")
+            .await;
+    let procs = std::mem::take(&mut rig.procs);
+    let (redis, first) = (&mut rig.redis, rig.first);
     // Fans in line on every replica before the failure.
     let fans: Vec<String> = join_spread(&procs, 6, "a place while the primary answers")
         .await
@@ -299,7 +317,6 @@ async fn the_gateways_follow_the_primary_through_a_failover_and_admissions_resum
         })
         .await;
     }
-    drop(redis.dir);
 }
 
 /// The hard case: the primary's last writes never reach a replica, and
@@ -312,16 +329,11 @@ async fn the_gateways_follow_the_primary_through_a_failover_and_admissions_resum
 /// numbers nobody holds without waiting for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbers_handed_out_only_on_the_dying_primary_are_never_handed_out_again() {
-    let mut redis = Sentinel::start();
-    let first = redis.primary_port().expect("the sentinels name a primary");
-    let up = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut procs: Vec<Proc> = gateways(
-        &redis,
-        &up,
-        dir.path(),
-        "admit_rate_per_min = 600\nabandon_after_secs = 600\nclaim_grace_secs = 600",
-    );
+    let mut rig =
+        Rig::start("admit_rate_per_min = 600\nabandon_after_secs = 600\nclaim_grace_secs = 600")
+            .await;
+    let mut procs = std::mem::take(&mut rig.procs);
+    let (redis, first) = (&mut rig.redis, rig.first);
     let dying = procs.pop().unwrap();
     let before: Vec<u64> = join_spread(&procs, 4, "a place while the primary answers")
         .await
@@ -392,4 +404,79 @@ async fn numbers_handed_out_only_on_the_dying_primary_are_never_handed_out_again
         })
         .await;
     }
+}
+
+async fn claim(base: &str, token: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = client()
+        .post(format!("{base}/_waitroom/claim?room=demo"))
+        .bearer_auth(token)
+        .header("accept", "application/json");
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// A claim is answered only once a replica holds it: with both replicas
+/// stopped the claimant is told to retry (503), its retry succeeds once
+/// they answer, and after the primary is killed the place cannot be
+/// claimed a second time, while the claimant's access goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_outlives_the_primary_and_is_never_granted_twice() {
+    let mut rig =
+        Rig::start("admit_rate_per_min = 6000\nclaim_grace_secs = 600\nabandon_after_secs = 600")
+            .await;
+    let procs = std::mem::take(&mut rig.procs);
+    let (redis, first) = (&mut rig.redis, rig.first);
+    let (token, _) = join_spread(&procs, 1, "a place").await.remove(0);
+    eventually(10, "the fan's turn", || async {
+        let s = status(&procs[1].public, &token).await?;
+        (s["state"] == "admitted").then_some(())
+    })
+    .await;
+
+    for n in redis.data.iter().filter(|n| n.port != first) {
+        n.signal("-STOP");
+    }
+    let key = "claimant-key-0001";
+    let (status_code, body) = claim(&procs[0].public, &token, Some(key)).await;
+    assert_eq!(status_code, 503, "no replica holds the claim yet: {body}");
+    for n in redis.data.iter().filter(|n| n.port != first) {
+        n.signal("-CONT");
+    }
+    let access = eventually(10, "the claimant's retry is granted", || async {
+        let (s, v) = claim(&procs[0].public, &token, Some(key)).await;
+        (s == 200).then(|| v["access_token"].as_str().map(str::to_string))?
+    })
+    .await;
+
+    redis.data_node(first).kill_9();
+    eventually(30, "the sentinels promote a replica", || async {
+        redis.primary_port().filter(|p| *p != first)
+    })
+    .await;
+    // A copy of the queue token (no claimant key) is refused on the new
+    // primary: the claim survived.
+    let copied = eventually(20, "the new primary answers claims", || async {
+        let (s, v) = claim(&procs[2].public, &token, None).await;
+        (s != 503).then_some((s, v))
+    })
+    .await;
+    assert_eq!(copied.0, 403, "{}", copied.1);
+    let echo: Value = eventually(20, "the claimant's access goes on", || async {
+        client()
+            .get(format!("{}/checkout", procs[1].public))
+            .header("x-waitroom-token", &access)
+            .send()
+            .await
+            .ok()?
+            .json::<Value>()
+            .await
+            .ok()
+            .filter(|v| v["upstream"] == true)
+    })
+    .await;
+    assert_eq!(echo["path"], "/checkout");
 }

@@ -162,6 +162,9 @@ fn redis_err(e: redis::RedisError) -> StoreError {
 /// who joins after the failover sees up to this many more people ahead.
 pub const FAILOVER_MARGIN: u64 = 1_000;
 
+/// How long a claim waits for a replica to hold it (Sentinel only).
+const REPLICATED_WAIT_MS: u64 = 500;
+
 /// The room's keys, in the order every script takes them.
 const KEY_NAMES: [&str; 15] = [
     "meta", "next", "lease", "state", "claimed", "fate", "seen", "claims", "rejoins", "sessions",
@@ -561,7 +564,10 @@ impl Shared {
             .arg(snap.session_max_secs * 1000)
             .arg(retry.map_or("", RetryKey::as_str))
             .arg(CLAIM_RETRY_WINDOW_MS);
-        let (outcome, _now): (i64, i64) = self.call(room.id(), inv).await?;
+        let outcome = match self.con.claims() {
+            None => self.call::<(i64, i64)>(room.id(), inv).await?.0,
+            Some(claims) => self.claim_replicated(room.id(), inv, claims).await?,
+        };
         match outcome {
             1 | 2 => {}
             -1 => return Err(ClaimError::Unknown.into()),
@@ -577,6 +583,51 @@ impl Shared {
             (snap.session_secs, snap.session_max_secs),
             outcome == 1,
         ))
+    }
+
+    /// A claim that must survive a failover: made on the claims' own
+    /// connection, then `WAIT` until a replica holds it. Sentinel promotes
+    /// the replica with the most data, so a claim a replica acknowledged is
+    /// not lost with the primary, and the place cannot be claimed again.
+    /// No replica in time: the claim is answered as a store timeout (503,
+    /// retry); the retry with the claimant's key (a browser's claim-key
+    /// cookie, an app's `Idempotency-Key`) gets the same grant once a
+    /// replica holds it.
+    async fn claim_replicated(
+        &self,
+        room: &str,
+        inv: redis::ScriptInvocation<'static>,
+        mut claims: ConnectionManager,
+    ) -> Result<i64, RoomError> {
+        let answer = io()?
+            .spawn(async move {
+                let (outcome, _now): (i64, i64) = inv.invoke_async(&mut claims).await?;
+                if !matches!(outcome, 1 | 2) {
+                    return Ok((outcome, 1));
+                }
+                let acked: i64 = redis::cmd("WAIT")
+                    .arg(1)
+                    .arg(REPLICATED_WAIT_MS)
+                    .query_async(&mut claims)
+                    .await?;
+                Ok((outcome, acked))
+            })
+            .await
+            .map_err(|e| StoreError::Io(format!("redis call: {e}")))?;
+        let (outcome, acked) = answer.map_err(|e: redis::RedisError| {
+            self.con.failed(&e);
+            let e = redis_err(e);
+            self.set_healthy(room, false, Some(&e));
+            e
+        })?;
+        if acked < 1 {
+            tracing::warn!(
+                room,
+                "no replica acknowledged a claim in time: answered as a store timeout, to be retried"
+            );
+            return Err(RoomError::StoreTimeout);
+        }
+        Ok(outcome)
     }
 
     /// A session this replica does not hold live: Redis knows whether it

@@ -37,6 +37,8 @@ pub struct Primary(Arc<Inner>);
 
 struct Inner {
     con: RwLock<ConnectionManager>,
+    /// Claims' own connection to the primary (see [`Primary::claims`]).
+    claims: RwLock<Option<ConnectionManager>>,
     following: Option<Following>,
 }
 
@@ -74,6 +76,7 @@ impl Primary {
             ConnectionManager::new_lazy_with_config(client, manager_config()).map_err(io_err)?;
         Ok(Primary(Arc::new(Inner {
             con: RwLock::new(con),
+            claims: RwLock::new(None),
             following: None,
         })))
     }
@@ -102,7 +105,8 @@ impl Primary {
         let con = ConnectionManager::new_lazy_with_config(placeholder, manager_config())
             .map_err(io_err)?;
         let primary = Primary(Arc::new(Inner {
-            con: RwLock::new(con),
+            con: RwLock::new(con.clone()),
+            claims: RwLock::new(Some(con)),
             following: Some(Following {
                 sentinel: tokio::sync::Mutex::new(sentinel),
                 master_name: config.master_name.clone(),
@@ -121,6 +125,19 @@ impl Primary {
     /// The connection to use now.
     pub fn con(&self) -> ConnectionManager {
         self.0.con.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// With replicas that may be promoted (Sentinel), claims go over a
+    /// connection of their own, each followed by `WAIT` on it: `WAIT`
+    /// covers the writes of the connection it runs on and blocks it until
+    /// the replicas answer, which on the shared connection would stall
+    /// every call queued behind it, the drip's lease included.
+    pub fn claims(&self) -> Option<ConnectionManager> {
+        self.0
+            .claims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A call failed with `e`: when that may mean the primary moved, ask
@@ -182,9 +199,10 @@ impl Primary {
         if *f.address.lock().unwrap_or_else(|p| p.into_inner()) == address {
             return;
         }
-        let con = match ConnectionManager::new_lazy_with_config(client, manager_config()) {
-            Ok(c) => c,
-            Err(e) => {
+        let connect = || ConnectionManager::new_lazy_with_config(client.clone(), manager_config());
+        let (con, claims) = match (connect(), connect()) {
+            (Ok(c), Ok(claims)) => (c, claims),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(%address, error = %e, "cannot connect to the Redis primary");
                 return;
             }
@@ -198,6 +216,7 @@ impl Primary {
         if !was.is_empty() {
             f.switches.fetch_add(1, Ordering::AcqRel);
         }
+        *self.0.claims.write().unwrap_or_else(|p| p.into_inner()) = Some(claims);
         *self.0.con.write().unwrap_or_else(|p| p.into_inner()) = con;
         if !was.is_empty() {
             tracing::warn!(from = %was, to = %address, master = %f.master_name, "following the Redis primary to its new address");
