@@ -8,7 +8,12 @@
 //!           ├─ no room ─→ default upstream, or 404
 //!           ├─ exempt path ─→ proxy
 //!           └─ gate::decide ─→ proxy (+ cookies) | waiting page
+//!   a `101` from the upstream ─→ the tunnel runs on the connection (`run_tunnel`)
 //! ```
+//!
+//! A WebSocket upgrade takes the same path as any request: it is decided
+//! by the gate like any other, and only a request let through reaches the
+//! upstream, so only an admitted fan (or an exempt path) gets a tunnel.
 //!
 //! Everything after the first step sees the normal path, and it is the
 //! path forwarded: the gateway and the upstream read the same route.
@@ -34,7 +39,7 @@ use crate::gate::{Ctx, Decision, Pass};
 use crate::gateway::App;
 use crate::http::{self, Body};
 use crate::outcome::Outcome;
-use crate::proxy::{ForwardError, UpstreamError};
+use crate::proxy::{ForwardError, Tunnel, UpstreamError};
 use crate::room::Room;
 
 impl App {
@@ -103,7 +108,12 @@ impl App {
                 Some(up) => self
                     .forward(None, req, up, conn, (Pass::default(), None))
                     .await
-                    .map(|(res, _)| (None, Outcome::Passthrough, res))
+                    .map(|(res, _, tunnel)| {
+                        if let Some(tunnel) = tunnel {
+                            self.run_tunnel(conn, tunnel, None);
+                        }
+                        (None, Outcome::Passthrough, res)
+                    })
                     .map_err(|e| (None, e)),
                 None => Err((None, GatewayError::NoRoute)),
             };
@@ -157,9 +167,17 @@ impl App {
             .forward(Some(&room), req, upstream, conn, (pass, measured))
             .await
         {
-            Ok((res, signals)) => {
+            Ok((res, signals, tunnel)) => {
                 if let (Some(session), Some(sent_ms)) = (session, sent_ms) {
                     self.heed(&room, signals, session, (outcome, sent_ms)).await;
+                }
+                if let Some(tunnel) = tunnel {
+                    // An exempt path's tunnel is no more the session's than
+                    // its requests are.
+                    let held = session
+                        .filter(|_| outcome == Outcome::Admitted)
+                        .map(|session| (room.clone(), session));
+                    self.run_tunnel(conn, tunnel, held);
                 }
                 Ok((Some(room), outcome, res))
             }
@@ -197,6 +215,35 @@ impl App {
         }
     }
 
+    /// Has the connection run an accepted WebSocket upgrade's tunnel once
+    /// its `101` is out (see `conn`). The tunnel of an admitted fan's
+    /// request, `held` with its room and session `(epoch, seq)`, lasts as
+    /// long as the session (ended by the checkout, idle or
+    /// `session_max_secs`), and slides it while bytes move; an exempt
+    /// path's, or a route without a room's, lasts while both sides keep it
+    /// open. A drain lets every tunnel run for the grace period, as a
+    /// request in flight, then cuts it: a WebSocket may never end by
+    /// itself, and its client reconnects elsewhere.
+    fn run_tunnel(&self, conn: &Connection, tunnel: Tunnel, held: Option<(Arc<Room>, (u64, u64))>) {
+        let mut drain = self.drain.subscribe();
+        let grace = self.config.shutdown_grace;
+        let cut = async move {
+            // An error: the gateway is gone, as good as drained.
+            let _ = drain.wait_for(|draining| *draining).await;
+            tokio::time::sleep(grace).await;
+        };
+        conn.on_upgrade(Box::pin(async move {
+            let end = match held {
+                Some((room, (epoch, seq))) => {
+                    let hold = |active| room.hold_session(epoch, seq, active);
+                    tunnel.run(hold, cut).await
+                }
+                None => tunnel.run(|_| true, cut).await,
+            };
+            tracing::debug!(?end, "a WebSocket tunnel ended");
+        }));
+    }
+
     async fn forward(
         &self,
         room: Option<&Arc<Room>>,
@@ -204,7 +251,7 @@ impl App {
         upstream: &Upstream,
         conn: &Connection,
         (pass, measured): (Pass, Option<&CapacityGroup>),
-    ) -> Result<(Response<Body>, Signals), GatewayError> {
+    ) -> Result<(Response<Body>, Signals, Option<Tunnel>), GatewayError> {
         let room_label = room.map(|r| r.id()).unwrap_or("-");
         match self
             .proxy
@@ -249,7 +296,7 @@ impl App {
                         res.headers_mut().append(header::SET_COOKIE, v);
                     }
                 }
-                Ok((res, fwd.signals))
+                Ok((res, fwd.signals, fwd.tunnel))
             }
             // The client's own body failed: its fault, counted as a client
             // error where the answer is made, never against the upstream.

@@ -9,9 +9,17 @@
 //!
 //! It only holds them: the proxy is handed the link and the peer's header
 //! text it needs (`Proxy::forward`), and knows nothing of this record.
+//!
+//! It also holds what an upgraded request leaves behind (a WebSocket
+//! tunnel): the handler puts it here with the `101`, and the server runs it
+//! in the connection's own task once hyper has let go of the connection,
+//! so the tunnel keeps the connection's place in the cap and its gauge,
+//! is never closed as idle, and holds a graceful drain like a request.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use crate::binding::FingerprintMemo;
 use crate::proxy::{PeerHeaders, UpstreamLink};
@@ -30,7 +38,12 @@ pub struct Connection {
     /// The peer's address as the forwarding headers write it: formatting
     /// an address was ~2% of an admitted request's instructions (callgrind).
     pub peer: PeerHeaders,
+    /// What runs once the connection is upgraded (see the module docs).
+    upgraded: Mutex<Option<Upgraded>>,
 }
+
+/// What runs on a connection once hyper has handed it over.
+pub type Upgraded = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Connection {
     pub fn new(addr: SocketAddr) -> Arc<Connection> {
@@ -40,6 +53,21 @@ impl Connection {
             memo: TokenMemo::default(),
             binding: FingerprintMemo::default(),
             peer: PeerHeaders::new(addr.ip()),
+            upgraded: Mutex::new(None),
         })
+    }
+
+    /// Runs `then` on this connection once its `101` is written (one at
+    /// most: HTTP/1 upgrades a connection once).
+    pub fn on_upgrade(&self, then: Upgraded) {
+        *self.upgraded.lock().unwrap_or_else(|p| p.into_inner()) = Some(then);
+    }
+
+    /// What an upgrade left to run, if any.
+    pub fn take_upgraded(&self) -> Option<Upgraded> {
+        self.upgraded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }

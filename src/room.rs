@@ -206,6 +206,30 @@ impl Room {
             .await
     }
 
+    /// Whether the session `(epoch, seq)`, live here when a request
+    /// checked it, still is (not ended by the checkout, idle or
+    /// `session_max_secs`, nor by a new epoch). `active`: the fan is using
+    /// it now (bytes moved on its tunnel), which slides it as a request does
+    /// in [`Room::check_session`]. A tunnel asks about once a second.
+    pub fn hold_session(&self, epoch: u64, seq: u64, active: bool) -> bool {
+        let (session_secs, _, current) = self.core.session_view();
+        if current != epoch {
+            return false;
+        }
+        let Some(s) = self.core.sessions.get(&seq) else {
+            return false;
+        };
+        let now = self.clock.mono_ms();
+        if now >= session_end(&s, session_secs) {
+            return false;
+        }
+        if active {
+            s.last_active_ms.store(now, Ordering::Relaxed);
+            self.line.session_active(seq);
+        }
+        true
+    }
+
     /// The checkout said `seq`'s fan is done (`Waitroom-Session: end`):
     /// the session ends at once here, for good everywhere. True when it
     /// ended a session (once: a completion).
@@ -542,6 +566,36 @@ mod tests {
                 .await
                 .unwrap(),
             SessionCheck::Ended
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_session_slides_while_active_and_lets_go_when_idle_ended_or_another_epoch() {
+        let (room, time, _dir) = manual_room("").await;
+        let (epoch, seq, _) = room.arrive().await.unwrap();
+        time.advance(Duration::from_secs(1));
+        room.tick(false);
+        room.claim(epoch, seq, "v", None).await.unwrap();
+        assert!(!room.hold_session(epoch ^ 2, seq, false), "another epoch");
+        assert!(!room.hold_session(epoch, seq + 1, false), "another place");
+        // Active (bytes moving on a tunnel) slides it past its first idle end.
+        time.advance(Duration::from_secs(599));
+        assert!(room.hold_session(epoch, seq, true));
+        time.advance(Duration::from_secs(599));
+        assert!(room.hold_session(epoch, seq, false));
+        // Quiet since: ends on time.
+        time.advance(Duration::from_secs(1));
+        assert!(!room.hold_session(epoch, seq, false));
+
+        let (epoch, seq, _) = room.arrive().await.unwrap();
+        time.advance(Duration::from_secs(1));
+        room.tick(false);
+        room.claim(epoch, seq, "w", None).await.unwrap();
+        assert!(room.hold_session(epoch, seq, true));
+        assert!(room.end_session(epoch, seq).await.unwrap());
+        assert!(
+            !room.hold_session(epoch, seq, true),
+            "the checkout ended it"
         );
     }
 

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use hyper::Version;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -172,6 +173,36 @@ pub fn rewrite_request_headers(
     if let Some(host) = original_host {
         h.insert(header::HOST, host);
     }
+}
+
+/// The `Upgrade` value of an HTTP/1.1 request asking to switch to
+/// WebSocket (`Connection` names `upgrade`, `Upgrade` names `websocket`):
+/// the one upgrade the gateway tunnels. Any other `Upgrade` (`h2c`, say) is
+/// hop-by-hop like the rest and never reaches the upstream.
+pub(super) fn websocket_upgrade(version: Version, h: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let names_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = h.get(header::UPGRADE)?;
+    let websocket = upgrade
+        .to_str()
+        .ok()?
+        .split(',')
+        .any(|protocol| protocol.trim().eq_ignore_ascii_case("websocket"));
+    (names_upgrade && websocket).then(|| upgrade.clone())
+}
+
+/// Puts back, after the hop-by-hop headers were dropped, exactly the two
+/// an upgrade needs on its next hop: `Connection: upgrade` and `Upgrade`.
+pub(super) fn keep_upgrade(h: &mut HeaderMap, upgrade: HeaderValue) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, upgrade);
 }
 
 /// Applies the answer-side rewriting: an upstream's hop-by-hop headers,
@@ -604,5 +635,34 @@ mod tests {
         let mut h = headers(&[("cookie", "wr_q_demo=abc")]);
         rewrite(&mut h, "127.0.0.1", false, "http");
         assert!(!h.contains_key("cookie"));
+    }
+
+    #[test]
+    fn only_an_http11_websocket_upgrade_is_kept_and_with_exactly_its_two_headers() {
+        let ws = headers(&[
+            ("connection", "keep-alive, Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ]);
+        let upgrade = websocket_upgrade(Version::HTTP_11, &ws).expect("a WebSocket upgrade");
+        let mut h = ws.clone();
+        rewrite(&mut h, "127.0.0.1", false, "http");
+        keep_upgrade(&mut h, upgrade);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h.get_all("connection").iter().count(), 1);
+        assert!(!h.contains_key("x-secret") && !h.contains_key("keep-alive"));
+        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(h["sec-websocket-version"], "13");
+
+        assert!(websocket_upgrade(Version::HTTP_10, &ws).is_none());
+        assert!(websocket_upgrade(Version::HTTP_2, &ws).is_none());
+        let h2c = headers(&[("connection", "upgrade"), ("upgrade", "h2c")]);
+        assert!(websocket_upgrade(Version::HTTP_11, &h2c).is_none());
+        let unnamed = headers(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
+        assert!(websocket_upgrade(Version::HTTP_11, &unnamed).is_none());
     }
 }

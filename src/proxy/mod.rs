@@ -8,6 +8,7 @@
 //!     ─→ link::UpstreamLink (HTTP/1 client, http:// upstream)  or  the pooled client
 //!        within response_timeout
 //!     ─→ headers: rewrite the answer's (hop-by-hop, reserved, Set-Cookie)
+//!     ─→ a `101` to a WebSocket upgrade: a tunnel::Tunnel for the caller to run
 //! ```
 //!
 //! **Connections.** A downstream HTTP/1 connection to a plain `http://`
@@ -36,6 +37,15 @@
 //! is a configured trusted proxy, whose values are kept (and, for
 //! `X-Forwarded-For` and `Forwarded`, appended to).
 //!
+//! **WebSockets.** An HTTP/1.1 request asking to upgrade to `websocket`
+//! keeps exactly `Connection: upgrade` and its `Upgrade` (the
+//! `Sec-WebSocket-*` headers pass like any other), and goes through the
+//! pooled client. If the upstream answers `101`, that answer is rewritten
+//! like any other, with the same two headers put back, and
+//! [`Forwarded::tunnel`] holds both connections, for the caller to join
+//! (see [`Tunnel`]) once the `101` has gone out. The caller decides when a
+//! tunnel must end; the proxy only copies bytes.
+//!
 //! The proxy knows nothing of the downstream connection's other state: the
 //! server's per-connection record (`conn::Connection`) holds the link and
 //! the peer's header text, and hands them to [`Proxy::forward`].
@@ -43,6 +53,7 @@
 mod body;
 mod headers;
 mod link;
+mod tunnel;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -51,7 +62,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::uri::Scheme;
-use hyper::{Request, Response, Uri, Version};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -69,6 +80,7 @@ pub use headers::{
     is_reserved_header, rewrite_request_headers,
 };
 pub use link::UpstreamLink;
+pub use tunnel::{Tunnel, TunnelEnd};
 
 /// Why a request could not be forwarded: the upstream failed, or the
 /// client's own request body did. Only the first says anything about the
@@ -113,6 +125,9 @@ pub struct Forwarded {
     pub elapsed: Duration,
     /// What the checkout said (read only when asked: see `checkout`).
     pub signals: crate::checkout::Signals,
+    /// A WebSocket upgrade the upstream accepted (its answer is the `101`):
+    /// the caller runs the tunnel once that answer is sent.
+    pub tunnel: Option<Tunnel>,
 }
 
 impl Proxy {
@@ -176,9 +191,23 @@ impl Proxy {
         admission: Option<HeaderValue>,
         read_signals: bool,
     ) -> Result<Forwarded, ForwardError> {
+        let mut req = req;
+        // Taken before the request is handed on: hyper hands the client's
+        // connection over through it once the `101` is written.
+        let upgrade = headers::websocket_upgrade(req.version(), req.headers())
+            .map(|value| (value, hyper::upgrade::on(&mut req)));
         let (mut req, progress) = RequestBody::watch(req);
-        let link = Some(link)
-            .filter(|_| req.version() <= Version::HTTP_11 && upstream.scheme == Scheme::HTTP);
+        // An upgrade takes the pooled client, never the link: the upgraded
+        // connection leaves for the tunnel and is never reused, while the
+        // link is one connection polled in the downstream connection's task
+        // (which an upgraded connection outlives). The pooled client
+        // already has the connect, TLS and timeout handling, and never
+        // pools a connection it upgraded.
+        let link = Some(link).filter(|_| {
+            upgrade.is_none()
+                && req.version() <= Version::HTTP_11
+                && upstream.scheme == Scheme::HTTP
+        });
         let path_and_query = req
             .uri()
             .path_and_query()
@@ -210,6 +239,9 @@ impl Proxy {
             original_host,
             self.listener_scheme,
         );
+        if let Some((value, _)) = &upgrade {
+            headers::keep_upgrade(req.headers_mut(), value.clone());
+        }
         // After the rewrite, which dropped any `Waitroom-*` header a client
         // sent: this one is the gateway's alone.
         if let Some(admission) = admission {
@@ -256,6 +288,20 @@ impl Proxy {
             }
         };
         let elapsed = started.elapsed();
+        let mut response = response;
+        let tunnel = match upgrade {
+            Some((asked, client)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let value = response.headers().get(header::UPGRADE).cloned();
+                Some((
+                    value.unwrap_or(asked),
+                    Tunnel {
+                        client,
+                        upstream: hyper::upgrade::on(&mut response),
+                    },
+                ))
+            }
+            _ => None,
+        };
         let (mut parts, body) = response.into_parts();
         // Before the `Waitroom-*` family is removed from the answer.
         let signals = if read_signals {
@@ -263,11 +309,17 @@ impl Proxy {
         } else {
             Default::default()
         };
+        // The `101` is hardened like any answer; then its upgrade is put back.
         headers::rewrite_response_headers(&mut parts.headers);
+        let tunnel = tunnel.map(|(value, tunnel)| {
+            headers::keep_upgrade(&mut parts.headers, value);
+            tunnel
+        });
         Ok(Forwarded {
             response: Response::from_parts(parts, body.boxed_unsync()),
             elapsed,
             signals,
+            tunnel,
         })
     }
 }

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
@@ -171,12 +171,14 @@ pub(super) async fn serve<F, Fut>(
                     }
                 };
                 let io = Tracked::new(stream, activity.clone());
+                let drain = (watcher, stop);
                 serve_connection(
-                    io, peer, protocol, &builders, &policy, handler, activity, watcher,
+                    io, peer, protocol, &builders, &policy, handler, activity, drain,
                 )
                 .await;
             });
         } else {
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let _admitted = admitted;
                 let Some(acceptor) = &policy.tls else {
@@ -195,8 +197,9 @@ pub(super) async fn serve<F, Fut>(
                         } else {
                             Protocol::Http1
                         };
+                        let drain = (watcher, stop);
                         serve_connection(
-                            tls, peer, protocol, &builders, &policy, handler, activity, watcher,
+                            tls, peer, protocol, &builders, &policy, handler, activity, drain,
                         )
                         .await
                     }
@@ -230,7 +233,7 @@ async fn serve_connection<S, F, Fut>(
     policy: &Policy,
     handler: F,
     activity: Arc<Activity>,
-    watcher: hyper_util::server::graceful::Watcher,
+    (watcher, mut stop): (Watcher, watch::Receiver<bool>),
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, Arc<Connection>) -> Fut + Clone + Send + Sync + 'static,
@@ -256,8 +259,32 @@ async fn serve_connection<S, F, Fut>(
     match protocol {
         Protocol::Http1 => {
             activity.time_heads(policy.limits.header_read_timeout);
-            let conn = builders.http1.serve_connection(TokioIo::new(io), service);
-            drive(watcher.watch(conn), &connection, &activity, policy, peer).await
+            let conn = builders
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            // hyper-util's watcher takes no upgradeable HTTP/1 connection:
+            // this task tells it of the drain itself, and holds the watcher
+            // until it ends, so a drain waits for it and for its tunnel.
+            let _held = watcher;
+            let conn = async move {
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    result = conn.as_mut() => return result,
+                    _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+                }
+                conn.await
+            };
+            drive(conn, &connection, &activity, policy, peer).await;
+            // A `101` was written and hyper has let go of the connection:
+            // its tunnel runs here, keeping the connection's slot and the
+            // drain's watcher until it ends. The idle timer is no longer
+            // polled: a tunnel is in flight for as long as it lasts, and
+            // its quiet is its session's to judge (the tunnel ends with it,
+            // and at the end of a drain's grace period).
+            if let Some(upgraded) = connection.take_upgraded() {
+                upgraded.await;
+            }
         }
         Protocol::Http2 => {
             activity.time_frames(policy.limits.header_read_timeout);

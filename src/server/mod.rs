@@ -13,6 +13,10 @@
 //!             max_header_bytes (HTTP/1: the head's bytes; HTTP/2: the header list size)
 //!          ─→ closed when idle: no request in flight and no bytes moving
 //!             for idle_timeout (see `Activity`)
+//!          ─→ HTTP/1 upgraded (a WebSocket's `101`): the tunnel the handler
+//!             left on the connection (`conn::Connection::on_upgrade`) runs
+//!             in the same task until it ends: never idle-closed, and a
+//!             drain waits for it (it cuts itself at the grace period's end)
 //! ```
 //!
 //! The parts: `listener` (binding, the accept loop, the connection cap,

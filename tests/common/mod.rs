@@ -87,7 +87,8 @@ impl TestUpstream {
     }
 }
 
-async fn echo(req: Request<Incoming>, count: &AtomicU64) -> Response<Full<Bytes>> {
+/// The answer [`TestUpstream`] gives (for other upstreams built on it).
+pub async fn echo(req: Request<Incoming>, count: &AtomicU64) -> Response<Full<Bytes>> {
     count.fetch_add(1, Ordering::SeqCst);
     let method = req.method().to_string();
     let path = req
