@@ -130,6 +130,30 @@ async fn claim_access(base: &str, token: &str) -> String {
     v["access_token"].as_str().unwrap().to_string()
 }
 
+/// A fan who joins through `procs[0]`, is called, and claims through
+/// `procs[via]`: their access token.
+async fn admitted_access(procs: &[Proc], via: usize) -> String {
+    let (token, _) = join_ok(&procs[0].public).await;
+    eventually(10, "the fan's turn", || async {
+        (status(&procs[via].public, &token).await["state"] == "admitted").then_some(())
+    })
+    .await;
+    claim_access(&procs[via].public, &token).await
+}
+
+/// A request with `access` to `base` + `path`: the JSON answer.
+async fn visit_with(base: &str, access: &str, path: &str) -> Value {
+    client()
+        .get(format!("{base}{path}"))
+        .header("x-waitroom-token", access)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()
+}
+
 async fn metric(admin: &str, name: &str) -> Option<f64> {
     let text = client()
         .get(format!("{admin}/metrics"))
@@ -374,10 +398,18 @@ struct OwnRedis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Extra `redis-server` arguments.
+    extra: Vec<String>,
+    /// `user:password` to connect as, if not the default user.
+    auth: Option<String>,
 }
 
 impl OwnRedis {
     fn start() -> OwnRedis {
+        Self::start_with(Vec::new(), None)
+    }
+
+    fn start_with(extra: Vec<String>, auth: Option<String>) -> OwnRedis {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -387,6 +419,8 @@ impl OwnRedis {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            extra,
+            auth,
         };
         r.spawn();
         r
@@ -405,6 +439,7 @@ impl OwnRedis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -431,13 +466,94 @@ impl OwnRedis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.auth {
+            Some(auth) => format!("redis://{auth}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 }
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill_9();
+    }
+}
+
+/// The shipped least-privilege ACL (`config/redis-acl.conf`) is enough:
+/// two replicas run the whole flow as that user (places, the drip lease,
+/// claims, sessions, the checkout's end and stock, the checkout-health
+/// controller's exchange, an admin change, a reset), and the default user
+/// is off.
+#[tokio::test]
+async fn the_shipped_least_privilege_acl_runs_the_whole_flow() {
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let shipped = std::fs::read_to_string("config/redis-acl.conf").unwrap();
+    let acl_dir = tempfile::tempdir().unwrap();
+    let acl = acl_dir.path().join("users.acl");
+    let lines: Vec<String> = shipped
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.replace("change-me-to-a-long-random-secret", &secret))
+        .collect();
+    std::fs::write(&acl, lines.join("\n") + "\n").unwrap();
+    let redis = OwnRedis::start_with(
+        vec!["--aclfile".into(), acl.display().to_string()],
+        Some(format!("waitroom:{secret}")),
+    );
+    let anonymous = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port))
+        .unwrap()
+        .get_connection()
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    assert!(anonymous.is_err(), "the default user is off");
+
+    let up = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &up.url(),
+        &redis.url(),
+        "waitroom",
+        "",
+        "admit_rate_per_min = 6000\nmax_active = 1\nupstream_target_p95_ms = 5000\ncontrol_interval_secs = 1",
+    );
+    let procs: Vec<Proc> = (0..2).map(|_| Proc::start(&config)).collect();
+    let access = admitted_access(&procs, 1).await;
+    let visit = |i: usize, path: &'static str| visit_with(&procs[i].public, &access, path);
+    assert_eq!(
+        visit(0, "/cart?set=waitroom-stock:40").await["upstream"],
+        true
+    );
+    assert_eq!(
+        visit(1, "/done?set=waitroom-session:end").await["upstream"],
+        true
+    );
+    procs[0]
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/rooms/demo",
+            Some(json!({ "paused": true })),
+        )
+        .await;
+    eventually(5, "the stock and the pause on both replicas", || async {
+        let room = procs[1]
+            .admin(reqwest::Method::GET, "/admin/rooms/demo", None)
+            .await;
+        (room["stock"] == 40 && room["paused"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&procs[1].admin, "waitroom_completions_total{room=\"demo\"}")
+            .await
+            .unwrap_or(0.0),
+        1.0
+    );
+    procs[1]
+        .admin(reqwest::Method::POST, "/admin/rooms/demo/reset", None)
+        .await;
+    let (_, seq) = join_ok(&procs[0].public).await;
+    assert_eq!(seq, 1, "a new epoch");
+    for p in &procs {
+        assert_eq!(readyz(&p.admin).await.1["store_healthy"], true);
     }
 }
 
@@ -718,26 +834,8 @@ async fn stock_and_sold_out_from_the_checkout_reach_every_replica() {
         "admit_rate_per_min = 6000\nmax_active = 1",
     );
     let procs: Vec<Proc> = (0..3).map(|_| Proc::start(&config)).collect();
-    let (buyer, _) = join_ok(&procs[0].public).await;
-    eventually(10, "the buyer's turn", || async {
-        (status(&procs[0].public, &buyer).await["state"] == "admitted").then_some(())
-    })
-    .await;
-    let access = claim_access(&procs[0].public, &buyer).await;
-    let visit = |i: usize, path: &'static str| {
-        let (base, access) = (procs[i].public.clone(), access.clone());
-        async move {
-            client()
-                .get(format!("{base}{path}"))
-                .header("x-waitroom-token", access)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
+    let access = admitted_access(&procs, 0).await;
+    let visit = |i: usize, path: &'static str| visit_with(&procs[i].public, &access, path);
     let (waiting, _) = join_ok(&procs[1].public).await;
     let before = status(&procs[1].public, &waiting).await["position"].clone();
 
