@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::queue::Millis;
+/// Monotonic milliseconds.
+pub type Millis = u64;
 
 /// Time for the whole process: monotonic for the queue, wall for tokens.
 /// The system's, or (for tests) a [`ManualTime`] that moves only when told,

@@ -30,8 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::capacity::Reason;
 use crate::config::{QueueMode, RoomConfig};
 
-/// Monotonic milliseconds.
-pub type Millis = u64;
+pub use crate::clock::Millis;
 
 /// Settings that the admin API may change at run time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

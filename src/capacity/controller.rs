@@ -37,7 +37,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::sketch::WindowStats;
-use crate::queue::Millis;
+use crate::clock::Millis;
 
 pub const DEFAULT_CONTROL_INTERVAL_SECS: u64 = 30;
 /// Below this many requests a window's p95 is mostly noise (±7% at 200).

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{
     CapacitySettings, ControlState, Controller, LatencySketch, Reason, Window, WindowDelta,
 };
-use crate::queue::Millis;
+use crate::clock::Millis;
 
 /// A share of 1 in millionths: the promoter's rate applies.
 const WHOLE: u64 = 1_000_000;

@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 
 use super::controller::{CapacitySettings, Controller, Reason};
 use super::sketch::{LatencySketch, Window};
-use crate::queue::Millis;
+use crate::clock::Millis;
 
 /// Each fan in the checkout makes a request this often.
 const REQUEST_EVERY_SECS: f64 = 20.0;
