@@ -35,8 +35,6 @@ pub struct Room {
     open_admission: crate::admission::Kept,
     /// The checkout's stock news on its way to the room's settings.
     stock_news: std::sync::Mutex<StockNews>,
-    /// A task is applying stock news (one at a time; it takes the newest).
-    stock_writing: std::sync::atomic::AtomicBool,
     /// The checkout-health group the room's admitted requests feed and
     /// whose verdict its drip follows (`upstream_target_p95_ms`).
     pub capacity: Option<Arc<CapacityGroup>>,
@@ -71,7 +69,6 @@ impl Room {
             line,
             open_admission: Default::default(),
             stock_news: Default::default(),
-            stock_writing: Default::default(),
             capacity,
         })
     }
@@ -248,8 +245,8 @@ impl Room {
     /// nothing, and news that comes faster than the store writes is taken
     /// newest first, one write at a time.
     pub fn offer_stock(self: &Arc<Self>, stock: Stock, sent_ms: u64) {
-        let snap = self.core.snapshot();
-        if sent_ms <= snap.stock_at_ms {
+        let now = self.core.stock_view();
+        if sent_ms <= now.at_ms {
             return;
         }
         {
@@ -258,40 +255,30 @@ impl Room {
             // repeat of that writes nothing, anything else must be written
             // even when the room still says it now.
             let says = match news.taken {
-                Some((at, taken)) if at > snap.stock_at_ms => taken == stock,
-                _ => stock_says(&snap, stock),
+                Some((at, taken)) if at > now.at_ms => taken == stock,
+                _ => now.says(stock),
             };
             if says || news.taken.is_some_and(|(at, _)| at >= sent_ms) {
                 return;
             }
             news.taken = Some((sent_ms, stock));
             news.unwritten = Some((sent_ms, stock));
-        }
-        if self.stock_writing.swap(true, Ordering::AcqRel) {
-            return;
+            if std::mem::replace(&mut news.writing, true) {
+                return;
+            }
         }
         let room = self.clone();
         tokio::spawn(async move {
             loop {
-                let news = room
-                    .stock_news
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .unwritten
-                    .take();
+                let news = {
+                    let mut news = room.stock_news.lock().unwrap_or_else(|p| p.into_inner());
+                    let next = news.unwritten.take();
+                    // Under the same lock as the news: nothing comes in
+                    // between finding none and the writer leaving.
+                    news.writing = next.is_some();
+                    next
+                };
                 let Some((sent_ms, stock)) = news else {
-                    room.stock_writing.store(false, Ordering::Release);
-                    // News that came in after the take and before the flag
-                    // was down finds no writer: look once more.
-                    let more = room
-                        .stock_news
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .unwritten
-                        .is_some();
-                    if more && !room.stock_writing.swap(true, Ordering::AcqRel) {
-                        continue;
-                    }
                     return;
                 };
                 let applied = room
@@ -387,14 +374,8 @@ struct StockNews {
     taken: Option<(u64, Stock)>,
     /// The newest news not yet handed to the writer.
     unwritten: Option<(u64, Stock)>,
-}
-
-/// Whether the room already says what `stock` says.
-fn stock_says(snap: &Snapshot, stock: Stock) -> bool {
-    match stock {
-        Stock::Left(n) => snap.stock == Some(n),
-        Stock::SoldOut => snap.sold_out,
-    }
+    /// A task is writing news (one at a time; it takes the newest).
+    writing: bool,
 }
 
 #[cfg(test)]
@@ -681,7 +662,12 @@ mod tests {
         let room = open(room_config(""), store).await;
         let settled = || async {
             for _ in 0..100 {
-                if !room.stock_writing.load(Ordering::Acquire) {
+                if !room
+                    .stock_news
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .writing
+                {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

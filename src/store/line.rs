@@ -151,6 +151,25 @@ impl Headline {
     }
 }
 
+/// A room's stock as its snapshot says (see [`Core::stock_view`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StockView {
+    pub stock: Option<u64>,
+    pub sold_out: bool,
+    /// Wall-clock ms of the stock news applied last.
+    pub at_ms: u64,
+}
+
+impl StockView {
+    /// Whether the room already says what `stock` says.
+    pub fn says(&self, stock: crate::checkout::Stock) -> bool {
+        match stock {
+            crate::checkout::Stock::Left(n) => self.stock == Some(n),
+            crate::checkout::Stock::SoldOut => self.sold_out,
+        }
+    }
+}
+
 fn promoter_rate() -> Reason {
     Reason::PromoterRate
 }
@@ -381,6 +400,17 @@ impl Core {
     /// (every admitted request reads it).
     pub fn session_secs(&self) -> u64 {
         self.snapshot.borrow().session_secs
+    }
+
+    /// What the room says of its stock now, without copying the snapshot
+    /// (a checkout may report the stock in every answer).
+    pub fn stock_view(&self) -> StockView {
+        let snap = self.snapshot.borrow();
+        StockView {
+            stock: snap.stock,
+            sold_out: snap.sold_out,
+            at_ms: snap.stock_at_ms,
+        }
     }
 
     /// The promoter's rate now.
